@@ -1,0 +1,104 @@
+"""Shared fixtures: offline Hugging Face cache, tiny real-architecture ViTs, real photographs."""
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+# Tests never download: point the Hugging Face cache at a private folder and forbid network use
+# before anything imports huggingface_hub.
+_HF_HOME = pathlib.Path(tempfile.mkdtemp(prefix="saev-tests-hf-"))
+os.environ["HF_HOME"] = str(_HF_HOME)
+os.environ["HF_HUB_OFFLINE"] = "1"
+# The reference saev passes this folder to OpenCLIP as its Hugging Face cache.
+os.environ["SAEV_CACHE"] = str(_HF_HOME / "hub")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+TINY_CLIP_CFG = {
+    "model_cfg": {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 224, "layers": 4, "width": 64, "head_width": 32, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    },
+    "preprocess_cfg": {
+        "mean": [0.48145466, 0.4578275, 0.40821073],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    },
+}
+TINY_CLIP_HF = "saev-test/tiny-clip"
+FAKE_COMMIT = "0" * 40
+
+
+def hf_cache_put(repo_id: str, files: dict[str, pathlib.Path]) -> None:
+    """Place files in the offline Hugging Face cache as if downloaded from `repo_id`."""
+    repo = _HF_HOME / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / FAKE_COMMIT
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(FAKE_COMMIT)
+    for name, src in files.items():
+        shutil.copyfile(src, snapshot / name)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> pathlib.Path:
+    """An OpenCLIP `local-dir:` with a 4-block ViT-B/16-shaped model (width 64) and random weights."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("tiny-clip")
+    (root / "open_clip_config.json").write_text(json.dumps(TINY_CLIP_CFG))
+    torch.manual_seed(0)
+    model = open_clip.create_model(f"local-dir:{root}", load_weights=False)
+    # Random init leaves the positional embedding tiny; scale everything up so tokens differ.
+    with torch.no_grad():
+        model.visual.positional_embedding.normal_(0, 0.5)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "open_clip_model.safetensors")
+    hf_cache_put(TINY_CLIP_HF, {"open_clip_config.json": root / "open_clip_config.json", "open_clip_model.safetensors": root / "open_clip_model.safetensors"})
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_clip_dir) -> str:
+    return f"local-dir:{tiny_clip_dir}"
+
+
+PHOTOS = {
+    "astronaut.png": "astronaut",
+    "chelsea.jpg": "chelsea",
+    "coffee.jpg": "coffee",
+    "rocket.jpg": "rocket",
+    "camera.png": "camera",
+    "immunohistochemistry.jpg": "immunohistochemistry",
+    "hubble.jpg": "hubble_deep_field",
+    "colorwheel.png": "colorwheel",
+}
+
+
+def photo(name: str) -> Image.Image:
+    import skimage.data
+
+    return Image.fromarray(np.asarray(getattr(skimage.data, name)()))
+
+
+@pytest.fixture(scope="session")
+def photos_dir(tmp_path_factory) -> pathlib.Path:
+    """Real photographs from scikit-image, saved as files (JPEG and PNG, RGB and grayscale)."""
+    root = tmp_path_factory.mktemp("photos")
+    for fname, name in PHOTOS.items():
+        photo(name).save(root / fname)
+    return root
+
+
+@pytest.fixture(scope="session")
+def photos(photos_dir) -> list[pathlib.Path]:
+    return sorted(photos_dir.iterdir())
