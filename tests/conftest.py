@@ -24,8 +24,20 @@ from PIL import Image  # noqa: E402
 TINY_CLIP_CFG = {
     "model_cfg": {
         "embed_dim": 32,
-        "vision_cfg": {"image_size": 224, "layers": 4, "width": 64, "head_width": 32, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        "vision_cfg": {
+            "image_size": 224,
+            "layers": 4,
+            "width": 64,
+            "head_width": 32,
+            "patch_size": 16,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
     },
     "preprocess_cfg": {
         "mean": [0.48145466, 0.4578275, 0.40821073],
@@ -62,8 +74,17 @@ def tiny_clip_dir(tmp_path_factory) -> pathlib.Path:
     # Random init leaves the positional embedding tiny; scale everything up so tokens differ.
     with torch.no_grad():
         model.visual.positional_embedding.normal_(0, 0.5)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "open_clip_model.safetensors")
-    hf_cache_put(TINY_CLIP_HF, {"open_clip_config.json": root / "open_clip_config.json", "open_clip_model.safetensors": root / "open_clip_model.safetensors"})
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        root / "open_clip_model.safetensors",
+    )
+    hf_cache_put(
+        TINY_CLIP_HF,
+        {
+            "open_clip_config.json": root / "open_clip_config.json",
+            "open_clip_model.safetensors": root / "open_clip_model.safetensors",
+        },
+    )
     return root
 
 

@@ -24,7 +24,9 @@ def load_reference() -> ModuleType:
         import jaxtyping  # noqa: F401
     except ImportError as err:
         pytest.skip(f"reference saev needs {err.name}")
-    spec = importlib.util.spec_from_file_location("saev_ref", REF_DIR / "__init__.py", submodule_search_locations=[str(REF_DIR)])
+    spec = importlib.util.spec_from_file_location(
+        "saev_ref", REF_DIR / "__init__.py", submodule_search_locations=[str(REF_DIR)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["saev_ref"] = module
     spec.loader.exec_module(module)

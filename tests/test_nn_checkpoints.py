@@ -18,10 +18,52 @@ D_SAE = D_VIT * EXP
 
 HEADERS = {
     "V0a": {"d_vit": D_VIT, "d_sae": D_SAE, "l1_coeff": 4e-4, "use_ghost_grads": False},
-    "V0b": {"d_vit": D_VIT, "exp_factor": EXP, "sparsity_coeff": 4e-4, "n_reinit_samples": 0, "ghost_grads": False, "remove_parallel_grads": True, "normalize_w_dec": True, "seed": 0},
-    "V0c": {"d_vit": D_VIT, "exp_factor": EXP, "n_reinit_samples": 0, "remove_parallel_grads": True, "normalize_w_dec": True, "seed": 0},
-    "V1": {"schema": 1, "cfg": {"d_vit": D_VIT, "exp_factor": EXP, "n_reinit_samples": 0, "remove_parallel_grads": True, "normalize_w_dec": True, "seed": 0}, "cls": "Relu", "commit": "abc", "lib": "0.1"},
-    "V2": {"schema": 2, "cfg": {"d_vit": D_VIT, "exp_factor": EXP, "n_reinit_samples": 0, "remove_parallel_grads": True, "normalize_w_dec": True, "seed": 0, "activation": {"cls": "Relu", "params": {}}}, "commit": "abc", "lib": "0.2"},
+    "V0b": {
+        "d_vit": D_VIT,
+        "exp_factor": EXP,
+        "sparsity_coeff": 4e-4,
+        "n_reinit_samples": 0,
+        "ghost_grads": False,
+        "remove_parallel_grads": True,
+        "normalize_w_dec": True,
+        "seed": 0,
+    },
+    "V0c": {
+        "d_vit": D_VIT,
+        "exp_factor": EXP,
+        "n_reinit_samples": 0,
+        "remove_parallel_grads": True,
+        "normalize_w_dec": True,
+        "seed": 0,
+    },
+    "V1": {
+        "schema": 1,
+        "cfg": {
+            "d_vit": D_VIT,
+            "exp_factor": EXP,
+            "n_reinit_samples": 0,
+            "remove_parallel_grads": True,
+            "normalize_w_dec": True,
+            "seed": 0,
+        },
+        "cls": "Relu",
+        "commit": "abc",
+        "lib": "0.1",
+    },
+    "V2": {
+        "schema": 2,
+        "cfg": {
+            "d_vit": D_VIT,
+            "exp_factor": EXP,
+            "n_reinit_samples": 0,
+            "remove_parallel_grads": True,
+            "normalize_w_dec": True,
+            "seed": 0,
+            "activation": {"cls": "Relu", "params": {}},
+        },
+        "commit": "abc",
+        "lib": "0.2",
+    },
 }
 
 
@@ -102,7 +144,11 @@ def test_reference_project_reads_our_pt_dump(tmp_path):
     assert header["schema"] == 1 and header["cls"] == "Relu"
     # The reference 0.1.0 loader takes the V0b keys; the V1 cfg block is that minus sparsity keys.
     legacy = tmp_path / "legacy.pt"
-    write_reference(legacy, header["cfg"] | {"sparsity_coeff": 4e-4, "ghost_grads": False}, torch.load(io.BytesIO(path.read_bytes().split(b"\n", 1)[1]), weights_only=True))
+    write_reference(
+        legacy,
+        header["cfg"] | {"sparsity_coeff": 4e-4, "ghost_grads": False},
+        torch.load(io.BytesIO(path.read_bytes().split(b"\n", 1)[1]), weights_only=True),
+    )
     theirs = saev_ref.nn.load(str(legacy))
     x = torch.randn(10, D_VIT)
     torch.testing.assert_close(theirs(x)[1], sae(x).f_x)
@@ -116,7 +162,9 @@ def test_round_trip_is_bit_exact(tmp_path, suffix):
         sae.b_enc.normal_()
     if suffix == ".safetensors":
         sae.set_normalization(ActNorm(torch.randn(D_VIT), 2.25))
-        sae.provenance = saev.nn.Provenance(vit_family="clip", vit_ckpt="ViT-B-16/openai", layer=-2, tokens="patches")
+        sae.provenance = saev.nn.Provenance(
+            vit_family="clip", vit_ckpt="ViT-B-16/openai", layer=-2, tokens="patches"
+        )
     path = tmp_path / f"sae{suffix}"
     saev.nn.dump(path, sae)
     back = saev.nn.load(path)
@@ -128,7 +176,9 @@ def test_round_trip_is_bit_exact(tmp_path, suffix):
         assert back.provenance == sae.provenance
 
 
-@pytest.mark.parametrize("activation", [saev.nn.TopK(k=4), saev.nn.BatchTopK(k=4), saev.nn.JumpRelu(init_threshold=0.05)])
+@pytest.mark.parametrize(
+    "activation", [saev.nn.TopK(k=4), saev.nn.BatchTopK(k=4), saev.nn.JumpRelu(init_threshold=0.05)]
+)
 def test_native_format_keeps_every_architecture(tmp_path, activation):
     sae = SparseAutoencoder(SaeConfig(d_vit=D_VIT, d_sae=D_SAE, activation=activation, subtract_b_dec=False))
     if isinstance(activation, saev.nn.BatchTopK):

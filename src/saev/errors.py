@@ -19,3 +19,7 @@ class StoreError(SaevError):
 
 class ConfigError(SaevError):
     """A configuration value is invalid; raised before any work starts."""
+
+
+class ImageError(SaevError):
+    """An image file cannot be decoded into RGB pixels."""

@@ -39,7 +39,9 @@ class RecordedVisionTransformer(torch.nn.Module):
             raise ModelError("layers is empty: give at least one block index to record.")
         bad = [layer for layer in layers if not -n_blocks <= layer < n_blocks]
         if bad:
-            raise ModelError(f"layers {bad} out of range: {vit.name} has {n_blocks} blocks (valid indices -{n_blocks}..{n_blocks - 1}).")
+            raise ModelError(
+                f"layers {bad} out of range: {vit.name} has {n_blocks} blocks (valid indices -{n_blocks}..{n_blocks - 1})."
+            )
         self.vit = vit
         self.n_patches_per_img = n_patches_per_img
         self.cls_token = cls_token

@@ -5,14 +5,11 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
+from saev.data.images import to_rgb
 from saev.errors import ModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def make_img_transform(family: str, ckpt: str) -> Callable[[Image.Image], torch.Tensor]:
@@ -24,7 +21,7 @@ def make_img_transform(family: str, ckpt: str) -> Callable[[Image.Image], torch.
 
         model = create_open_clip(ckpt, "preprocess")
         cfg = open_clip.transform.PreprocessCfg(**model.visual.preprocess_cfg)
-        return open_clip.image_transform_v2(cfg, is_train=False)
+        return open_clip.transform.image_transform_v2(cfg, is_train=False)
     if family == "dinov2":
         from torchvision.transforms import v2
 
@@ -32,14 +29,16 @@ def make_img_transform(family: str, ckpt: str) -> Callable[[Image.Image], torch.
 
         parse_dinov2(ckpt)
         # The public DINOv2 SAEs: shorter side to 256, centre crop 224, ImageNet statistics.
-        return v2.Compose([
-            to_rgb,
-            v2.Resize(size=256),
-            v2.CenterCrop(size=(224, 224)),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        ])
+        return v2.Compose(
+            [
+                to_rgb,
+                v2.Resize(size=256),
+                v2.CenterCrop(size=(224, 224)),
+                v2.ToImage(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            ]
+        )
     if family == "builtin":
         from saev import builtin
 

@@ -11,10 +11,12 @@
 - `builtin`: the small ViT shipped with saev (see `saev.builtin`).
 """
 
+import contextlib
 import dataclasses
+import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
@@ -48,7 +50,15 @@ class TokenLayout:
 class Vit(torch.nn.Module):
     """A vision transformer plus what recording needs: its residual blocks and token layout."""
 
-    def __init__(self, family: str, ckpt: str, model: torch.nn.Module, blocks: torch.nn.ModuleList, layout: TokenLayout, d_vit: int):
+    def __init__(
+        self,
+        family: str,
+        ckpt: str,
+        model: torch.nn.Module,
+        blocks: torch.nn.ModuleList,
+        layout: TokenLayout,
+        d_vit: int,
+    ):
         super().__init__()
         self.family, self.ckpt = family, ckpt
         self.model = model
@@ -94,7 +104,9 @@ def parse_open_clip(ckpt: str) -> tuple[str, str | None]:
         return ckpt, None
     arch, sep, pretrained = ckpt.partition("/")
     if not sep or not arch or not pretrained:
-        raise ModelError(f"OpenCLIP checkpoint {ckpt!r}: expected ARCH/PRETRAINED (e.g. ViT-B-16/openai), hf-hub:ORG/NAME or local-dir:/path.")
+        raise ModelError(
+            f"OpenCLIP checkpoint {ckpt!r}: expected ARCH/PRETRAINED (e.g. ViT-B-16/openai), hf-hub:ORG/NAME or local-dir:/path."
+        )
     return arch, pretrained
 
 
@@ -110,9 +122,22 @@ def create_open_clip(ckpt: str, mode: Literal["weights", "random", "preprocess"]
     try:
         if mode == "weights":
             return open_clip.create_model(name, tag, require_pretrained=True)
-        return open_clip.create_model(name, tag if mode == "preprocess" else None, load_weights=False)
+        # OpenCLIP logs a warning on the root logger whenever it skips weights, as asked here.
+        with _quiet_root_logger():
+            return open_clip.create_model(name, tag if mode == "preprocess" else None, load_weights=False)
     except (RuntimeError, ValueError, FileNotFoundError, OSError) as err:
         raise ModelError(f"cannot build OpenCLIP model {ckpt!r}: {err}") from None
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _make_open_clip(family: str, ckpt: str, pretrained: bool) -> Vit:
@@ -123,13 +148,21 @@ def _make_open_clip(family: str, ckpt: str, pretrained: bool) -> Vit:
         trunk = visual.trunk
         grid = tuple(trunk.patch_embed.grid_size)
         n_prefix = trunk.num_prefix_tokens
-        layout = TokenLayout(grid[0] * grid[1], grid, n_prefix, has_cls=getattr(trunk, "cls_token", None) is not None)
+        layout = TokenLayout(
+            grid[0] * grid[1], grid, n_prefix, has_cls=getattr(trunk, "cls_token", None) is not None
+        )
         return Vit(family, ckpt, visual, trunk.blocks, layout, trunk.embed_dim)
     if not hasattr(visual, "transformer"):
-        raise ModelError(f"OpenCLIP model {ckpt!r} is not a vision transformer (no transformer blocks to record).")
+        raise ModelError(
+            f"OpenCLIP model {ckpt!r} is not a vision transformer (no transformer blocks to record)."
+        )
     grid = tuple(visual.grid_size)
     layout = TokenLayout(
-        grid[0] * grid[1], grid, n_prefix=1, has_cls=True, tokens_first=not getattr(visual.transformer, "batch_first", True)
+        grid[0] * grid[1],
+        grid,
+        n_prefix=1,
+        has_cls=True,
+        tokens_first=not getattr(visual.transformer, "batch_first", True),
     )
     return Vit(family, ckpt, visual, visual.transformer.resblocks, layout, visual.transformer.width)
 
@@ -146,7 +179,9 @@ def parse_dinov2(ckpt: str) -> tuple[str, str | None]:
     name, _, path = ckpt.partition("/")
     match = _DINOV2.match(name)
     if match is None:
-        raise ModelError(f"DINOv2 checkpoint {ckpt!r}: expected a name like dinov2_vitb14 or dinov2_vitb14_reg, optionally followed by /PATH to weights.")
+        raise ModelError(
+            f"DINOv2 checkpoint {ckpt!r}: expected a name like dinov2_vitb14 or dinov2_vitb14_reg, optionally followed by /PATH to weights."
+        )
     size, reg = match.groups()
     return f"vit_{_DINOV2_SIZES[size]}_patch14{'_reg4' if reg else ''}_dinov2.lvd142m", path or None
 

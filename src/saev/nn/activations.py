@@ -13,7 +13,8 @@ from saev.nn import config
 
 class ReluActivation(torch.nn.Module):
     def forward(self, pre_BS: Tensor) -> Tensor:
-        return F.relu(pre_BS)
+        # In place: pre-activations are a fresh intermediate, and this saves a [tokens, d_sae] buffer.
+        return F.relu(pre_BS, inplace=not pre_BS.is_leaf)
 
 
 class TopKActivation(torch.nn.Module):

@@ -123,7 +123,9 @@ def _parse_header(path: pathlib.Path, header: dict) -> tuple[config.SaeConfig, c
     schema = header["schema"]
     cfg = header.get("cfg")
     if schema not in (1, 2):
-        raise CheckpointError(f"{path}: unknown checkpoint schema {schema!r}; saev reads schema-less headers and schemas 1 and 2.")
+        raise CheckpointError(
+            f"{path}: unknown checkpoint schema {schema!r}; saev reads schema-less headers and schemas 1 and 2."
+        )
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path}: schema {schema} header has no 'cfg' object.")
     if schema == 1 and header.get("cls", "Relu") in ("Relu", "TopK", "BatchTopK"):
@@ -188,7 +190,9 @@ def _reference_activation(path: pathlib.Path, activation: dict) -> config.Activa
     # The reference's BatchTopK keeps k per token at inference too, which is plain TopK without ReLU.
     if name in ("TopK", "BatchTopK"):
         return config.TopK(k=int(params.get("top_k", 32)), relu=False)
-    raise CheckpointError(f"{path}: unknown activation {name!r} in header; saev reads Relu, TopK and BatchTopK.")
+    raise CheckpointError(
+        f"{path}: unknown activation {name!r} in header; saev reads Relu, TopK and BatchTopK."
+    )
 
 
 def _make_config(path: pathlib.Path, **kwargs) -> config.SaeConfig:
@@ -202,7 +206,9 @@ def _torch_load(path: pathlib.Path, payload: bytes) -> dict:
     if not payload:
         raise CheckpointError(f"{path}: truncated: the header line is not followed by any weights.")
     if not payload.startswith(b"PK\x03\x04"):
-        raise CheckpointError(f"{path}: weights after the header are not a torch archive (file corrupt or truncated).")
+        raise CheckpointError(
+            f"{path}: weights after the header are not a torch archive (file corrupt or truncated)."
+        )
     try:
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -221,7 +227,9 @@ def _describe(cfg: config.SaeConfig) -> str:
     return f"d_vit={cfg.d_vit}, d_sae={cfg.d_sae}"
 
 
-def _load_weights(path: pathlib.Path, sae: SparseAutoencoder, state: dict[str, Tensor], header_desc: str) -> None:
+def _load_weights(
+    path: pathlib.Path, sae: SparseAutoencoder, state: dict[str, Tensor], header_desc: str
+) -> None:
     expected = {name: tuple(getattr(sae, name).shape) for name in WEIGHT_NAMES}
     missing = sorted(set(expected) - set(state))
     if missing:
@@ -254,7 +262,9 @@ def _load_native(path: pathlib.Path, blob: bytes) -> SparseAutoencoder:
     except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: safetensors file is truncated or corrupt ({err}).") from None
     if meta.get("format") != NATIVE_FORMAT:
-        raise CheckpointError(f"{path}: a safetensors file, but not a saev SAE (metadata lacks format={NATIVE_FORMAT!r}).")
+        raise CheckpointError(
+            f"{path}: a safetensors file, but not a saev SAE (metadata lacks format={NATIVE_FORMAT!r})."
+        )
     try:
         cfg = config.SaeConfig.from_dict(json.loads(meta["config"]))
         prov = config.Provenance.from_dict(json.loads(meta.get("provenance", "{}")))
@@ -262,14 +272,18 @@ def _load_native(path: pathlib.Path, blob: bytes) -> SparseAutoencoder:
     except (KeyError, TypeError, json.JSONDecodeError, ConfigError) as err:
         raise CheckpointError(f"{path}: invalid saev metadata ({err}).") from None
     sae = SparseAutoencoder(cfg, prov)
-    act_state = {k.removeprefix("activation."): tensors.pop(k) for k in list(tensors) if k.startswith("activation.")}
+    act_state = {
+        k.removeprefix("activation."): tensors.pop(k) for k in list(tensors) if k.startswith("activation.")
+    }
     norm = {k: tensors.pop(k) for k in ("act_mean", "act_scale") if k in tensors}
     _load_weights(path, sae, tensors, header_desc=_describe(cfg))
     _load_activation_state(path, sae, act_state)
     if norm:
         if set(norm) != {"act_mean", "act_scale"} or tuple(norm["act_mean"].shape) != (cfg.d_vit,):
             raise CheckpointError(f"{path}: normalisation statistics are incomplete or have the wrong shape.")
-        sae.set_normalization(ActNorm(norm["act_mean"], float(norm["act_scale"]), norm_meta.get("clamp", DEFAULT_CLAMP)))
+        sae.set_normalization(
+            ActNorm(norm["act_mean"], float(norm["act_scale"]), norm_meta.get("clamp", DEFAULT_CLAMP))
+        )
     return sae
 
 
@@ -281,7 +295,9 @@ def _load_activation_state(path: pathlib.Path, sae: SparseAutoencoder, state: di
         )
     for name, tensor in state.items():
         if tensor.shape != expected[name].shape:
-            raise CheckpointError(f"{path}: 'activation.{name}' has shape {list(tensor.shape)}, expected {list(expected[name].shape)}.")
+            raise CheckpointError(
+                f"{path}: 'activation.{name}' has shape {list(tensor.shape)}, expected {list(expected[name].shape)}."
+            )
     sae.activation.load_state_dict(state)
 
 
@@ -304,7 +320,9 @@ def _dump_native(path: pathlib.Path, sae: SparseAutoencoder) -> None:
     if (norm := sae.normalization) is not None:
         tensors["act_mean"] = norm.mean.detach()
         tensors["act_scale"] = torch.tensor(norm.scale, dtype=torch.float32)
-        meta["normalization"] = json.dumps({"formula": "(clamp(x, -clamp, clamp) - act_mean) / act_scale", "clamp": norm.clamp})
+        meta["normalization"] = json.dumps(
+            {"formula": "(clamp(x, -clamp, clamp) - act_mean) / act_scale", "clamp": norm.clamp}
+        )
     payload = save({k: v.cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
     with atomic_open(path) as f:
         f.write(payload)
@@ -313,7 +331,9 @@ def _dump_native(path: pathlib.Path, sae: SparseAutoencoder) -> None:
 def _dump_reference(path: pathlib.Path, sae: SparseAutoencoder) -> None:
     cfg = sae.cfg
     if cfg.d_sae % cfg.d_vit:
-        raise CheckpointError(f"{path}: the reference .pt format needs d_sae to be a multiple of d_vit ({cfg.d_sae} / {cfg.d_vit}).")
+        raise CheckpointError(
+            f"{path}: the reference .pt format needs d_sae to be a multiple of d_vit ({cfg.d_sae} / {cfg.d_vit})."
+        )
     base = {
         "d_vit": cfg.d_vit,
         "exp_factor": cfg.d_sae // cfg.d_vit,
@@ -325,7 +345,11 @@ def _dump_reference(path: pathlib.Path, sae: SparseAutoencoder) -> None:
     act = cfg.activation
     if isinstance(act, config.Relu) and cfg.subtract_b_dec:
         header = {"schema": 1, "cfg": base, "cls": "Relu"}
-    elif isinstance(act, config.Relu | config.TopK) and not cfg.subtract_b_dec and getattr(act, "relu", False) is False:
+    elif (
+        isinstance(act, config.Relu | config.TopK)
+        and not cfg.subtract_b_dec
+        and getattr(act, "relu", False) is False
+    ):
         name, params = ("Relu", {}) if isinstance(act, config.Relu) else ("TopK", {"top_k": act.k})
         header = {"schema": 2, "cfg": base | {"activation": {"cls": name, "params": params}}}
     else:

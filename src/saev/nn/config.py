@@ -75,7 +75,9 @@ class SaeConfig:
 
     def __post_init__(self):
         if self.d_vit <= 0 or self.d_sae <= 0:
-            raise ConfigError(f"d_vit and d_sae must be positive, got d_vit={self.d_vit}, d_sae={self.d_sae}.")
+            raise ConfigError(
+                f"d_vit and d_sae must be positive, got d_vit={self.d_vit}, d_sae={self.d_sae}."
+            )
         k = getattr(self.activation, "k", None)
         if k is not None and not 0 < k < self.d_sae:
             raise ConfigError(f"k must be in [1, d_sae) = [1, {self.d_sae}), got k={k}.")
@@ -99,7 +101,9 @@ class SaeConfig:
         act = dct.pop("activation", {"cls": "Relu", "params": {}})
         act_cls = ACTIVATIONS.get(act.get("cls"))
         if act_cls is None:
-            raise ConfigError(f"unknown activation {act.get('cls')!r}; expected one of {sorted(ACTIVATIONS)}.")
+            raise ConfigError(
+                f"unknown activation {act.get('cls')!r}; expected one of {sorted(ACTIVATIONS)}."
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(dct) - known)
         if unknown:

@@ -80,10 +80,10 @@ class SparseAutoencoder(torch.nn.Module):
     act_mean: Tensor | None
     act_scale: Tensor | None
 
-    def __init__(self, cfg: config.SaeConfig, provenance: config.Provenance = config.Provenance()):
+    def __init__(self, cfg: config.SaeConfig, provenance: config.Provenance | None = None):
         super().__init__()
         self.cfg = cfg
-        self.provenance = provenance
+        self.provenance = provenance or config.Provenance()
         gen = torch.Generator().manual_seed(cfg.seed)
         W_dec = torch.randn(cfg.d_sae, cfg.d_vit, generator=gen)
         W_dec /= W_dec.norm(dim=1, keepdim=True)

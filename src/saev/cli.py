@@ -1,0 +1,49 @@
+"""The `saev` command: a thin layer that parses a config dataclass and calls the library function."""
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import tyro
+
+from saev.errors import SaevError
+
+
+def _inspect(cfg: Any) -> None:
+    from saev.inspect import inspect
+
+    result = inspect(cfg)
+    for path in result.written:
+        print(path)
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable image(s)", file=sys.stderr)
+
+
+def _commands() -> dict[str, tuple[type, Callable[[Any], None]]]:
+    from saev.inspect import InspectConfig
+
+    return {
+        "inspect": (InspectConfig, _inspect),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("saev").setLevel(logging.INFO)
+    commands = _commands()
+    cfg = tyro.extras.subcommand_cli_from_dict(
+        {name: cfg_cls for name, (cfg_cls, _) in commands.items()},
+        prog="saev",
+        description="Sparse autoencoders for vision transformers.",
+        args=argv,
+    )
+    run = next(fn for cfg_cls, fn in commands.values() if isinstance(cfg, cfg_cls))
+    try:
+        run(cfg)
+    except SaevError as err:
+        print(f"saev: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("saev: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

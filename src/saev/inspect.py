@@ -1,0 +1,168 @@
+"""`saev inspect`: which latents fire on each image, drawn as heatmaps over the crop the ViT saw."""
+
+import dataclasses
+import json
+import logging
+import pathlib
+from typing import Annotated
+
+import torch
+import tqdm
+import tyro
+
+from saev.errors import ConfigError, ImageError
+
+logger = logging.getLogger("saev.inspect")
+
+
+@dataclasses.dataclass(frozen=True)
+class InspectConfig:
+    """Encode images with an SAE and draw each one's strongest latents."""
+
+    images: Annotated[tuple[pathlib.Path, ...], tyro.conf.Positional]
+    """Image files to inspect."""
+    sae: str
+    """SAE checkpoint: a path, hf://ORG/NAME or hf://ORG/NAME/FILE."""
+    out: pathlib.Path = pathlib.Path("inspect")
+    """Folder for one PNG and one JSON per image."""
+    vit_family: str | None = None
+    """ViT family (clip, siglip, dinov2, builtin); defaults to the SAE's recorded provenance."""
+    vit_ckpt: str | None = None
+    """ViT checkpoint; defaults to the SAE's recorded provenance."""
+    layer: int | None = None
+    """Transformer block the SAE reads; defaults to the SAE's recorded provenance."""
+    top: int = 5
+    """Number of latents drawn per image."""
+    batch_size: int = 16
+    """Images per ViT forward pass."""
+    device: str = "cpu"
+    """Torch device, e.g. cpu or cuda."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentSummary:
+    latent: int
+    max: float
+    sum: float
+    active_patches: list[int]
+
+
+@dataclasses.dataclass(frozen=True)
+class InspectResult:
+    written: list[pathlib.Path]
+    skipped: dict[str, str]
+    """Unreadable image -> reason."""
+
+
+def inspect(cfg: InspectConfig) -> InspectResult:
+    import saev.activations
+    import saev.nn
+    from saev.data.images import load_rgb
+    from saev.visuals.heatmap import hstack, labelled, overlay
+
+    if not cfg.images:
+        raise ConfigError("give at least one image to inspect.")
+    if cfg.top < 1:
+        raise ConfigError(f"--top must be at least 1, got {cfg.top}.")
+    sae = saev.nn.load(cfg.sae, device=cfg.device).eval()
+    family, ckpt, layer = _model_from(cfg, sae)
+    if sae.normalization is None:
+        logger.warning(
+            "%s carries no activation-normalisation statistics: codes assume the activations were normalised "
+            "the same way as in training. See README 'Normalisation'.",
+            cfg.sae,
+        )
+    vit = saev.activations.make_vit(family, ckpt).to(cfg.device)
+    transform = saev.activations.make_img_transform(family, ckpt)
+    recorder = saev.activations.RecordedVisionTransformer(vit, vit.layout.n_patches, False, [layer]).to(
+        cfg.device
+    )
+    if vit.d_vit != sae.cfg.d_vit:
+        raise ConfigError(
+            f"{cfg.sae} reads {sae.cfg.d_vit}-dim activations but {family}/{ckpt} makes {vit.d_vit}-dim ones."
+        )
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    written, skipped = [], {}
+    names = _unique_stems(cfg.images)
+    bar = tqdm.tqdm(total=len(cfg.images), unit="img", disable=len(cfg.images) < 8)
+    for start in range(0, len(cfg.images), cfg.batch_size):
+        batch = []
+        for path in cfg.images[start : start + cfg.batch_size]:
+            try:
+                batch.append((path, load_rgb(path)))
+            except ImageError as err:
+                logger.warning("skipped %s", err)
+                skipped[str(path)] = str(err)
+                bar.update(1)
+        if not batch:
+            continue
+        x = torch.stack([transform(img) for _, img in batch]).to(cfg.device)
+        with torch.inference_mode():
+            codes_BPS = sae.encode(recorder.record(x)[:, 0]).cpu()
+        for (path, img), codes_PS in zip(batch, codes_BPS, strict=True):
+            top = summarize(codes_PS, cfg.top)
+            crop = saev.activations.visible_crop(transform, img)
+            tiles = [labelled(crop, path.name[:30])]
+            tiles += [
+                labelled(
+                    overlay(crop, codes_PS[:, s.latent].numpy(), vit.layout.grid),
+                    f"latent {s.latent} max {s.max:.3g}",
+                )
+                for s in top
+            ]
+            stem = cfg.out / names[path]
+            hstack(tiles).save(stem.with_suffix(".png"))
+            record = {
+                "image": str(path),
+                "sae": cfg.sae,
+                "vit": f"{family}/{ckpt}",
+                "layer": layer,
+                "latents": [dataclasses.asdict(s) for s in top],
+            }
+            stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+            written.append(stem.with_suffix(".png"))
+            bar.update(1)
+    bar.close()
+    return InspectResult(written, skipped)
+
+
+def summarize(codes_PS: torch.Tensor, top: int) -> list[LatentSummary]:
+    """The `top` latents with the largest single-patch activation (ties: lower index), firing ones only."""
+    max_S = codes_PS.max(dim=0).values
+    n = min(top, int((max_S > 0).sum()))
+    order = torch.sort(max_S, descending=True, stable=True).indices[:n].tolist()
+    return [
+        LatentSummary(
+            latent=s,
+            max=float(max_S[s]),
+            sum=float(codes_PS[:, s].sum()),
+            active_patches=torch.nonzero(codes_PS[:, s] > 0).flatten().tolist(),
+        )
+        for s in order
+    ]
+
+
+def _model_from(cfg: InspectConfig, sae) -> tuple[str, str, int]:
+    prov = sae.provenance
+    family = cfg.vit_family or prov.vit_family
+    ckpt = cfg.vit_ckpt or prov.vit_ckpt
+    layer = cfg.layer if cfg.layer is not None else prov.layer
+    missing = [
+        n for n, v in (("--vit-family", family), ("--vit-ckpt", ckpt), ("--layer", layer)) if v is None
+    ]
+    if missing:
+        raise ConfigError(f"{cfg.sae} does not record which ViT it reads; pass {', '.join(missing)}.")
+    return family, ckpt, layer
+
+
+def _unique_stems(paths: tuple[pathlib.Path, ...]) -> dict[pathlib.Path, str]:
+    names: dict[pathlib.Path, str] = {}
+    used: set[str] = set()
+    for path in paths:
+        stem, i = path.stem, 1
+        while stem in used:
+            i += 1
+            stem = f"{path.stem}-{i}"
+        used.add(stem)
+        names[path] = stem
+    return names

@@ -1,0 +1,1 @@
+"""Pictures of what latents respond to: heatmaps, maximally activating images, the feature gallery."""

@@ -1,0 +1,62 @@
+"""Per-patch heatmaps drawn over the exact crop a ViT saw."""
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CMAP = "plasma"
+
+
+def overlay(
+    crop: Image.Image,
+    values_P: np.ndarray,
+    grid: tuple[int, int],
+    vmax: float | None = None,
+    alpha: float = 0.75,
+) -> Image.Image:
+    """Colour each patch of `crop` by its value; zero patches stay see-through.
+
+    `values_P` is in row-major patch order (the ViT's token order). Colour and opacity both grow
+    with the value, scaled to `vmax` (default: the largest value).
+    """
+    import matplotlib
+
+    gh, gw = grid
+    values = np.asarray(values_P, dtype=np.float32).reshape(gh, gw).clip(min=0)
+    top = float(values.max()) if vmax is None else float(vmax)
+    scaled = values / top if top > 0 else np.zeros_like(values)
+    rgba = matplotlib.colormaps[CMAP](scaled)
+    rgba[..., 3] = np.where(scaled > 0, alpha * (0.35 + 0.65 * scaled), 0.0)
+    patch_img = Image.fromarray((rgba * 255).astype(np.uint8), "RGBA").resize(crop.size, Image.NEAREST)
+    return Image.alpha_composite(crop.convert("RGBA"), patch_img).convert("RGB")
+
+
+def labelled(img: Image.Image, text: str, height: int = 18) -> Image.Image:
+    """`img` with a caption strip underneath."""
+    out = Image.new("RGB", (img.width, img.height + height), "white")
+    out.paste(img, (0, 0))
+    ImageDraw.Draw(out).text((3, img.height + 3), text, fill="black")
+    return out
+
+
+def hstack(images: list[Image.Image], gap: int = 4) -> Image.Image:
+    width = sum(i.width for i in images) + gap * (len(images) - 1)
+    out = Image.new("RGB", (width, max(i.height for i in images)), "white")
+    x = 0
+    for img in images:
+        out.paste(img, (x, 0))
+        x += img.width + gap
+    return out
+
+
+def placeholder(size: tuple[int, int], text: str) -> Image.Image:
+    """A grey tile standing in for an image that cannot be read."""
+    img = Image.new("RGB", size, (200, 200, 200))
+    draw = ImageDraw.Draw(img)
+    for i, line in enumerate(_wrap(text, size[0] // 7)):
+        draw.text((6, 6 + 14 * i), line, fill=(60, 60, 60))
+    return img
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    width = max(width, 8)
+    return [text[i : i + width] for i in range(0, len(text), width)] or [""]
