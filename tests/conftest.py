@@ -15,6 +15,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["SAEV_CACHE"] = str(_HF_HOME / "hub")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Tiny test models gain nothing from intra-op threads, and a busy second core makes them crawl.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

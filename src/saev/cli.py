@@ -20,10 +20,21 @@ def _inspect(cfg: Any) -> None:
         print(f"skipped {len(result.skipped)} unreadable image(s)", file=sys.stderr)
 
 
+def _activations(cfg: Any) -> None:
+    from saev.activations.recording import record
+
+    result = record(cfg)
+    if result.already_complete:
+        print(f"store already complete, nothing to do: {result.path}", file=sys.stderr)
+    print(result.path)
+
+
 def _commands() -> dict[str, tuple[type, Callable[[Any], None]]]:
+    from saev.activations.recording import RecordConfig
     from saev.inspect import InspectConfig
 
     return {
+        "activations": (RecordConfig, _activations),
         "inspect": (InspectConfig, _inspect),
     }
 

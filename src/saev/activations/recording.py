@@ -1,0 +1,221 @@
+"""`saev activations`: record a ViT's activations over an image source into a resumable store."""
+
+import contextlib
+import dataclasses
+import logging
+import pathlib
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import tqdm
+
+from saev.data import metadata as md
+from saev.data.sources import ImageSource, open_source
+from saev.data.writer import ShardWriter
+from saev.errors import ConfigError, ImageError
+
+logger = logging.getLogger("saev.activations")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordConfig:
+    """Record a ViT's activations over a folder of images (or a Hugging Face dataset) into a store."""
+
+    vit_family: str
+    """ViT family: clip, siglip, dinov2 or builtin."""
+    vit_ckpt: str
+    """ViT checkpoint, e.g. ViT-B-16/openai, hf-hub:ORG/NAME, local-dir:/path, dinov2_vitb14_reg."""
+    images: str
+    """Image folder (recursive; first-level subfolders are labels) or hf:NAME:SPLIT."""
+    dump_to: pathlib.Path
+    """Parent folder; the store goes to DUMP_TO/<hash>/."""
+    layers: tuple[int, ...] = (-2,)
+    """Transformer blocks to record (negative counts from the last)."""
+    n_patches_per_img: int | None = None
+    """Patches per image; checked against the model (default: the model's)."""
+    cls_token: bool = True
+    """Record the [CLS] token as token 0 (use --no-cls-token for models without one, e.g. SigLIP)."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Storage type; float16 and bfloat16 halve the disk."""
+    batch_size: int = 64
+    """Images per forward pass."""
+    n_patches_per_shard: int = 2_400_000
+    """Shard budget in tokens x layers (2.4M is ~7 GB of float32 at d_vit 768)."""
+    n_workers: int = 4
+    """Image-decoding worker processes."""
+    device: str = "cpu"
+    """Torch device, e.g. cpu or cuda."""
+    autocast: Literal["none", "bf16", "fp16"] = "none"
+    """Run the ViT under half-precision autocast (GPU speed-up; activations are then stored from half precision)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordResult:
+    path: pathlib.Path
+    metadata: md.Metadata
+    n_skipped: int
+    already_complete: bool
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """Source images from `start` on, decoded and transformed in worker processes; failures become reasons."""
+
+    def __init__(self, source: ImageSource, transform, start: int):
+        self.source, self.transform, self.start = source, transform, start
+
+    def __len__(self) -> int:
+        return len(self.source) - self.start
+
+    def __getitem__(self, j: int) -> tuple[int, torch.Tensor | None, str | None]:
+        i = self.start + j
+        try:
+            return i, self.transform(self.source.load(i)), None
+        except ImageError as err:
+            return i, None, str(err)
+        except Exception as err:  # a transform failing on an odd image must not stop the run
+            return i, None, f"cannot preprocess: {type(err).__name__}: {err}"
+
+
+def _single_thread(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _identity(items: list) -> list:
+    return items
+
+
+def record(cfg: RecordConfig) -> RecordResult:
+    from saev.activations import RecordedVisionTransformer, make_img_transform, make_vit
+
+    _validate(cfg)
+    source = open_source(cfg.images)
+    if getattr(source, "n_ignored", 0):
+        logger.info("ignored %d files without an image extension", source.n_ignored)
+    vit = make_vit(cfg.vit_family, cfg.vit_ckpt)
+    n_blocks = len(vit.blocks)
+    layers = _sorted_layers(cfg.layers, n_blocks)
+    n_patches = cfg.n_patches_per_img or vit.layout.n_patches
+    recorder = RecordedVisionTransformer(vit, n_patches, cfg.cls_token, layers).to(cfg.device)
+    planned = md.Metadata(
+        vit_family=cfg.vit_family,
+        vit_ckpt=cfg.vit_ckpt,
+        layers=tuple(layers),
+        n_patches_per_img=n_patches,
+        cls_token=cfg.cls_token,
+        d_vit=vit.d_vit,
+        n_imgs=len(source),
+        max_patches_per_shard=cfg.n_patches_per_shard,
+        data=source.describe(),
+        dtype=cfg.dtype,
+    )
+    writer = ShardWriter(cfg.dump_to, planned, source.fingerprint(), source.describe())
+    if writer.complete:
+        logger.info("store already complete, nothing to do: %s", writer.root)
+        return RecordResult(writer.root, md.read(writer.root / "metadata.json"), 0, True)
+    start = writer.next_source
+    if start:
+        logger.info(
+            "resuming after %d complete shard(s), at image %d of %d",
+            len(writer.state["shards"]),
+            start,
+            len(source),
+        )
+    writer.check_disk(len(source) - start)
+    try:
+        _run(cfg, source, make_img_transform(cfg.vit_family, cfg.vit_ckpt), recorder, writer, start)
+    except BaseException:
+        writer.abort()
+        raise
+    final = writer.finish()
+    n_skipped = len(writer.skips)
+    if n_skipped:
+        logger.warning("skipped %d unreadable image(s); see %s", n_skipped, writer.root / "skipped.json")
+    return RecordResult(writer.root, final, n_skipped, False)
+
+
+def _run(
+    cfg: RecordConfig, source: ImageSource, transform, recorder, writer: ShardWriter, start: int
+) -> None:
+    cuda = torch.device(cfg.device).type == "cuda"
+    loader = torch.utils.data.DataLoader(
+        _Decoded(source, transform, start),
+        batch_size=16,
+        num_workers=cfg.n_workers,
+        collate_fn=_identity,
+        pin_memory=False,
+        worker_init_fn=_single_thread if cfg.n_workers else None,
+        persistent_workers=False,
+    )
+    pending: list[tuple[int, torch.Tensor]] = []
+    bar = tqdm.tqdm(total=len(source) - start, unit="img", desc="recording", dynamic_ncols=True)
+    with torch.inference_mode(), _autocast(cfg):
+        for items in loader:
+            for i, x, err in items:
+                if err is None:
+                    pending.append((i, x))
+                else:
+                    logger.warning("skipped %s", err)
+                    writer.skip(i, _source_name(source, i), err)
+            # Batches start at shard boundaries so a resumed run repeats the same batches bit for bit.
+            while len(pending) >= min(cfg.batch_size, writer.room):
+                pending = _forward(pending, cfg, recorder, writer, source, cuda)
+                bar.update(items[-1][0] + 1 - start - bar.n)
+        while pending:
+            pending = _forward(pending, cfg, recorder, writer, source, cuda)
+    bar.update(bar.total - bar.n)
+    bar.close()
+
+
+def _forward(
+    pending: list, cfg: RecordConfig, recorder, writer: ShardWriter, source: ImageSource, cuda: bool
+) -> list:
+    """Record the first images of `pending` that fit in the current shard; returns the rest."""
+    n = min(cfg.batch_size, writer.room, len(pending))
+    batch, rest = pending[:n], pending[n:]
+    x = torch.stack([t for _, t in batch])
+    if cuda:
+        x = x.pin_memory()
+    acts = recorder.record(x.to(cfg.device, non_blocking=True))
+    indices = [i for i, _ in batch]
+    writer.write(_to_store_dtype(acts, cfg.dtype), indices, [source.record(i) for i in indices])
+    return rest
+
+
+def _to_store_dtype(acts: torch.Tensor, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        return acts.to(torch.bfloat16).cpu().view(torch.int16).numpy().view(np.uint16)
+    return acts.to(getattr(torch, dtype)).cpu().numpy()
+
+
+def _autocast(cfg: RecordConfig):
+    if cfg.autocast == "none":
+        return contextlib.nullcontext()
+    device_type = torch.device(cfg.device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16 if cfg.autocast == "bf16" else torch.float16)
+
+
+def _source_name(source: ImageSource, i: int) -> str:
+    rec: dict[str, Any] = source.record(i)
+    return str(rec.get("path", rec.get("index")))
+
+
+def _sorted_layers(layers: tuple[int, ...], n_blocks: int) -> list[int]:
+    """Layers in block order (the file's layer axis follows the forward pass); duplicates refused."""
+    blocks = [layer % n_blocks if -n_blocks <= layer < n_blocks else None for layer in layers]
+    if None in blocks:
+        bad = [layer for layer, b in zip(layers, blocks, strict=True) if b is None]
+        raise ConfigError(f"layers {bad} out of range for a {n_blocks}-block model.")
+    if len(set(blocks)) != len(blocks):
+        raise ConfigError(f"layers {list(layers)} name the same block twice.")
+    return [layer for _, layer in sorted(zip(blocks, layers, strict=True))]
+
+
+def _validate(cfg: RecordConfig) -> None:
+    for name in ("batch_size", "n_patches_per_shard"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}.")
+    if cfg.n_workers < 0:
+        raise ConfigError(f"--n-workers must be >= 0, got {cfg.n_workers}.")
+    if not cfg.layers:
+        raise ConfigError("--layers needs at least one block index.")

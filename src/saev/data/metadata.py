@@ -1,0 +1,117 @@
+"""Store metadata: the reference protocol's `metadata.json` in every naming era, and the shard layout it implies."""
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+from typing import Any
+
+from saev.errors import StoreError
+
+PROTOCOL = "1.0.0"
+DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Metadata:
+    """What a store holds. Written with the reference protocol 1.0.0 key names."""
+
+    vit_family: str
+    vit_ckpt: str
+    layers: tuple[int, ...]
+    """Recorded blocks, in the order of the file's layer axis (ascending block order)."""
+    n_patches_per_img: int
+    cls_token: bool
+    d_vit: int
+    n_imgs: int
+    max_patches_per_shard: int
+    data: Any
+    """Description of the image source."""
+    dtype: str = "float32"
+    protocol: str = PROTOCOL
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise StoreError(f"unsupported store dtype {self.dtype!r}; saev reads {sorted(DTYPES)}.")
+        if self.n_imgs_per_shard < 1:
+            raise StoreError(
+                f"max_patches_per_shard={self.max_patches_per_shard} cannot hold one image "
+                f"({len(self.layers)} layers x {self.n_tokens} tokens)."
+            )
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_patches_per_img + int(self.cls_token)
+
+    @property
+    def n_imgs_per_shard(self) -> int:
+        return self.max_patches_per_shard // len(self.layers) // self.n_tokens
+
+    @property
+    def bytes_per_img(self) -> int:
+        return len(self.layers) * self.n_tokens * self.d_vit * DTYPES[self.dtype]
+
+    @property
+    def shard_shape(self) -> tuple[int, int, int, int]:
+        return (self.n_imgs_per_shard, len(self.layers), self.n_tokens, self.d_vit)
+
+    def to_dict(self) -> dict[str, Any]:
+        dct = dataclasses.asdict(self)
+        dct["layers"] = list(self.layers)
+        return dct
+
+    @property
+    def hash(self) -> str:
+        """Directory name: sha256 of the compact, key-sorted JSON (protocol 1.0.0)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode("utf-8")
+        return hashlib.sha256(blob).hexdigest()
+
+    def layer_index(self, layer: int) -> int:
+        if layer not in self.layers:
+            raise StoreError(f"layer {layer} is not in this store; it holds layers {list(self.layers)}.")
+        return self.layers.index(layer)
+
+
+def parse(dct: dict[str, Any], source: str = "metadata.json") -> Metadata:
+    """Read metadata from any era: vit_*, model_family/model_ckpt, model_org/model_ckpt; either shard budget name."""
+    try:
+        family = dct.get("vit_family", dct.get("model_family", dct.get("model_org")))
+        ckpt = dct.get("vit_ckpt", dct.get("model_ckpt"))
+        budget = dct.get("max_patches_per_shard", dct.get("n_patches_per_shard"))
+        missing = [
+            name
+            for name, value in (("vit_family", family), ("vit_ckpt", ckpt), ("max_patches_per_shard", budget))
+            if value is None
+        ]
+        missing += [
+            k for k in ("layers", "n_patches_per_img", "cls_token", "d_vit", "n_imgs") if k not in dct
+        ]
+        if missing:
+            raise StoreError(f"{source}: missing keys {missing}.")
+        return Metadata(
+            vit_family=family,
+            vit_ckpt=ckpt,
+            layers=tuple(int(layer) for layer in dct["layers"]),
+            n_patches_per_img=int(dct["n_patches_per_img"]),
+            cls_token=bool(dct["cls_token"]),
+            d_vit=int(dct["d_vit"]),
+            n_imgs=int(dct["n_imgs"]),
+            max_patches_per_shard=int(budget),
+            data=dct.get("data", ""),
+            dtype=dct.get("dtype", "float32"),
+            protocol=dct.get("protocol", "0"),
+        )
+    except (TypeError, ValueError) as err:
+        raise StoreError(f"{source}: invalid value ({err}).") from None
+
+
+def read(path: pathlib.Path) -> Metadata:
+    try:
+        dct = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{path.parent}: not an activation store (no metadata.json).") from None
+    except json.JSONDecodeError as err:
+        raise StoreError(f"{path}: not valid JSON ({err}).") from None
+    if not isinstance(dct, dict):
+        raise StoreError(f"{path}: expected a JSON object.")
+    return parse(dct, str(path))

@@ -1,0 +1,233 @@
+"""Fast readers over a store: every (image, token) example of one layer, in order or shuffled.
+
+Both modes read large contiguous runs of images (a few MiB each) straight from the shard files
+and convert them to float32 in one copy. Shuffled mode visits those runs in a seeded random order
+and shuffles examples inside a memory buffer, so no example is read on its own.
+"""
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Literal, TypeVar
+
+import numpy as np
+import torch
+
+from saev.data.store import ShardStore, open_shards, to_float32
+from saev.errors import StoreError
+
+Tokens = Literal["patches", "cls", "all"]
+MiB = 1 << 20
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenView:
+    """Which token positions of each image a reader yields, and their `patch_i` labels."""
+
+    start: int
+    stop: int
+    patch_i: np.ndarray
+    """[stop - start] int64; -1 for [CLS]."""
+
+    @property
+    def n(self) -> int:
+        return self.stop - self.start
+
+
+def token_view(store: ShardStore, tokens: Tokens) -> TokenView:
+    meta = store.meta
+    cls = int(meta.cls_token)
+    patches = np.arange(meta.n_patches_per_img, dtype=np.int64)
+    if tokens == "patches":
+        return TokenView(cls, meta.n_tokens, patches)
+    if tokens == "cls":
+        if not meta.cls_token:
+            raise StoreError(f"{store.path}: tokens='cls' asked, but this store has no [CLS] token.")
+        return TokenView(0, 1, np.array([-1], dtype=np.int64))
+    if tokens == "all":
+        return TokenView(0, meta.n_tokens, np.concatenate([np.full(cls, -1, dtype=np.int64), patches]))
+    raise StoreError(f"tokens must be 'patches', 'cls' or 'all', not {tokens!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Images [start, stop) of one shard (global indices)."""
+
+    shard: int
+    start: int
+    stop: int
+
+
+def runs(store: ShardStore, images: range, max_imgs: int) -> list[Run]:
+    """Split `images` into runs of at most `max_imgs` images that never cross a shard boundary."""
+    out = []
+    for k, shard in enumerate(store.shards):
+        lo, hi = max(images.start, shard.start), min(images.stop, shard.start + shard.n_imgs)
+        for a in range(lo, hi, max_imgs):
+            out.append(Run(k, a, min(a + max_imgs, hi)))
+    return out
+
+
+def iter_batches(
+    path: str | ShardStore,
+    layer: int = -2,
+    tokens: Tokens = "patches",
+    batch_size: int = 16384,
+    shuffle: bool = True,
+    seed: int = 0,
+    normalize: bool = False,
+    *,
+    images: range | None = None,
+    drop_last: bool = False,
+    block_mib: float = 4,
+    buffer_mib: float = 256,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield dicts with `act` (float32 [B, d_vit]), `image_i` and `patch_i` (int64 [B]).
+
+    Ordered mode yields every example once in store order. Shuffled mode yields every example
+    once per call, in an order fixed by `seed`: runs of about `block_mib` are read in random order,
+    `buffer_mib` of them at a time, and their examples shuffled together. `images` restricts the
+    reader to a range of image indices (e.g. a held-out split). `normalize` applies the
+    reference normalisation with statistics cached beside the store (`saev.data.normalization`).
+    """
+    store = path if isinstance(path, ShardStore) else open_shards(path)
+    if batch_size < 1:
+        raise StoreError(f"batch_size must be positive, got {batch_size}.")
+    layer_i = store.meta.layer_index(layer)
+    view = token_view(store, tokens)
+    images = range(len(store)) if images is None else images
+    if images.step != 1 or images.start < 0 or images.stop > len(store):
+        raise StoreError(f"images must be a contiguous range within [0, {len(store)}), got {images}.")
+    norm = None
+    if normalize:
+        from saev.data.normalization import store_normalization
+
+        norm = store_normalization(store, layer, tokens)
+    row_bytes = view.n * store.d_vit * 4
+    reader = _Reader(store, layer_i, view, norm)
+    if shuffle:
+        chunks = _shuffled_chunks(reader, images, row_bytes, seed, block_mib, buffer_mib)
+    else:
+        max_imgs = max(1, int(32 * MiB // row_bytes))
+        chunks = (reader.read(run) for run in runs(store, images, max_imgs))
+    yield from _batches(prefetch(chunks), batch_size, drop_last)
+
+
+class _Reader:
+    """Reads runs of images into float32 example rows with their image and patch indices."""
+
+    def __init__(self, store: ShardStore, layer_i: int, view: TokenView, norm):
+        self.store, self.layer_i, self.view = store, layer_i, view
+        self.mean = None if norm is None else norm.mean.numpy().astype(np.float32)
+        self.scale = None if norm is None else np.float32(norm.scale)
+        self.clamp = None if norm is None else np.float32(norm.clamp)
+
+    def read(self, run: Run, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        shard = self.store.shards[run.shard]
+        raw = self.store.raw(run.shard)[
+            run.start - shard.start : run.stop - shard.start, self.layer_i, self.view.start : self.view.stop
+        ]
+        n_imgs, n_tok = raw.shape[0], raw.shape[1]
+        if out is None:
+            out = np.empty((n_imgs * n_tok, raw.shape[2]), dtype=np.float32)
+        to_float32(raw, self.store.meta.dtype, out=out.reshape(raw.shape))
+        if self.mean is not None:
+            np.clip(out, -self.clamp, self.clamp, out=out)
+            out -= self.mean
+            out /= self.scale
+        image_i = np.repeat(np.arange(run.start, run.stop, dtype=np.int64), n_tok)
+        patch_i = np.tile(self.view.patch_i, n_imgs)
+        return out, image_i, patch_i
+
+
+def _shuffled_chunks(
+    reader: _Reader, images: range, row_bytes: int, seed: int, block_mib: float, buffer_mib: float
+):
+    rng = np.random.default_rng(seed)
+    imgs_per_block = max(1, int(block_mib * MiB // row_bytes))
+    blocks = runs(reader.store, images, imgs_per_block)
+    order = rng.permutation(len(blocks))
+    blocks_per_group = max(1, int(buffer_mib // block_mib))
+    rows_per_img, d = reader.view.n, reader.store.d_vit
+    for g in range(0, len(order), blocks_per_group):
+        group = [blocks[i] for i in order[g : g + blocks_per_group]]
+        n_rows = sum(run.stop - run.start for run in group) * rows_per_img
+        acts = np.empty((n_rows, d), dtype=np.float32)
+        image_i = np.empty(n_rows, dtype=np.int64)
+        patch_i = np.empty(n_rows, dtype=np.int64)
+        at = 0
+        for run in group:
+            n = (run.stop - run.start) * rows_per_img
+            _, image_i[at : at + n], patch_i[at : at + n] = reader.read(run, out=acts[at : at + n])
+            at += n
+        perm = rng.permutation(n_rows)
+        yield acts[perm], image_i[perm], patch_i[perm]
+
+
+def _batches(
+    chunks: Iterable[tuple[np.ndarray, ...]], batch_size: int, drop_last: bool
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Cut a stream of row chunks into batches; only batches that straddle two chunks are copied."""
+    carry: list[tuple[np.ndarray, ...]] = []
+    n_carry = 0
+    for chunk in chunks:
+        n, at = len(chunk[0]), 0
+        if carry:
+            take = min(batch_size - n_carry, n)
+            carry.append(tuple(a[:take] for a in chunk))
+            n_carry += take
+            at = take
+            if n_carry == batch_size:
+                yield _to_batch(tuple(np.concatenate(parts) for parts in zip(*carry, strict=True)))
+                carry, n_carry = [], 0
+        while n - at >= batch_size:
+            yield _to_batch(tuple(a[at : at + batch_size] for a in chunk))
+            at += batch_size
+        if at < n:
+            carry.append(tuple(a[at:] for a in chunk))
+            n_carry += n - at
+    if carry and not drop_last:
+        yield _to_batch(tuple(np.concatenate(parts) for parts in zip(*carry, strict=True)))
+
+
+def _to_batch(arrays: tuple[np.ndarray, ...]) -> dict[str, torch.Tensor]:
+    act, image_i, patch_i = arrays
+    return {
+        "act": torch.from_numpy(act),
+        "image_i": torch.from_numpy(image_i),
+        "patch_i": torch.from_numpy(patch_i),
+    }
+
+
+def prefetch(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """Produce the next items on a background thread (numpy copies release the GIL)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(item)
+        except BaseException as err:  # surfaced in the consumer
+            q.put(err)
+        q.put(done)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)

@@ -1,0 +1,216 @@
+"""Writing a store shard by shard, so a killed recording resumes from its last complete shard.
+
+Each shard is appended to `actsNNNNNN.bin.partial`, padded to full size (sparsely), fsynced and
+renamed; only then is it listed in the state file and in `shards.json`. `metadata.json` is
+written last: its presence marks a finished store.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import queue
+import shutil
+import threading
+from typing import Any
+
+import numpy as np
+
+from saev.data import metadata as md
+from saev.data.store import STATE_FILE
+from saev.errors import StoreError
+from saev.fileio import write_json
+
+
+@dataclasses.dataclass
+class Skip:
+    index: int
+    """Position in the image source."""
+    source: str
+    reason: str
+
+
+class ShardWriter:
+    """Appends recorded images to shards of `planned` in `dump_to/<planned.hash>/`.
+
+    `planned.n_imgs` is the number of source images; the final metadata counts recorded ones.
+    Writes happen on a background thread so they overlap the next forward pass.
+    """
+
+    def __init__(self, dump_to: pathlib.Path, planned: md.Metadata, fingerprint: str, source: dict[str, Any]):
+        self.planned = planned
+        self.root = pathlib.Path(dump_to) / planned.hash
+        self.source = source
+        self.per_shard = planned.n_imgs_per_shard
+        self.complete = (self.root / "metadata.json").exists()
+        if self.complete:
+            (self.root / STATE_FILE).unlink(missing_ok=True)
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.state = self._load_state(fingerprint)
+        self._clean_stray_files()
+        self.images: list[dict[str, Any]] = list(self.state["images"])
+        self.skips: list[Skip] = [Skip(**s) for s in self.state["skipped"]]
+        self.filled = 0
+        self.last_index = -1
+        self._file = None
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, daemon=True)
+        self._thread.start()
+
+    # Progress
+
+    @property
+    def next_source(self) -> int:
+        """First source image not covered by a complete shard."""
+        return self.state["next_source"]
+
+    @property
+    def n_recorded(self) -> int:
+        return len(self.images)
+
+    @property
+    def room(self) -> int:
+        """Images that still fit in the current shard."""
+        return self.per_shard - self.filled
+
+    def check_disk(self, n_remaining: int) -> None:
+        need = n_remaining * self.planned.bytes_per_img
+        free = shutil.disk_usage(self.root).free
+        if need > free:
+            raise StoreError(
+                f"recording {n_remaining} more images needs about {_fmt(need)} ({_fmt(self.planned.bytes_per_img)} each), "
+                f"but only {_fmt(free)} is free at {self.root}."
+            )
+
+    # Writing
+
+    def write(self, acts: np.ndarray, indices: list[int], records: list[dict[str, Any]]) -> None:
+        """Append images (raw store dtype, [n, layers, tokens, d_vit]) that fit in the current shard."""
+        if len(acts) > self.room:
+            raise ValueError(f"batch of {len(acts)} images does not fit in the {self.room} left in the shard")
+        self._raise_pending()
+        self.images.extend(records)
+        self.filled += len(acts)
+        self.last_index = indices[-1]
+        self._queue.put(("append", acts))
+        if self.filled == self.per_shard:
+            self._queue.put(("commit", self._commit_info()))
+            self.filled = 0
+
+    def skip(self, index: int, source: str, reason: str) -> None:
+        self.skips.append(Skip(index, source, reason))
+
+    def finish(self) -> md.Metadata:
+        """Write the last shard and the store's JSON files; returns the final metadata."""
+        if self.filled:
+            self._queue.put(("commit", self._commit_info()))
+        self._queue.put(("stop", None))
+        self._thread.join()
+        self._raise_pending()
+        skipped = sorted(self.skips, key=lambda s: s.index)
+        write_json(self.root / "skipped.json", [dataclasses.asdict(s) for s in skipped])
+        if not self.images:
+            raise StoreError(f"no image could be read; reasons are in {self.root / 'skipped.json'}.")
+        write_json(self.root / "images.json", {"source": self.source, "images": self.images}, indent=None)
+        final = dataclasses.replace(self.planned, n_imgs=len(self.images))
+        write_json(self.root / "metadata.json", final.to_dict(), indent=4)
+        (self.root / STATE_FILE).unlink(missing_ok=True)
+        self.complete = True
+        return final
+
+    def abort(self) -> None:
+        """Stop the writer thread without committing the current shard."""
+        self._queue.put(("stop", None))
+        self._thread.join()
+
+    # Internals
+
+    def _commit_info(self) -> dict[str, Any]:
+        """Snapshot for the writer thread: what the state file will say once this shard is on disk."""
+        return {"images": list(self.images), "next_source": self.last_index + 1, "filled": self.filled}
+
+    def _work(self) -> None:
+        committed = len(self.state["shards"])
+        try:
+            while True:
+                op, arg = self._queue.get()
+                if op == "stop":
+                    return
+                if op == "append":
+                    if self._file is None:
+                        self._file = open(self._partial(committed), "wb")
+                    self._file.write(memoryview(np.ascontiguousarray(arg)).cast("B"))
+                elif op == "commit":
+                    self._commit(committed, arg)
+                    committed += 1
+        except BaseException as err:
+            self._error = err
+            while True:  # drain so the producer never blocks on a dead writer
+                if self._queue.get()[0] == "stop":
+                    return
+
+    def _commit(self, shard_i: int, info: dict[str, Any]) -> None:
+        name = f"acts{shard_i:06d}.bin"
+        f, self._file = self._file, None
+        f.truncate(self.per_shard * self.planned.bytes_per_img)
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(self._partial(shard_i), self.root / name)
+        shards = self.state["shards"] + [{"name": name, "n_imgs": info["filled"]}]
+        cursor = info["next_source"]
+        self.state = self.state | {
+            "shards": shards,
+            "next_source": cursor,
+            "images": info["images"],
+            "skipped": [dataclasses.asdict(s) for s in self.skips if s.index < cursor],
+        }
+        write_json(self.root / STATE_FILE, self.state, indent=None)
+        write_json(self.root / "shards.json", shards)
+
+    def _partial(self, shard_i: int) -> pathlib.Path:
+        return self.root / f"acts{shard_i:06d}.bin.partial"
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            raise StoreError(f"{self.root}: writing failed: {self._error}") from self._error
+
+    def _load_state(self, fingerprint: str) -> dict[str, Any]:
+        path = self.root / STATE_FILE
+        fresh = {
+            "planned": self.planned.to_dict(),
+            "fingerprint": fingerprint,
+            "shards": [],
+            "next_source": 0,
+            "images": [],
+            "skipped": [],
+        }
+        if not path.exists():
+            write_json(path, fresh, indent=None)
+            return fresh
+        state = json.loads(path.read_text())
+        if state.get("planned") != self.planned.to_dict():
+            raise StoreError(f"{self.root}: holds a different recording; remove it or change --dump-to.")
+        if state.get("fingerprint") != fingerprint:
+            raise StoreError(
+                f"{self.root}: the image source changed since this recording started; restore it or remove {self.root}."
+            )
+        return state
+
+    def _clean_stray_files(self) -> None:
+        """Partial shards and shards not yet listed in the state are redone on resume."""
+        listed = {s["name"] for s in self.state["shards"]}
+        for path in self.root.glob("acts*.bin*"):
+            if path.name not in listed:
+                path.unlink()
+        write_json(self.root / "shards.json", self.state["shards"])
+
+
+def _fmt(n_bytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n_bytes < 1000 or unit == "TB":
+            return f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    raise AssertionError
