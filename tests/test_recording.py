@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 import saev.data
+import saev.nn
 from saev.activations.recording import RecordConfig, record
 from saev.cli import main
 from saev.data.store import STATE_FILE
@@ -279,3 +280,20 @@ def test_records_only_the_blocks_it_needs(tmp_path, tiny_clip, photos_dir, monke
     )
     assert calls == []
     assert torch.get_num_threads() >= 1
+
+
+def test_normalize_attaches_store_statistics_to_a_legacy_sae(tmp_path, tiny_clip, photos_dir, capsys):
+    from saev.data.normalization import store_normalization
+    from tests.test_nn_checkpoints import HEADERS, random_state, write_reference
+
+    main(cli_args(tiny_clip, photos_dir, tmp_path / "shards"))
+    shards = capsys.readouterr().out.strip().splitlines()[-1]
+    write_reference(tmp_path / "legacy.pt", HEADERS["V0b"] | {"d_vit": 64, "exp_factor": 2}, random_state(d_vit=64, d_sae=128))
+    main(["normalize", "--sae", str(tmp_path / "legacy.pt"), "--shards", shards, "--layer", "1", "--out", str(tmp_path / "sae.safetensors")])
+    sae = saev.nn.load(tmp_path / "sae.safetensors")
+    expected = store_normalization(saev.data.open_shards(shards), 1, "patches")
+    torch.testing.assert_close(sae.act_mean, expected.mean)
+    assert float(sae.act_scale) == pytest.approx(expected.scale)
+    assert (sae.provenance.vit_ckpt, sae.provenance.layer, sae.provenance.tokens) == (tiny_clip, 1, "patches")
+    with pytest.raises(SystemExit):
+        main(["normalize", "--sae", str(tmp_path / "legacy.pt"), "--shards", shards, "--layer", "1", "--out", str(tmp_path / "x.pt")])

@@ -29,13 +29,21 @@ def _activations(cfg: Any) -> None:
     print(result.path)
 
 
+def _normalize(cfg: Any) -> None:
+    from saev.data.normalization import normalize_checkpoint
+
+    print(normalize_checkpoint(cfg))
+
+
 def _commands() -> dict[str, tuple[type, Callable[[Any], None]]]:
     from saev.activations.recording import RecordConfig
+    from saev.data.normalization import NormalizeConfig
     from saev.inspect import InspectConfig
 
     return {
         "activations": (RecordConfig, _activations),
         "inspect": (InspectConfig, _inspect),
+        "normalize": (NormalizeConfig, _normalize),
     }
 
 
