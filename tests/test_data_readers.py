@@ -106,3 +106,23 @@ def test_bfloat16_is_decoded_exactly():
     x = torch.randn(1000) * 100
     raw = x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     np.testing.assert_array_equal(to_float32(raw, "bfloat16"), x.to(torch.bfloat16).float().numpy())
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("start_batch", [1, 3, 9])
+def test_start_batch_resumes_the_same_stream(store, shuffle, start_batch):
+    store, _ = store
+    kwargs = dict(
+        layer=-2,
+        tokens="all",
+        batch_size=7,
+        shuffle=shuffle,
+        seed=(5, 1),
+        block_mib=0.0002,
+        buffer_mib=0.0006,
+    )
+    full = list(saev.data.iter_batches(store, **kwargs))
+    rest = list(saev.data.iter_batches(store, start_batch=start_batch, **kwargs))
+    assert len(rest) == len(full) - start_batch
+    for a, b in zip(full[start_batch:], rest, strict=True):
+        assert torch.equal(a["act"], b["act"]) and torch.equal(a["image_i"], b["image_i"])

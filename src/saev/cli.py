@@ -35,15 +35,26 @@ def _normalize(cfg: Any) -> None:
     print(normalize_checkpoint(cfg))
 
 
+def _train(cfg: Any) -> None:
+    from saev.training.trainer import results_table, train
+
+    results = train(cfg)
+    print(results_table(results), file=sys.stderr)
+    for result in results:
+        print(result.checkpoint)
+
+
 def _commands() -> dict[str, tuple[type, Callable[[Any], None]]]:
     from saev.activations.recording import RecordConfig
     from saev.data.normalization import NormalizeConfig
     from saev.inspect import InspectConfig
+    from saev.training.config import TrainConfig
 
     return {
         "activations": (RecordConfig, _activations),
         "inspect": (InspectConfig, _inspect),
         "normalize": (NormalizeConfig, _normalize),
+        "train": (TrainConfig, _train),
     }
 
 

@@ -108,7 +108,9 @@ def normalize_checkpoint(cfg: NormalizeConfig) -> pathlib.Path:
     sae = saev.nn.load(cfg.sae)
     store = open_shards(cfg.shards)
     if store.d_vit != sae.cfg.d_vit:
-        raise ConfigError(f"{cfg.sae} reads {sae.cfg.d_vit}-dim activations; {store.path} holds {store.d_vit}-dim ones.")
+        raise ConfigError(
+            f"{cfg.sae} reads {sae.cfg.d_vit}-dim activations; {store.path} holds {store.d_vit}-dim ones."
+        )
     sae.set_normalization(store_normalization(store, cfg.layer, cfg.tokens))
     sae.provenance = dataclasses.replace(
         sae.provenance,

@@ -76,11 +76,12 @@ def iter_batches(
     tokens: Tokens = "patches",
     batch_size: int = 16384,
     shuffle: bool = True,
-    seed: int = 0,
+    seed: int | tuple[int, ...] = 0,
     normalize: bool = False,
     *,
     images: range | None = None,
     drop_last: bool = False,
+    start_batch: int = 0,
     block_mib: float = 4,
     buffer_mib: float = 256,
 ) -> Iterator[dict[str, torch.Tensor]]:
@@ -107,11 +108,11 @@ def iter_batches(
         norm = store_normalization(store, layer, tokens)
     row_bytes = view.n * store.d_vit * 4
     reader = _Reader(store, layer_i, view, norm)
+    skip = start_batch * batch_size
     if shuffle:
-        chunks = _shuffled_chunks(reader, images, row_bytes, seed, block_mib, buffer_mib)
+        chunks = _shuffled_chunks(reader, images, row_bytes, seed, block_mib, buffer_mib, skip)
     else:
-        max_imgs = max(1, int(32 * MiB // row_bytes))
-        chunks = (reader.read(run) for run in runs(store, images, max_imgs))
+        chunks = _ordered_chunks(reader, images, row_bytes, skip)
     yield from _batches(prefetch(chunks), batch_size, drop_last)
 
 
@@ -142,8 +143,20 @@ class _Reader:
         return out, image_i, patch_i
 
 
+def _ordered_chunks(reader: _Reader, images: range, row_bytes: int, skip: int):
+    rows_per_img = reader.view.n
+    first = images.start + skip // rows_per_img
+    for run in runs(
+        reader.store, range(min(first, images.stop), images.stop), max(1, int(32 * MiB // row_bytes))
+    ):
+        chunk = reader.read(run)
+        if run.start == first and skip % rows_per_img:
+            chunk = tuple(a[skip % rows_per_img :] for a in chunk)
+        yield chunk
+
+
 def _shuffled_chunks(
-    reader: _Reader, images: range, row_bytes: int, seed: int, block_mib: float, buffer_mib: float
+    reader: _Reader, images: range, row_bytes: int, seed, block_mib: float, buffer_mib: float, skip: int
 ):
     rng = np.random.default_rng(seed)
     imgs_per_block = max(1, int(block_mib * MiB // row_bytes))
@@ -154,6 +167,10 @@ def _shuffled_chunks(
     for g in range(0, len(order), blocks_per_group):
         group = [blocks[i] for i in order[g : g + blocks_per_group]]
         n_rows = sum(run.stop - run.start for run in group) * rows_per_img
+        if skip >= n_rows:  # already consumed: keep the generator's state, read nothing
+            rng.permutation(n_rows)
+            skip -= n_rows
+            continue
         acts = np.empty((n_rows, d), dtype=np.float32)
         image_i = np.empty(n_rows, dtype=np.int64)
         patch_i = np.empty(n_rows, dtype=np.int64)
@@ -162,7 +179,8 @@ def _shuffled_chunks(
             n = (run.stop - run.start) * rows_per_img
             _, image_i[at : at + n], patch_i[at : at + n] = reader.read(run, out=acts[at : at + n])
             at += n
-        perm = rng.permutation(n_rows)
+        perm = rng.permutation(n_rows)[skip:]
+        skip = 0
         yield acts[perm], image_i[perm], patch_i[perm]
 
 

@@ -214,3 +214,56 @@ def _fmt(n_bytes: float) -> str:
             return f"{n_bytes:.1f} {unit}"
         n_bytes /= 1000
     raise AssertionError
+
+
+def write_arrays(
+    dump_to: pathlib.Path,
+    acts_NLTD: np.ndarray,
+    *,
+    vit_family: str,
+    vit_ckpt: str,
+    layers: tuple[int, ...],
+    cls_token: bool,
+    data: dict[str, Any],
+    dtype: str = "float32",
+    max_patches_per_shard: int = 2_400_000,
+) -> pathlib.Path:
+    """Write in-memory activations [images, layers, tokens, d_vit] as a store; returns its folder."""
+    n, n_layers, n_tokens, d_vit = acts_NLTD.shape
+    if n_layers != len(layers):
+        raise StoreError(f"{n_layers} layers of activations but {len(layers)} layer names.")
+    planned = md.Metadata(
+        vit_family,
+        vit_ckpt,
+        tuple(layers),
+        n_tokens - int(cls_token),
+        cls_token,
+        d_vit,
+        n,
+        max_patches_per_shard,
+        data,
+        dtype,
+    )
+    writer = ShardWriter(dump_to, planned, f"arrays:{n}", data)
+    if writer.complete:
+        return writer.root
+    raw = {"float32": np.float32, "float16": np.float16}
+    for start in range(0, n, writer.per_shard):
+        chunk = acts_NLTD[start : start + writer.per_shard]
+        stored = chunk.astype(raw[dtype]) if dtype in raw else _to_bfloat16_bits(chunk)
+        indices = list(range(start, start + len(chunk)))
+        writer.write(stored, indices, [{"index": i, "label": None} for i in indices])
+    writer.finish()
+    return writer.root
+
+
+def _to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
+    import torch
+
+    return (
+        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        .to(torch.bfloat16)
+        .view(torch.int16)
+        .numpy()
+        .view(np.uint16)
+    )

@@ -52,19 +52,24 @@ class BatchTopKActivation(torch.nn.Module):
             if self.threshold < 0:
                 raise RuntimeError("BatchTopK threshold was never set: train the SAE before encoding.")
             return pre_BS * (pre_BS > self.threshold)
+        idx = self.select(pre_BS)
+        flat = pre_BS.reshape(-1)
+        return torch.zeros_like(flat).scatter_(0, idx, flat[idx]).reshape(pre_BS.shape)
+
+    @torch.no_grad()
+    def select(self, pre_BS: Tensor) -> Tensor:
+        """Flat indices of the n_tokens * k largest positive pre-activations; updates the threshold."""
         flat = pre_BS.reshape(-1)
         n_keep = min(self.k * (flat.numel() // pre_BS.shape[-1]), flat.numel())
         vals, idx = flat.topk(n_keep, sorted=False)
-        codes = torch.zeros_like(flat).scatter_(0, idx, vals).reshape(pre_BS.shape)
-        with torch.no_grad():
-            positive = vals[vals > 0]
-            if positive.numel():
-                batch_min = positive.min()
-                if self.threshold < 0:
-                    self.threshold.copy_(batch_min)
-                else:
-                    self.threshold.lerp_(batch_min, self.momentum)
-        return codes
+        positive = vals > 0
+        if positive.any():
+            batch_min = vals[positive].min()
+            if self.threshold < 0:
+                self.threshold.copy_(batch_min)
+            else:
+                self.threshold.lerp_(batch_min, self.momentum)
+        return idx[positive]
 
 
 class _JumpReluFn(torch.autograd.Function):

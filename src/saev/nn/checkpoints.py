@@ -325,7 +325,21 @@ def _dump_native(path: pathlib.Path, sae: SparseAutoencoder) -> None:
         )
     payload = save({k: v.cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
     with atomic_open(path) as f:
-        f.write(payload)
+        f.write(_canonical(payload))
+
+
+def _canonical(payload: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted.
+
+    safetensors writes metadata in hash-map order, which changes from run to run; sorting makes
+    identical SAEs produce identical bytes. Data offsets are relative to the end of the header,
+    so only the header is rewritten (space-padded to 8 bytes, as the format allows).
+    """
+    (n,) = struct.unpack("<Q", payload[:8])
+    header = json.loads(payload[8 : 8 + n])
+    blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob + payload[8 + n :]
 
 
 def _dump_reference(path: pathlib.Path, sae: SparseAutoencoder) -> None:

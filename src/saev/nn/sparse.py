@@ -1,0 +1,99 @@
+"""Sparse codes for the TopK family: only the active (token, latent) pairs are touched.
+
+A TopK SAE's codes have k nonzeros per token out of d_sae. The encoder still needs one dense
+matmul to find them, but everything after it (the decoder, and every gradient) can work on the
+N = tokens * k active pairs alone:
+
+- `encode_at` returns pre-activations at chosen pairs, with a backward that accumulates
+  W_enc's gradient per latent with `embedding_bag` instead of a dense [d_vit, tokens] x
+  [tokens, d_sae] product;
+- `decode` sums the active decoder rows per token with `embedding_bag`.
+"""
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class Active:
+    """Active (token, latent) pairs, grouped by token: token t owns entries offsets[t]:offsets[t+1]."""
+
+    token_i: Tensor
+    """[N] int64, non-decreasing."""
+    latent_i: Tensor
+    """[N] int64."""
+    offsets: Tensor
+    """[n_tokens] int64, start of each token's entries."""
+    n_tokens: int
+
+    @classmethod
+    def from_topk(cls, idx_BK: Tensor) -> "Active":
+        """Exactly k latents per token."""
+        n, k = idx_BK.shape
+        token_i = torch.arange(n, device=idx_BK.device).repeat_interleave(k)
+        return cls(token_i, idx_BK.reshape(-1), torch.arange(0, n * k, k, device=idx_BK.device), n)
+
+    @classmethod
+    def from_pairs(cls, token_i: Tensor, latent_i: Tensor, n_tokens: int) -> "Active":
+        """Any pairs; sorted by token here."""
+        order = torch.argsort(token_i * (latent_i.max() + 1 if len(latent_i) else 1) + latent_i)
+        token_i, latent_i = token_i[order], latent_i[order]
+        counts = torch.bincount(token_i, minlength=n_tokens)
+        offsets = torch.cumsum(counts, 0) - counts
+        return cls(token_i, latent_i, offsets, n_tokens)
+
+    def by_latent(self, n_latents: int) -> tuple[Tensor, Tensor]:
+        """(order of entries sorted by latent, offsets of each latent's group in that order)."""
+        order = torch.argsort(self.latent_i, stable=True)
+        counts = torch.bincount(self.latent_i, minlength=n_latents)
+        return order, torch.cumsum(counts, 0) - counts
+
+
+class _EncodeAt(torch.autograd.Function):
+    """values[n] = (x @ W_enc + b_enc)[token_i[n], latent_i[n]], given those values precomputed."""
+
+    @staticmethod
+    def forward(ctx, x_BD, W_enc_DS, b_enc_S, pre_N, token_i, latent_i, offsets):
+        ctx.save_for_backward(x_BD, W_enc_DS, token_i, latent_i, offsets)
+        return pre_N.clone()
+
+    @staticmethod
+    def backward(ctx, g_N):
+        x_BD, W_enc_DS, token_i, latent_i, offsets = ctx.saved_tensors
+        n_latents = W_enc_DS.shape[1]
+        grad_x = grad_W = grad_b = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            order = torch.argsort(latent_i, stable=True)
+            counts = torch.bincount(latent_i, minlength=n_latents)
+            starts = torch.cumsum(counts, 0) - counts
+            if ctx.needs_input_grad[1]:
+                # Row s of W_enc^T's gradient is the g-weighted sum of the tokens where latent s is active.
+                grad_W = F.embedding_bag(
+                    token_i[order], x_BD, starts, mode="sum", per_sample_weights=g_N[order]
+                ).T
+            if ctx.needs_input_grad[2]:
+                grad_b = torch.zeros(n_latents, dtype=g_N.dtype, device=g_N.device).index_add_(
+                    0, latent_i, g_N
+                )
+        if ctx.needs_input_grad[0]:
+            grad_x = F.embedding_bag(
+                latent_i, W_enc_DS.T.contiguous(), offsets, mode="sum", per_sample_weights=g_N
+            )
+        return grad_x, grad_W, grad_b, None, None, None, None
+
+
+def encode_at(x_BD: Tensor, W_enc_DS: Tensor, b_enc_S: Tensor, pre_BS: Tensor, active: Active) -> Tensor:
+    """Pre-activations [N] at the active pairs, differentiable with sparse gradients.
+
+    `pre_BS` is the dense pre-activation matrix computed without gradients (to select the pairs).
+    """
+    pre_N = pre_BS[active.token_i, active.latent_i]
+    return _EncodeAt.apply(x_BD, W_enc_DS, b_enc_S, pre_N, active.token_i, active.latent_i, active.offsets)
+
+
+def decode(codes_N: Tensor, active: Active, W_dec_SD: Tensor) -> Tensor:
+    """Sum of the active decoder rows weighted by their codes, [n_tokens, d_vit] (no bias)."""
+    return F.embedding_bag(active.latent_i, W_dec_SD, active.offsets, mode="sum", per_sample_weights=codes_N)

@@ -1,0 +1,6 @@
+"""Training SAEs on stored activations: many SAEs per pass over the data, reproducible and resumable."""
+
+from saev.training.config import TrainConfig
+from saev.training.trainer import RunResult, train
+
+__all__ = ["RunResult", "TrainConfig", "train"]

@@ -1,0 +1,73 @@
+"""Held-out evaluation: reconstruction quality, sparsity, and every latent's firing statistics."""
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from saev.nn.modeling import SparseAutoencoder
+
+DENSE_FREQ = 0.1
+"""A latent firing on more than this fraction of tokens counts as dense."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    n_tokens: int
+    mse: float
+    """Per-element MSE in the normalised training space."""
+    fve: float
+    """Fraction of variance explained: 1 - SSE / total squared deviation from the mean."""
+    l0: float
+    n_dead: int
+    """Latents that never fired on the held-out tokens."""
+    n_dense: int
+    """Latents firing on more than 10% of held-out tokens."""
+    freq: list[float]
+    """Per latent: fraction of tokens where it fires."""
+    mean_act: list[float]
+    """Per latent: mean activation when firing (0 if never)."""
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("freq", "mean_act")}
+
+
+class Accumulator:
+    """Running sums for one SAE over batches of normalised activations."""
+
+    def __init__(self, sae: SparseAutoencoder):
+        self.sae = sae
+        s, dev = sae.cfg.d_sae, sae.b_dec.device
+        self.n, self.sse, self.sum_sq, self.l0 = 0, 0.0, 0.0, 0.0
+        self.sum_x = torch.zeros(sae.cfg.d_vit, dtype=torch.float64, device=dev)
+        self.fires = torch.zeros(s, dtype=torch.float64, device=dev)
+        self.acts = torch.zeros(s, dtype=torch.float64, device=dev)
+
+    @torch.inference_mode()
+    def add(self, x_n: torch.Tensor) -> None:
+        f = self.sae.activation(self.sae.pre_acts(x_n))
+        x_hat = self.sae.decode_normalized(f)
+        active = f > 0
+        self.n += len(x_n)
+        self.sse += float((x_hat - x_n).double().pow(2).sum())
+        self.sum_sq += float(x_n.double().pow(2).sum())
+        self.sum_x += x_n.double().sum(0)
+        self.l0 += float(active.sum())
+        self.fires += active.sum(0).double()
+        self.acts += f.sum(0).double()
+
+    def result(self) -> EvalResult:
+        n, d = max(self.n, 1), self.sae.cfg.d_vit
+        sst = self.sum_sq - float(self.sum_x.pow(2).sum()) / n
+        freq = self.fires / n
+        mean_act = torch.where(self.fires > 0, self.acts / self.fires.clamp_min(1), 0.0)
+        return EvalResult(
+            n_tokens=self.n,
+            mse=self.sse / (n * d),
+            fve=1 - self.sse / sst if sst > 0 else float("nan"),
+            l0=self.l0 / n,
+            n_dead=int((self.fires == 0).sum()),
+            n_dense=int((freq > DENSE_FREQ).sum()),
+            freq=freq.float().tolist(),
+            mean_act=mean_act.float().tolist(),
+        )
