@@ -44,17 +44,28 @@ def _train(cfg: Any) -> None:
         print(result.checkpoint)
 
 
+def _visuals(cfg: Any) -> None:
+    from saev.visuals import make_visuals
+
+    result = make_visuals(cfg)
+    if result.n_missing_images:
+        print(f"{result.n_missing_images} image(s) missing, drawn as placeholders", file=sys.stderr)
+    print(result.index)
+
+
 def _commands() -> dict[str, tuple[type, Callable[[Any], None]]]:
     from saev.activations.recording import RecordConfig
     from saev.data.normalization import NormalizeConfig
     from saev.inspect import InspectConfig
     from saev.training.config import TrainConfig
+    from saev.visuals.build import VisualsConfig
 
     return {
         "activations": (RecordConfig, _activations),
         "inspect": (InspectConfig, _inspect),
         "normalize": (NormalizeConfig, _normalize),
         "train": (TrainConfig, _train),
+        "visuals": (VisualsConfig, _visuals),
     }
 
 

@@ -1,0 +1,173 @@
+"""Maximally activating images of every latent, in one streaming pass over a store.
+
+For each latent the K distinct images with the highest score (its maximum over patches, its sum
+over patches, or its [CLS] activation), ties going to the lower image index, plus the latent's
+activation on every patch of those images and its firing statistics. Memory is
+d_sae x K x patches, whatever the number of images.
+"""
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+import torch
+import tqdm
+from torch import Tensor
+
+from saev.data.readers import runs
+from saev.data.store import ShardStore, to_float32
+from saev.errors import ConfigError
+from saev.nn.modeling import SparseAutoencoder
+
+SortBy = Literal["patch", "img", "cls"]
+HIST_EDGES = torch.logspace(-4, 4, 161)
+"""Log-spaced bins of the nonzero-activation histograms (values outside are clipped to the ends)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentStats:
+    n_tokens: int
+    freq_S: Tensor
+    """Fraction of tokens where the latent is > 0."""
+    mean_S: Tensor
+    """Mean activation when firing (0 if never)."""
+    max_S: Tensor
+    hist_SB: Tensor
+    """Counts of nonzero activations in the HIST_EDGES bins."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TopActivations:
+    values_SK: Tensor
+    """Score of each top image (0 where fewer than K images fired)."""
+    image_i_SK: Tensor
+    """Image index in the store (-1 where fewer than K images fired)."""
+    patch_maps_SKP: Tensor
+    """The latent's activation on every patch of each top image."""
+    stats: LatentStats
+    sort_by: SortBy
+
+
+def top_activations(
+    sae: SparseAutoencoder,
+    store: ShardStore,
+    layer: int,
+    top_k: int = 16,
+    sort_by: SortBy = "patch",
+    *,
+    device: str = "cpu",
+    batch_mib: float = 256,
+    progress: bool = True,
+) -> TopActivations:
+    """Stream the store once and keep, per latent, its top-K images with patch maps and statistics."""
+    meta = store.meta
+    if sort_by == "cls" and not meta.cls_token:
+        raise ConfigError(f"--sort-by cls: {store.path} has no [CLS] token.")
+    if sae.cfg.d_vit != meta.d_vit:
+        raise ConfigError(
+            f"the SAE reads {sae.cfg.d_vit}-dim activations; {store.path} holds {meta.d_vit}-dim ones."
+        )
+    layer_i = meta.layer_index(layer)
+    n_sae, n_patch, cls = sae.cfg.d_sae, meta.n_patches_per_img, int(meta.cls_token)
+    tracker = _Tracker(n_sae, top_k, n_patch, device)
+    stats = _StatsAccumulator(n_sae, device)
+    imgs_per_batch = max(1, int(batch_mib * 2**20 // (meta.n_tokens * n_sae * 4)))
+    sae = sae.to(device).eval()
+    bar = tqdm.tqdm(total=len(store), unit="img", desc="top-k", disable=not progress, dynamic_ncols=True)
+    for run in runs(store, range(len(store)), imgs_per_batch):
+        shard = store.shards[run.shard]
+        raw = store.raw(run.shard)[run.start - shard.start : run.stop - shard.start, layer_i]
+        x_BTD = torch.from_numpy(to_float32(raw, meta.dtype)).to(device)
+        with torch.inference_mode():
+            codes_BTS = sae.encode(x_BTD)
+        patches_BPS = codes_BTS[:, cls:]
+        if sort_by == "cls":
+            scores_BS, counted = codes_BTS[:, 0], codes_BTS[:, :1]
+        else:
+            scores_BS = patches_BPS.amax(1) if sort_by == "patch" else patches_BPS.sum(1)
+            counted = patches_BPS
+        tracker.add(scores_BS, patches_BPS, torch.arange(run.start, run.stop, device=device))
+        stats.add(counted.reshape(-1, n_sae))
+        bar.update(run.stop - run.start)
+    bar.close()
+    return TopActivations(
+        tracker.values_SK.cpu(), tracker.image_i_SK.cpu(), tracker.maps_SKP.cpu(), stats.result(), sort_by
+    )
+
+
+class _Tracker:
+    """Top-K (score, image) per latent with the matching patch maps, merged batch by batch."""
+
+    def __init__(self, n_sae: int, k: int, n_patch: int, device: str):
+        self.k = k
+        self.values_SK = torch.zeros(n_sae, k, device=device)
+        self.image_i_SK = torch.full((n_sae, k), -1, dtype=torch.int64, device=device)
+        self.maps_SKP = torch.zeros(n_sae, k, n_patch, device=device)
+        self.n_filled_S = torch.zeros(n_sae, dtype=torch.int64, device=device)
+
+    def add(self, scores_BS: Tensor, patches_BPS: Tensor, image_i_B: Tensor) -> None:
+        kth_S = torch.where(self.n_filled_S < self.k, 0.0, self.values_SK[:, -1])
+        # Only a strictly higher score can enter: on a tie the stored image has the lower index.
+        changed = torch.nonzero((scores_BS > kth_S).any(0)).flatten()
+        if len(changed) == 0:
+            return
+        old_v, old_i = self.values_SK[changed], self.image_i_SK[changed]
+        new_v = scores_BS[:, changed].T
+        valid = torch.cat([old_i >= 0, (new_v > 0)], dim=1)
+        cand_v = torch.cat([old_v, new_v], dim=1).masked_fill(~valid, float("-inf"))
+        cand_i = torch.cat([old_i, image_i_B.expand(len(changed), -1)], dim=1)
+        order = torch.sort(cand_v, dim=1, descending=True, stable=True).indices[:, : self.k]
+        top_v = cand_v.gather(1, order)
+        filled = torch.isfinite(top_v)
+        self.values_SK[changed] = torch.where(filled, top_v, 0.0)
+        self.image_i_SK[changed] = torch.where(filled, cand_i.gather(1, order), -1)
+        self.n_filled_S[changed] = filled.sum(1)
+        self._update_maps(changed, order, filled, patches_BPS)
+
+    def _update_maps(self, changed: Tensor, order: Tensor, filled: Tensor, patches_BPS: Tensor) -> None:
+        old = order < self.k
+        kept = self.maps_SKP[changed].gather(
+            1, order.clamp(max=self.k - 1)[..., None].expand(-1, -1, self.maps_SKP.shape[2])
+        )
+        maps = torch.where((old & filled)[..., None], kept, 0.0)
+        rows, slots = torch.nonzero(~old & filled, as_tuple=True)
+        maps[rows, slots] = patches_BPS[order[rows, slots] - self.k, :, changed[rows]]
+        self.maps_SKP[changed] = maps
+
+
+class _StatsAccumulator:
+    def __init__(self, n_sae: int, device: str):
+        self.n_sae, self.n_tokens = n_sae, 0
+        self.fires = torch.zeros(n_sae, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(n_sae, dtype=torch.float64, device=device)
+        self.maxes = torch.zeros(n_sae, device=device)
+        self.hist = torch.zeros(n_sae * (len(HIST_EDGES) - 1), dtype=torch.int64, device=device)
+        self.log_edges = HIST_EDGES.log10().to(device)
+
+    def add(self, codes_NS: Tensor) -> None:
+        self.n_tokens += len(codes_NS)
+        rows, latents = torch.nonzero(codes_NS > 0, as_tuple=True)
+        vals = codes_NS[rows, latents]
+        self.fires += torch.bincount(latents, minlength=self.n_sae)
+        self.sums += torch.bincount(latents, weights=vals.double(), minlength=self.n_sae)
+        self.maxes = torch.maximum(self.maxes, codes_NS.amax(0))
+        n_bins = len(self.log_edges) - 1
+        bins = (torch.bucketize(vals.log10(), self.log_edges) - 1).clamp(0, n_bins - 1)
+        self.hist += torch.bincount(latents * n_bins + bins, minlength=len(self.hist))
+
+    def result(self) -> LatentStats:
+        n = max(self.n_tokens, 1)
+        mean = torch.where(self.fires > 0, self.sums / self.fires.clamp_min(1), 0.0)
+        return LatentStats(
+            self.n_tokens,
+            (self.fires / n).cpu(),
+            mean.float().cpu(),
+            self.maxes.cpu(),
+            self.hist.view(self.n_sae, -1).cpu(),
+        )
+
+
+def log_freq(freq_S: Tensor) -> np.ndarray:
+    """log10 of each frequency, -inf for dead latents."""
+    with np.errstate(divide="ignore"):
+        return np.log10(freq_S.double().numpy())
