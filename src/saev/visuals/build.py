@@ -85,7 +85,8 @@ def make_visuals(cfg: VisualsConfig) -> VisualsResult:
     _save_data(cfg, top, chosen, lookup)
     grid = _grid(store.meta.n_patches_per_img)
     pages = _render(cfg, top, chosen, lookup, store, grid)
-    rows = _index_rows(top, set(chosen))
+    rendered = set(chosen)
+    rows = [row | {"page": row["latent"] in rendered} for row in _stat_rows(top)]
     for i, page in enumerate(pages):
         prev_id = pages[i - 1].latent if i else None
         next_id = pages[i + 1].latent if i + 1 < len(pages) else None
@@ -133,34 +134,17 @@ def _save_data(cfg: VisualsConfig, top: TopActivations, chosen: list[int], looku
     }
     with atomic_open(cfg.out / "topk.safetensors") as f:
         f.write(save(tensors, metadata=meta))
-    lf = log_freq(top.stats.freq_S)
+    rendered = set(chosen)
     latents = []
-    for s in range(top.values_SK.shape[0]):
-        ranked = [
-            (int(i), float(v))
-            for i, v in zip(top.image_i_SK[s].tolist(), top.values_SK[s].tolist(), strict=True)
+    for row in _stat_rows(top):
+        s = row["latent"]
+        ranked = zip(top.image_i_SK[s].tolist(), top.values_SK[s].tolist(), strict=True)
+        images = [
+            {"image_i": i, "value": v, "source": lookup.path(i), "label": lookup.describe(i).get("label")}
+            for i, v in ranked
             if i >= 0
         ]
-        latents.append(
-            {
-                "latent": s,
-                "freq": float(top.stats.freq_S[s]),
-                "log10_freq": float(lf[s]) if np.isfinite(lf[s]) else None,
-                "mean": float(top.stats.mean_S[s]),
-                "max": float(top.stats.max_S[s]),
-                "dead": bool(top.stats.freq_S[s] == 0),
-                "rendered": s in set(chosen),
-                "top": [
-                    {
-                        "image_i": i,
-                        "value": v,
-                        "source": lookup.path(i),
-                        "label": lookup.describe(i).get("label"),
-                    }
-                    for i, v in ranked
-                ],
-            }
-        )
+        latents.append(row | {"rendered": s in rendered, "top": images})
     write_json(
         cfg.out / "latents.json",
         {"sort_by": cfg.sort_by, "n_tokens": top.stats.n_tokens, "latents": latents},
@@ -255,7 +239,8 @@ def _render(
     return pages
 
 
-def _index_rows(top: TopActivations, rendered: set[int]) -> list[dict]:
+def _stat_rows(top: TopActivations) -> list[dict]:
+    """Each latent's statistics, as listed in latents.json and the gallery index."""
     lf = log_freq(top.stats.freq_S)
     return [
         {
@@ -265,7 +250,6 @@ def _index_rows(top: TopActivations, rendered: set[int]) -> list[dict]:
             "mean": float(top.stats.mean_S[s]),
             "max": float(top.stats.max_S[s]),
             "dead": bool(top.stats.freq_S[s] == 0),
-            "page": s in rendered,
         }
         for s in range(top.values_SK.shape[0])
     ]
