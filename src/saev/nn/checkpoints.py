@@ -357,15 +357,13 @@ def _dump_reference(path: pathlib.Path, sae: SparseAutoencoder) -> None:
         "seed": cfg.seed,
     }
     act = cfg.activation
+    # Schema 1 encodes x - b_dec with a ReLU; schema 2 encodes x with a ReLU or a sign-keeping TopK.
     if isinstance(act, config.Relu) and cfg.subtract_b_dec:
         header = {"schema": 1, "cfg": base, "cls": "Relu"}
-    elif (
-        isinstance(act, config.Relu | config.TopK)
-        and not cfg.subtract_b_dec
-        and getattr(act, "relu", False) is False
-    ):
-        name, params = ("Relu", {}) if isinstance(act, config.Relu) else ("TopK", {"top_k": act.k})
-        header = {"schema": 2, "cfg": base | {"activation": {"cls": name, "params": params}}}
+    elif isinstance(act, config.Relu) and not cfg.subtract_b_dec:
+        header = {"schema": 2, "cfg": base | {"activation": {"cls": "Relu", "params": {}}}}
+    elif isinstance(act, config.TopK) and not act.relu and not cfg.subtract_b_dec:
+        header = {"schema": 2, "cfg": base | {"activation": {"cls": "TopK", "params": {"top_k": act.k}}}}
     else:
         raise CheckpointError(
             f"{path}: the reference .pt format cannot express {act} with forward "
