@@ -27,16 +27,33 @@ from saev.data.images import load_rgb
 from saev.data.sources import scan_folder
 from saev.data.writer import ShardWriter
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "colorwheel", "retina")
+PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "colorwheel",
+    "retina",
+)
 
 
 def vit_b16_dir(root: pathlib.Path) -> str:
     if not (root / "open_clip_model.safetensors").exists():
         root.mkdir(parents=True, exist_ok=True)
-        cfg = {"model_cfg": open_clip.get_model_config("ViT-B-16"), "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}}
+        cfg = {
+            "model_cfg": open_clip.get_model_config("ViT-B-16"),
+            "preprocess_cfg": {
+                "mean": list(open_clip.OPENAI_DATASET_MEAN),
+                "std": list(open_clip.OPENAI_DATASET_STD),
+            },
+        }
         (root / "open_clip_config.json").write_text(json.dumps(cfg))
         model = open_clip.create_model(f"local-dir:{root}", load_weights=False)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "open_clip_model.safetensors")
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()}, root / "open_clip_model.safetensors"
+        )
     return f"local-dir:{root}"
 
 
@@ -45,7 +62,9 @@ def image_folder(root: pathlib.Path, n: int) -> pathlib.Path:
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
         for i in range(n):
-            Image.fromarray(np.asarray(getattr(skimage.data, PHOTOS[i % len(PHOTOS)])())).convert("RGB").save(root / f"{i:04d}.jpg", quality=90)
+            Image.fromarray(np.asarray(getattr(skimage.data, PHOTOS[i % len(PHOTOS)])())).convert("RGB").save(
+                root / f"{i:04d}.jpg", quality=90
+            )
     return root
 
 
@@ -62,10 +81,19 @@ def bare_forward(vit, batches: list[torch.Tensor], deepest: int) -> float:
 
 
 def recording(ckpt: str, folder: pathlib.Path, batch_size: int, n_workers: int, vit, transform) -> float:
-    cfg = RecordConfig(vit_family="clip", vit_ckpt=ckpt, images=str(folder), dump_to=pathlib.Path(tempfile.mkdtemp(dir=".cache/bench")), batch_size=batch_size, n_workers=n_workers)
+    cfg = RecordConfig(
+        vit_family="clip",
+        vit_ckpt=ckpt,
+        images=str(folder),
+        dump_to=pathlib.Path(tempfile.mkdtemp(dir=".cache/bench")),
+        batch_size=batch_size,
+        n_workers=n_workers,
+    )
     source = scan_folder(folder)
     recorder = RecordedVisionTransformer(vit, 196, True, [-2])
-    planned = md.Metadata("clip", ckpt, (-2,), 196, True, vit.d_vit, len(source), cfg.n_patches_per_shard, source.describe())
+    planned = md.Metadata(
+        "clip", ckpt, (-2,), 196, True, vit.d_vit, len(source), cfg.n_patches_per_shard, source.describe()
+    )
     writer = ShardWriter(cfg.dump_to, planned, source.fingerprint(), source.describe())
     start = time.perf_counter()
     _run(cfg, source, transform, recorder, writer, 0)
@@ -93,7 +121,9 @@ def main() -> None:
         bare = bare_forward(vit, batches, deepest=len(vit.blocks) - 2)
         rec = recording(ckpt, folder, args.batch_size, args.n_workers, vit, transform)
         rows.append([trial, args.n_imgs / bare, args.n_imgs / rec, bare / rec])
-    print(f"ViT-B/16, record block -2 of 12, {args.n_imgs} JPEG photos, batch {args.batch_size}, {args.n_workers} decoding worker(s), {torch.get_num_threads()} threads")
+    print(
+        f"ViT-B/16, record block -2 of 12, {args.n_imgs} JPEG photos, batch {args.batch_size}, {args.n_workers} decoding worker(s), {torch.get_num_threads()} threads"
+    )
     print(table(["trial", "bare forward img/s", "recording img/s", "recording / bare"], rows))
 
 

@@ -27,7 +27,18 @@ def build_store(root: pathlib.Path, n_imgs: int, per_shard: int = 400) -> pathli
     for k, start in enumerate(range(0, n_imgs, per_shard)):
         shard = rng.standard_normal((per_shard, 1, TOKENS, D), dtype=np.float32)
         shard.tofile(root / f"acts{k:06d}.bin")
-    meta = {"vit_family": "clip", "vit_ckpt": "ViT-B-16/openai", "layers": [-2], "n_patches_per_img": TOKENS - 1, "cls_token": True, "d_vit": D, "seed": 42, "n_imgs": n_imgs, "n_patches_per_shard": per_shard * TOKENS, "data": "bench"}
+    meta = {
+        "vit_family": "clip",
+        "vit_ckpt": "ViT-B-16/openai",
+        "layers": [-2],
+        "n_patches_per_img": TOKENS - 1,
+        "cls_token": True,
+        "d_vit": D,
+        "seed": 42,
+        "n_imgs": n_imgs,
+        "n_patches_per_shard": per_shard * TOKENS,
+        "data": "bench",
+    }
     (root / "metadata.json").write_text(json.dumps(meta))
     return root
 
@@ -65,7 +76,9 @@ def per_example_memmap(root: pathlib.Path, indices: np.ndarray) -> None:
     for i in indices:
         img, patch = divmod(int(i), TOKENS - 1)
         shard, pos = divmod(img, per_shard)
-        acts = np.memmap(root / f"acts{shard:06d}.bin", mode="c", dtype=np.float32, shape=(per_shard, 1, TOKENS, D))
+        acts = np.memmap(
+            root / f"acts{shard:06d}.bin", mode="c", dtype=np.float32, shape=(per_shard, 1, TOKENS, D)
+        )
         torch.from_numpy(acts[pos, 0, patch + 1].copy())
 
 
@@ -73,7 +86,11 @@ def reference_dataset(root: pathlib.Path, indices: np.ndarray) -> None:
     import saev_ref.activations
     import saev_ref.config
 
-    ds = saev_ref.activations.Dataset(saev_ref.config.DataLoad(shard_root=str(root), patches="patches", layer=-2, scale_mean=False, scale_norm=False))
+    ds = saev_ref.activations.Dataset(
+        saev_ref.config.DataLoad(
+            shard_root=str(root), patches="patches", layer=-2, scale_mean=False, scale_norm=False
+        )
+    )
     for i in indices:
         ds[int(i)]
 
@@ -90,20 +107,38 @@ def main() -> None:
     file_bytes = sum(p.stat().st_size for p in root.glob("acts*.bin"))
     rows = [
         ["numpy.fromfile of every shard (whole files)", rate(lambda: raw_fromfile(root), file_bytes)],
-        ["iter_batches ordered, batch 16384", rate(lambda: drain(saev.data.iter_batches(store, shuffle=False, batch_size=16384)), payload)],
-        ["iter_batches shuffled, batch 16384", rate(lambda: drain(saev.data.iter_batches(store, shuffle=True, batch_size=16384)), payload)],
+        [
+            "iter_batches ordered, batch 16384",
+            rate(lambda: drain(saev.data.iter_batches(store, shuffle=False, batch_size=16384)), payload),
+        ],
+        [
+            "iter_batches shuffled, batch 16384",
+            rate(lambda: drain(saev.data.iter_batches(store, shuffle=True, batch_size=16384)), payload),
+        ],
     ]
     sample = np.random.default_rng(0).permutation(len(store) * (TOKENS - 1))[:3000]
-    rows.append(["per-example memmap reads (reference pattern)", rate(lambda: per_example_memmap(root, sample), len(sample) * D * 4, repeats=1)])
+    rows.append(
+        [
+            "per-example memmap reads (reference pattern)",
+            rate(lambda: per_example_memmap(root, sample), len(sample) * D * 4, repeats=1),
+        ]
+    )
     try:
         from tests.reference import load_reference
 
         load_reference()
-        rows.append(["reference saev 0.1.0 Dataset[i]", rate(lambda: reference_dataset(root, sample), len(sample) * D * 4, repeats=1)])
+        rows.append(
+            [
+                "reference saev 0.1.0 Dataset[i]",
+                rate(lambda: reference_dataset(root, sample), len(sample) * D * 4, repeats=1),
+            ]
+        )
     except BaseException as err:  # pytest.skip raises a BaseException subclass
         print(f"(reference saev not available: {err})")
     base = rows[0][1]
-    print(f"Store: {len(store)} images x {TOKENS - 1} patches x {D} float32 = {payload / 1e9:.2f} GB of patch activations, page cache warm, {torch.get_num_threads()} threads")
+    print(
+        f"Store: {len(store)} images x {TOKENS - 1} patches x {D} float32 = {payload / 1e9:.2f} GB of patch activations, page cache warm, {torch.get_num_threads()} threads"
+    )
     print(table(["reader", "GB/s", "ratio to numpy.fromfile"], [[name, r, r / base] for name, r in rows]))
 
 

@@ -38,9 +38,22 @@ def main() -> None:
     x = torch.randn(batch, d_vit)
     rows = []
     for exp, k in shapes:
-        sae = saev.nn.SparseAutoencoder(saev.nn.SaeConfig(d_vit=d_vit, d_sae=d_vit * exp, activation=saev.nn.TopK(k=k), subtract_b_dec=False))
+        sae = saev.nn.SparseAutoencoder(
+            saev.nn.SaeConfig(
+                d_vit=d_vit, d_sae=d_vit * exp, activation=saev.nn.TopK(k=k), subtract_b_dec=False
+            )
+        )
         times = interleaved_medians({d: step_fn(sae, x, d) for d in ("dense", "sparse")}, repeats=3, warmup=1)
-        rows.append([d_vit * exp, k, d_vit * exp // k, batch / times["dense"], batch / times["sparse"], times["dense"] / times["sparse"]])
+        rows.append(
+            [
+                d_vit * exp,
+                k,
+                d_vit * exp // k,
+                batch / times["dense"],
+                batch / times["sparse"],
+                times["dense"] / times["sparse"],
+            ]
+        )
     print(f"TopK training step, d_vit {d_vit}, batch {batch}, {torch.get_num_threads()} threads")
     print(table(["d_sae", "k", "d_sae/k", "dense tok/s", "sparse tok/s", "sparse speed-up"], rows))
 

@@ -29,7 +29,16 @@ def write_sae(path: pathlib.Path) -> None:
     sae = saev.nn.SparseAutoencoder(saev.nn.SaeConfig(d_vit=D, d_sae=D_SAE, seed=0))
     with torch.no_grad():
         sae.b_enc.fill_(-1.5)  # sparse codes, as in a trained SAE
-    header = {"d_vit": D, "exp_factor": D_SAE // D, "sparsity_coeff": 4e-4, "n_reinit_samples": 0, "ghost_grads": False, "remove_parallel_grads": True, "normalize_w_dec": True, "seed": 0}
+    header = {
+        "d_vit": D,
+        "exp_factor": D_SAE // D,
+        "sparsity_coeff": 4e-4,
+        "n_reinit_samples": 0,
+        "ghost_grads": False,
+        "remove_parallel_grads": True,
+        "normalize_w_dec": True,
+        "seed": 0,
+    }
     with open(path, "wb") as f:
         f.write((json.dumps(header) + "\n").encode())
         torch.save({k: getattr(sae, k).detach() for k in ("W_enc", "b_enc", "W_dec", "b_dec")}, f)
@@ -51,8 +60,19 @@ def run_reference(store_dir: pathlib.Path, sae_path: pathlib.Path) -> float:
     import saev_ref.config
     import saev_ref.visuals
 
-    data = saev_ref.config.DataLoad(shard_root=str(store_dir), patches="patches", layer=-2, scale_mean=False, scale_norm=False)
-    cfg = saev_ref.config.Visuals(ckpt=str(sae_path), data=data, top_k=TOP_K, n_workers=0, topk_batch_size=TOKENS * 16 - 16, sae_batch_size=4096, device="cpu", sort_by="patch")
+    data = saev_ref.config.DataLoad(
+        shard_root=str(store_dir), patches="patches", layer=-2, scale_mean=False, scale_norm=False
+    )
+    cfg = saev_ref.config.Visuals(
+        ckpt=str(sae_path),
+        data=data,
+        top_k=TOP_K,
+        n_workers=0,
+        topk_batch_size=TOKENS * 16 - 16,
+        sae_batch_size=4096,
+        device="cpu",
+        sort_by="patch",
+    )
     start = time.perf_counter()
     saev_ref.visuals.get_topk_patch(cfg)
     return time.perf_counter() - start
@@ -76,11 +96,33 @@ def main() -> None:
     n_tokens = args.n_imgs * (TOKENS - 1)
     rows = {}
     for variant in ("ours", "reference"):
-        out = subprocess.run([sys.executable, "-m", "benchmarks.visuals_topk", "--variant", variant, "--n-imgs", str(args.n_imgs), "--root", str(args.root)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.visuals_topk",
+                "--variant",
+                variant,
+                "--n-imgs",
+                str(args.n_imgs),
+                "--root",
+                str(args.root),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     ref = rows["reference"]["seconds"]
-    print(f"Top-{TOP_K} pass over {n_tokens:,} patch tokens (d_vit {D}, {D_SAE} latents), {torch.get_num_threads()} threads")
-    print(table(["top-k pass", "tokens/s", "peak RSS MB", "speed-up"], [[name, n_tokens / r["seconds"], r["peak_mb"], ref / r["seconds"]] for name, r in rows.items()]))
+    print(
+        f"Top-{TOP_K} pass over {n_tokens:,} patch tokens (d_vit {D}, {D_SAE} latents), {torch.get_num_threads()} threads"
+    )
+    print(
+        table(
+            ["top-k pass", "tokens/s", "peak RSS MB", "speed-up"],
+            [[name, n_tokens / r["seconds"], r["peak_mb"], ref / r["seconds"]] for name, r in rows.items()],
+        )
+    )
 
 
 if __name__ == "__main__":

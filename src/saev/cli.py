@@ -53,10 +53,19 @@ def _visuals(cfg: Any) -> None:
     print(result.index)
 
 
+def _quickstart(cfg: Any) -> None:
+    from saev.quickstart import print_report, quickstart
+
+    result = quickstart(cfg)
+    print_report(result)
+    print(f"gallery: {result.gallery}")
+
+
 def _commands() -> dict[str, tuple[type, Callable[[Any], None]]]:
     from saev.activations.recording import RecordConfig
     from saev.data.normalization import NormalizeConfig
     from saev.inspect import InspectConfig
+    from saev.quickstart import QuickstartConfig
     from saev.training.config import TrainConfig
     from saev.visuals.build import VisualsConfig
 
@@ -64,6 +73,7 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], None]]]:
         "activations": (RecordConfig, _activations),
         "inspect": (InspectConfig, _inspect),
         "normalize": (NormalizeConfig, _normalize),
+        "quickstart": (QuickstartConfig, _quickstart),
         "train": (TrainConfig, _train),
         "visuals": (VisualsConfig, _visuals),
     }

@@ -56,24 +56,32 @@ def uses_sparse(sae: SparseAutoencoder, decoder: Decoder) -> bool:
 
 
 def training_loss(
-    sae: SparseAutoencoder, x_BD: Tensor, coeff: float, dead_S: Tensor | None, obj: Objective
+    sae: SparseAutoencoder,
+    x_BD: Tensor,
+    coeff: float,
+    dead_S: Tensor | None,
+    obj: Objective,
+    per_token: bool = False,
 ) -> StepLoss:
-    """Loss of one batch of normalised activations; `coeff` is the (warmed-up) sparsity coefficient."""
+    """Loss of one batch of normalised activations; `coeff` is the (warmed-up) sparsity coefficient.
+
+    `per_token` makes a BatchTopK SAE pick its top k per token for this step (the TopK warm-up).
+    """
     x_in = x_BD - sae.b_dec if sae.cfg.subtract_b_dec else x_BD
     prefixes = _prefixes(obj.matryoshka_prefixes, sae.cfg.d_sae)
     if uses_sparse(sae, obj.decoder):
-        return _sparse_loss(sae, x_BD, x_in, prefixes, dead_S, obj)
-    return _dense_loss(sae, x_BD, x_in, prefixes, coeff, dead_S, obj)
+        return _sparse_loss(sae, x_BD, x_in, prefixes, dead_S, obj, per_token)
+    return _dense_loss(sae, x_BD, x_in, prefixes, coeff, dead_S, obj, per_token)
 
 
 def _prefixes(prefixes: tuple[int, ...], d_sae: int) -> list[int]:
     return [p for p in prefixes if p < d_sae] + [d_sae]
 
 
-def _sparse_loss(sae, x_BD, x_in, prefixes, dead_S, obj) -> StepLoss:
+def _sparse_loss(sae, x_BD, x_in, prefixes, dead_S, obj, per_token: bool) -> StepLoss:
     with torch.no_grad():
         pre_BS = torch.addmm(sae.b_enc, x_in, sae.W_enc)
-        active = _select(sae, pre_BS)
+        active = _select(sae, pre_BS, per_token)
     codes_N = F.relu(sparse.encode_at(x_in, sae.W_enc, sae.b_enc, pre_BS, active))
     recons = [
         sparse.decode(codes_N if m == sae.cfg.d_sae else codes_N * (active.latent_i < m), active, sae.W_dec)
@@ -89,18 +97,22 @@ def _sparse_loss(sae, x_BD, x_in, prefixes, dead_S, obj) -> StepLoss:
     return _combine(x_BD, recons, torch.zeros((), device=x_BD.device), aux, l0, l1, fired)
 
 
-def _select(sae: SparseAutoencoder, pre_BS: Tensor) -> sparse.Active:
+def _select(sae: SparseAutoencoder, pre_BS: Tensor, per_token: bool) -> sparse.Active:
     act = sae.cfg.activation
-    if isinstance(act, config.TopK):
+    if isinstance(act, config.TopK) or per_token:
         return sparse.Active.from_topk(pre_BS.topk(act.k, dim=-1, sorted=False).indices)
     flat = sae.activation.select(pre_BS)
     n_latents = pre_BS.shape[1]
     return sparse.Active.from_pairs(flat // n_latents, flat % n_latents, pre_BS.shape[0])
 
 
-def _dense_loss(sae, x_BD, x_in, prefixes, coeff, dead_S, obj) -> StepLoss:
+def _dense_loss(sae, x_BD, x_in, prefixes, coeff, dead_S, obj, per_token: bool) -> StepLoss:
     pre_BS = F.linear(x_in, sae.W_enc.T, sae.b_enc)
-    f_BS = sae.activation(pre_BS)
+    if per_token:
+        vals, idx = pre_BS.topk(sae.cfg.activation.k, dim=-1, sorted=False)
+        f_BS = torch.zeros_like(pre_BS).scatter(-1, idx, F.relu(vals))
+    else:
+        f_BS = sae.activation(pre_BS)
     recons = _dense_prefix_decode(f_BS, sae, prefixes)
     l0 = (f_BS > 0).sum(-1, dtype=torch.float32).mean()
     l1 = f_BS.sum(-1).mean()

@@ -52,6 +52,8 @@ class TrainConfig:
     """After warm-up: constant, or cosine decay to zero."""
     sparsity_warmup: int = 0
     """Steps over which the sparsity coefficient rises linearly from 0."""
+    topk_warmup: float = 0.25
+    """batchtopk: fraction of training that picks the top k per token (as TopK) before per-batch selection; it finds features much sooner."""
     aux_k: int | None = None
     """Dead latents in the AuxK loss per token (topk, batchtopk); default d_vit/2, 0 disables."""
     aux_coeff: float = 1 / 32
@@ -145,6 +147,8 @@ class TrainConfig:
             raise ConfigError(f"--k must be positive, got {self.k}.")
         if not 0 <= self.holdout < 1:
             raise ConfigError(f"--holdout must be in [0, 1), got {self.holdout}.")
+        if not 0 <= self.topk_warmup < 1:
+            raise ConfigError(f"--topk-warmup is a fraction of training in [0, 1), got {self.topk_warmup}.")
         prefixes = self.matryoshka_prefixes
         if any(p <= 0 for p in prefixes) or list(prefixes) != sorted(set(prefixes)):
             raise ConfigError(f"--matryoshka-prefixes must be positive and increasing, got {list(prefixes)}.")

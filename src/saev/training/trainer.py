@@ -168,7 +168,8 @@ class _Run:
             group["lr"] = lr
         coeff = schedules.coeff_at(self.step, cfg.sparsity_coeff, cfg.sparsity_warmup)
         dead = (self.step - self.last_fired) * cfg.batch_size >= cfg.dead_tokens
-        out = training_loss(self.sae, x_n, coeff, dead, self.objective)
+        per_token = cfg.arch == "batchtopk" and self.step < int(cfg.topk_warmup * self.n_steps)
+        out = training_loss(self.sae, x_n, coeff, dead, self.objective, per_token)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         self.sae.remove_parallel_grads()
