@@ -24,7 +24,7 @@ def build_store(root: pathlib.Path, n_imgs: int, per_shard: int = 400) -> pathli
         return root
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    for k, start in enumerate(range(0, n_imgs, per_shard)):
+    for k in range((n_imgs + per_shard - 1) // per_shard):
         shard = rng.standard_normal((per_shard, 1, TOKENS, D), dtype=np.float32)
         shard.tofile(root / f"acts{k:06d}.bin")
     meta = {
