@@ -297,3 +297,37 @@ def test_normalize_attaches_store_statistics_to_a_legacy_sae(tmp_path, tiny_clip
     assert (sae.provenance.vit_ckpt, sae.provenance.layer, sae.provenance.tokens) == (tiny_clip, 1, "patches")
     with pytest.raises(SystemExit):
         main(["normalize", "--sae", str(tmp_path / "legacy.pt"), "--shards", shards, "--layer", "1", "--out", str(tmp_path / "x.pt")])
+
+
+def test_hugging_face_dataset_source(tmp_path, tiny_clip, photos_dir):
+    pytest.importorskip("datasets")
+    data = tmp_path / "hf" / "train"
+    for k, path in enumerate(sorted(photos_dir.iterdir())[:4]):
+        (data / ("cats" if k % 2 else "dogs")).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, data / ("cats" if k % 2 else "dogs") / path.name)
+    store = saev.data.open_shards(record(RecordConfig(vit_family="clip", vit_ckpt=tiny_clip, images=f"hf:{tmp_path / 'hf'}:train", dump_to=tmp_path / "out", layers=(-2,), n_workers=0)).path)
+    import datasets
+
+    ds = datasets.load_dataset(str(tmp_path / "hf"), split="train")
+    assert store.metadata["data"] == {"__class__": "HfDataset", "name": str(tmp_path / "hf"), "split": "train"}
+    assert [img["index"] for img in store.images] == [0, 1, 2, 3]
+    assert [img["label"] for img in store.images] == [ds.features["label"].names[ds[i]["label"]] for i in range(4)]
+    from saev.activations import RecordedVisionTransformer, make_img_transform, make_vit
+    from saev.data.images import to_rgb
+
+    rec = RecordedVisionTransformer(make_vit("clip", tiny_clip), 196, True, [-2])
+    transform = make_img_transform("clip", tiny_clip)
+    with torch.inference_mode():
+        expected = rec(torch.stack([transform(to_rgb(ds[i]["image"])) for i in range(4)]))[1]
+    for i in range(4):
+        np.testing.assert_allclose(store.acts(i), expected[i].numpy(), rtol=1e-5, atol=1e-5)
+    from saev.visuals.lookup import ImageLookup
+
+    lookup = ImageLookup(store)
+    assert lookup.load(2).size == to_rgb(ds[2]["image"]).size and lookup.path(2) == "index 2"
+
+
+def test_missing_datasets_package_is_a_clear_error(tmp_path, tiny_clip, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(ConfigError, match=r"pip install 'saev\[hf\]'"):
+        record(RecordConfig(vit_family="clip", vit_ckpt=tiny_clip, images="hf:ILSVRC/imagenet-1k:train", dump_to=tmp_path, n_workers=0))
