@@ -26,22 +26,13 @@ D, D_SAE, TOP_K = 768, 6144, 16
 
 def write_sae(path: pathlib.Path) -> None:
     """A random ReLU SAE as a V0b file, which both projects read."""
+    from tests.test_nn_checkpoints import HEADERS, write_reference
+
     sae = saev.nn.SparseAutoencoder(saev.nn.SaeConfig(d_vit=D, d_sae=D_SAE, seed=0))
     with torch.no_grad():
         sae.b_enc.fill_(-1.5)  # sparse codes, as in a trained SAE
-    header = {
-        "d_vit": D,
-        "exp_factor": D_SAE // D,
-        "sparsity_coeff": 4e-4,
-        "n_reinit_samples": 0,
-        "ghost_grads": False,
-        "remove_parallel_grads": True,
-        "normalize_w_dec": True,
-        "seed": 0,
-    }
-    with open(path, "wb") as f:
-        f.write((json.dumps(header) + "\n").encode())
-        torch.save({k: getattr(sae, k).detach() for k in ("W_enc", "b_enc", "W_dec", "b_dec")}, f)
+    state = {k: getattr(sae, k).detach() for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    write_reference(path, HEADERS["V0b"] | {"d_vit": D, "exp_factor": D_SAE // D}, state)
 
 
 def run_ours(store_dir: pathlib.Path, sae_path: pathlib.Path) -> float:
