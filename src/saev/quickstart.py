@@ -81,7 +81,7 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
     store = _record(cfg, images, ckpt)
     run = _train(cfg, store.path)
     concepts = _score_concepts(cfg, store, run) if synthetic_run else []
-    gallery = _visuals(cfg, store.path, run, [row["latent"]["unit"] for row in concepts])
+    gallery = _visuals(cfg, store.path, run, concepts)
     report = {
         "store": str(store.path),
         "sae": str(run.checkpoint),
@@ -197,9 +197,15 @@ def _score_concepts(cfg: QuickstartConfig, store, run) -> list[dict]:
     ]
 
 
-def _visuals(cfg: QuickstartConfig, shards: pathlib.Path, run, detectors: list[int]) -> pathlib.Path:
+def _visuals(cfg: QuickstartConfig, shards: pathlib.Path, run, concepts: list[dict]) -> pathlib.Path:
     from saev.visuals import VisualsConfig, make_visuals
 
+    notes: dict[int, str] = {}
+    for row in concepts:
+        lat = row["latent"]
+        note = f"best detector of {row['concept']} (F1 {lat['f1']:.2f})"
+        notes[lat["unit"]] = f"{notes[lat['unit']]}; {note}" if lat["unit"] in notes else note
+    detectors = list(notes)
     freq = run.eval.freq if run.eval else []
     live = [s for s, f in enumerate(freq) if f > 0 and s not in detectors]
     extra = (

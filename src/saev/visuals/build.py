@@ -62,7 +62,8 @@ class VisualsResult:
     n_missing_images: int
 
 
-def make_visuals(cfg: VisualsConfig) -> VisualsResult:
+def make_visuals(cfg: VisualsConfig, notes: dict[int, str] | None = None) -> VisualsResult:
+    """`notes` annotate latents in the index and on their pages (e.g. the concept a latent detects)."""
     import saev.nn
     from saev.data import open_shards
 
@@ -84,9 +85,13 @@ def make_visuals(cfg: VisualsConfig) -> VisualsResult:
     cfg.out.mkdir(parents=True, exist_ok=True)
     _save_data(cfg, top, chosen, lookup)
     grid = _grid(store.meta.n_patches_per_img)
-    pages = _render(cfg, top, chosen, lookup, store, grid)
+    notes = notes or {}
+    pages = _render(cfg, top, chosen, lookup, store, grid, notes)
     rendered = set(chosen)
-    rows = [row | {"page": row["latent"] in rendered} for row in _stat_rows(top)]
+    rows = [
+        row | {"page": row["latent"] in rendered, "note": notes.get(row["latent"], "")}
+        for row in _stat_rows(top)
+    ]
     for i, page in enumerate(pages):
         prev_id = pages[i - 1].latent if i else None
         next_id = pages[i + 1].latent if i + 1 < len(pages) else None
@@ -185,7 +190,7 @@ def _crop_fn(store):
 
 
 def _render(
-    cfg, top: TopActivations, chosen: list[int], lookup: ImageLookup, store, grid
+    cfg, top: TopActivations, chosen: list[int], lookup: ImageLookup, store, grid, notes: dict[int, str]
 ) -> list[gallery.LatentPage]:
     """Draw every (latent, rank) thumbnail, decoding each source image once."""
     crop = _crop_fn(store)
@@ -227,6 +232,7 @@ def _render(
         pages.append(
             gallery.LatentPage(
                 s,
+                notes.get(s, ""),
                 float(st.freq_S[s]),
                 float(st.mean_S[s]),
                 float(st.max_S[s]),

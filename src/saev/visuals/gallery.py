@@ -39,7 +39,11 @@ function render(){
   const q = document.getElementById('q').value.trim();
   let shown = rows.filter(r => (showDead || !r.dead) && (lo === null || r.log10_freq >= lo) &&
     (hi === null || r.log10_freq <= hi) && (q === '' || String(r.latent).startsWith(q)));
-  shown.sort((a, b) => { const x = a[key] ?? -Infinity, y = b[key] ?? -Infinity; return desc ? y - x : x - y; });
+  shown.sort((a, b) => {
+    const x = a[key] ?? -Infinity, y = b[key] ?? -Infinity;
+    if (typeof x === 'string' || typeof y === 'string') return (desc ? -1 : 1) * String(x).localeCompare(String(y));
+    return desc ? y - x : x - y;
+  });
   document.getElementById('count').textContent = shown.length + ' of ' + rows.length + ' latents';
   const frag = document.createDocumentFragment();
   for (const r of shown.slice(0, limit)) {
@@ -48,6 +52,10 @@ function render(){
     const name = r.page ? `<a href="latents/${r.latent}.html">${r.latent}</a>` : String(r.latent) + (r.dead ? ' (dead)' : '');
     tr.innerHTML = `<td>${name}</td><td>${r.freq.toExponential(2)}</td><td>${r.dead ? '-inf' : r.log10_freq.toFixed(2)}</td>` +
       `<td>${r.mean.toFixed(3)}</td><td>${r.max.toFixed(3)}</td>`;
+    const note = document.createElement('td');
+    note.textContent = r.note || '';
+    note.style.textAlign = 'left';
+    tr.appendChild(note);
     frag.appendChild(tr);
   }
   body.replaceChildren(frag);
@@ -77,6 +85,7 @@ class TopImage:
 @dataclasses.dataclass(frozen=True)
 class LatentPage:
     latent: int
+    note: str
     freq: float
     mean: float
     max: float
@@ -119,7 +128,8 @@ def write_latent_page(
         f"<tr><td>images ranked by</td><td>{html.escape(_RANKED_BY[sort_by])}</td></tr></table>"
     )
     figures = "".join(_figure(img) for img in page.images)
-    body = f"""<div class="nav">{" | ".join(nav)}</div><h1>Latent {page.latent}</h1>{stats}
+    note = f"<p><strong>{html.escape(page.note)}</strong></p>" if page.note else ""
+    body = f"""<div class="nav">{" | ".join(nav)}</div><h1>Latent {page.latent}</h1>{note}{stats}
 <h2>Activations when firing</h2>{histogram_svg(page.hist_counts, page.hist_edges)}
 <h2>Top {len(page.images)} images</h2><div class="grid">{figures}</div>"""
     _write(out / "latents" / f"{page.latent}.html", _page(f"Latent {page.latent}", body))

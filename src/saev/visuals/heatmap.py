@@ -25,7 +25,7 @@ def overlay(
     top = float(values.max()) if vmax is None else float(vmax)
     scaled = values / top if top > 0 else np.zeros_like(values)
     rgba = matplotlib.colormaps[CMAP](scaled)
-    rgba[..., 3] = np.where(scaled > 0, alpha * (0.35 + 0.65 * scaled), 0.0)
+    rgba[..., 3] = alpha * scaled  # weak activations stay faint, so the strongest patches stand out
     patch_img = Image.fromarray((rgba * 255).astype(np.uint8), "RGBA").resize(crop.size, Image.NEAREST)
     return Image.alpha_composite(crop.convert("RGBA"), patch_img).convert("RGB")
 
