@@ -137,7 +137,7 @@ def record(cfg: RecordConfig) -> RecordResult:
 def _run(
     cfg: RecordConfig, source: ImageSource, transform, recorder, writer: ShardWriter, start: int
 ) -> None:
-    cuda = torch.device(cfg.device).type == "cuda"
+    staging = _Staging(cfg.batch_size, torch.device(cfg.device).type == "cuda")
     loader = torch.utils.data.DataLoader(
         _Decoded(source, transform, start),
         batch_size=16,
@@ -159,23 +159,37 @@ def _run(
                     writer.skip(i, _source_name(source, i), err)
             # Batches start at shard boundaries so a resumed run repeats the same batches bit for bit.
             while len(pending) >= min(cfg.batch_size, writer.room):
-                pending = _forward(pending, cfg, recorder, writer, source, cuda)
+                pending = _forward(pending, cfg, recorder, writer, source, staging)
                 bar.update(items[-1][0] + 1 - start - bar.n)
         while pending:
-            pending = _forward(pending, cfg, recorder, writer, source, cuda)
+            pending = _forward(pending, cfg, recorder, writer, source, staging)
     bar.update(bar.total - bar.n)
     bar.close()
 
 
+class _Staging:
+    """Stacks image batches, into one reused page-locked buffer when copying to a GPU."""
+
+    def __init__(self, batch_size: int, pinned: bool):
+        self.batch_size, self.pinned = batch_size, pinned
+        self.buffer: torch.Tensor | None = None
+
+    def stack(self, images: list[torch.Tensor]) -> torch.Tensor:
+        if not self.pinned:
+            return torch.stack(images)
+        if self.buffer is None or self.buffer.shape[1:] != images[0].shape:
+            self.buffer = torch.empty((self.batch_size, *images[0].shape), pin_memory=True)
+        # Safe to reuse: the previous batch's activations were copied back, which waited for its upload.
+        return torch.stack(images, out=self.buffer[: len(images)])
+
+
 def _forward(
-    pending: list, cfg: RecordConfig, recorder, writer: ShardWriter, source: ImageSource, cuda: bool
+    pending: list, cfg: RecordConfig, recorder, writer: ShardWriter, source: ImageSource, staging: _Staging
 ) -> list:
     """Record the first images of `pending` that fit in the current shard; returns the rest."""
     n = min(cfg.batch_size, writer.room, len(pending))
     batch, rest = pending[:n], pending[n:]
-    x = torch.stack([t for _, t in batch])
-    if cuda:
-        x = x.pin_memory()
+    x = staging.stack([t for _, t in batch])
     acts = recorder.record(x.to(cfg.device, non_blocking=True))
     indices = [i for i, _ in batch]
     writer.write(_to_store_dtype(acts, cfg.dtype), indices, [source.record(i) for i in indices])
