@@ -114,3 +114,13 @@ def test_jumprelu_l0_gradient_reaches_the_thresholds():
     l0 = _step(pre, sae.activation.threshold, 0.5).sum(-1).mean()
     l0.backward()
     assert (sae.activation.log_threshold.grad <= 0).all() and (sae.activation.log_threshold.grad < 0).any()
+
+
+@pytest.mark.parametrize("decoder", ["sparse", "dense"])
+def test_batchtopk_warm_up_selects_per_token_like_topk(decoder):
+    x = torch.randn(40, D) * 2
+    batch, topk = make(saev.nn.BatchTopK(k=5)), make(saev.nn.TopK(k=5))
+    warm = training_loss(batch, x, 0.0, None, Objective(decoder=decoder), per_token=True)
+    plain = training_loss(topk, x, 0.0, None, Objective(decoder=decoder))
+    torch.testing.assert_close(warm.loss, plain.loss)
+    assert float(batch.activation.threshold) == -1.0  # the threshold is learned only from batch selection
