@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import logging
+import os
 import pathlib
 from typing import Any, Literal
 
@@ -42,8 +43,8 @@ class RecordConfig:
     """Images per forward pass."""
     n_patches_per_shard: int = 2_400_000
     """Shard budget in tokens x layers (2.4M is ~7 GB of float32 at d_vit 768)."""
-    n_workers: int = 4
-    """Image-decoding worker processes."""
+    n_workers: int | None = None
+    """Image-decoding worker processes (default: CPU cores minus 2, at most 4, so the forward pass keeps two)."""
     device: str = "cpu"
     """Torch device, e.g. cpu or cuda."""
     autocast: Literal["none", "bf16", "fp16"] = "none"
@@ -75,6 +76,11 @@ class _Decoded(torch.utils.data.Dataset):
             return i, None, str(err)
         except Exception as err:  # a transform failing on an odd image must not stop the run
             return i, None, f"cannot preprocess: {type(err).__name__}: {err}"
+
+
+def default_workers() -> int:
+    """Decoding competes with a CPU forward pass for cores; leave it two of them."""
+    return max(0, min(4, (os.cpu_count() or 1) - 2))
 
 
 def _single_thread(_: int) -> None:
@@ -138,13 +144,14 @@ def _run(
     cfg: RecordConfig, source: ImageSource, transform, recorder, writer: ShardWriter, start: int
 ) -> None:
     staging = _Staging(cfg.batch_size, torch.device(cfg.device).type == "cuda")
+    n_workers = default_workers() if cfg.n_workers is None else cfg.n_workers
     loader = torch.utils.data.DataLoader(
         _Decoded(source, transform, start),
         batch_size=16,
-        num_workers=cfg.n_workers,
+        num_workers=n_workers,
         collate_fn=_identity,
         pin_memory=False,
-        worker_init_fn=_single_thread if cfg.n_workers else None,
+        worker_init_fn=_single_thread if n_workers else None,
         persistent_workers=False,
     )
     pending: list[tuple[int, torch.Tensor]] = []
@@ -229,7 +236,7 @@ def _validate(cfg: RecordConfig) -> None:
     for name in ("batch_size", "n_patches_per_shard"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}.")
-    if cfg.n_workers < 0:
+    if cfg.n_workers is not None and cfg.n_workers < 0:
         raise ConfigError(f"--n-workers must be >= 0, got {cfg.n_workers}.")
     if not cfg.layers:
         raise ConfigError("--layers needs at least one block index.")

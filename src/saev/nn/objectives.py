@@ -16,7 +16,7 @@ from saev.nn import config, sparse
 from saev.nn.modeling import SparseAutoencoder
 
 Decoder = Literal["auto", "dense", "sparse"]
-SPARSE_MIN_RATIO = 16
+SPARSE_MIN_RATIO = 8
 """`auto` decodes sparsely once d_sae / k reaches this (see BENCHMARKS.md, issue 4)."""
 
 
