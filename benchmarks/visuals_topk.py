@@ -26,7 +26,7 @@ D, D_SAE, TOP_K = 768, 6144, 16
 
 def write_sae(path: pathlib.Path) -> None:
     """A random ReLU SAE as a V0b file, which both projects read."""
-    from tests.test_nn_checkpoints import HEADERS, write_reference
+    from tests.reference import HEADERS, write_reference
 
     sae = saev.nn.SparseAutoencoder(saev.nn.SaeConfig(d_vit=D, d_sae=D_SAE, seed=0))
     with torch.no_grad():

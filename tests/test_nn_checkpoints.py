@@ -11,60 +11,7 @@ import saev.nn
 from saev.errors import CheckpointError
 from saev.nn import ActNorm, SaeConfig, SparseAutoencoder
 from tests.conftest import hf_cache_put
-from tests.reference import load_reference
-
-D_VIT, EXP = 16, 4
-D_SAE = D_VIT * EXP
-
-HEADERS = {
-    "V0a": {"d_vit": D_VIT, "d_sae": D_SAE, "l1_coeff": 4e-4, "use_ghost_grads": False},
-    "V0b": {
-        "d_vit": D_VIT,
-        "exp_factor": EXP,
-        "sparsity_coeff": 4e-4,
-        "n_reinit_samples": 0,
-        "ghost_grads": False,
-        "remove_parallel_grads": True,
-        "normalize_w_dec": True,
-        "seed": 0,
-    },
-    "V0c": {
-        "d_vit": D_VIT,
-        "exp_factor": EXP,
-        "n_reinit_samples": 0,
-        "remove_parallel_grads": True,
-        "normalize_w_dec": True,
-        "seed": 0,
-    },
-    "V1": {
-        "schema": 1,
-        "cfg": {
-            "d_vit": D_VIT,
-            "exp_factor": EXP,
-            "n_reinit_samples": 0,
-            "remove_parallel_grads": True,
-            "normalize_w_dec": True,
-            "seed": 0,
-        },
-        "cls": "Relu",
-        "commit": "abc",
-        "lib": "0.1",
-    },
-    "V2": {
-        "schema": 2,
-        "cfg": {
-            "d_vit": D_VIT,
-            "exp_factor": EXP,
-            "n_reinit_samples": 0,
-            "remove_parallel_grads": True,
-            "normalize_w_dec": True,
-            "seed": 0,
-            "activation": {"cls": "Relu", "params": {}},
-        },
-        "commit": "abc",
-        "lib": "0.2",
-    },
-}
+from tests.reference import D_SAE, D_VIT, HEADERS, load_reference, write_reference
 
 
 def random_state(seed=0, d_vit=D_VIT, d_sae=D_SAE):
@@ -75,12 +22,6 @@ def random_state(seed=0, d_vit=D_VIT, d_sae=D_SAE):
         "W_dec": torch.randn(d_sae, d_vit, generator=g) * 0.3,
         "b_dec": torch.randn(d_vit, generator=g),
     }
-
-
-def write_reference(path, header, state) -> None:
-    with open(path, "wb") as f:
-        f.write((json.dumps(header) + "\n").encode())
-        torch.save(state, f)
 
 
 def plain_codes(x, state, subtract):

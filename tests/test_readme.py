@@ -6,7 +6,7 @@ import re
 import torch
 
 from tests.conftest import hf_cache_put
-from tests.test_nn_checkpoints import HEADERS, write_reference
+from tests.reference import HEADERS, write_reference
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 

@@ -284,19 +284,48 @@ def test_records_only_the_blocks_it_needs(tmp_path, tiny_clip, photos_dir, monke
 
 def test_normalize_attaches_store_statistics_to_a_legacy_sae(tmp_path, tiny_clip, photos_dir, capsys):
     from saev.data.normalization import store_normalization
-    from tests.test_nn_checkpoints import HEADERS, random_state, write_reference
+    from tests.reference import HEADERS, write_reference
+    from tests.test_nn_checkpoints import random_state
 
     main(cli_args(tiny_clip, photos_dir, tmp_path / "shards"))
     shards = capsys.readouterr().out.strip().splitlines()[-1]
-    write_reference(tmp_path / "legacy.pt", HEADERS["V0b"] | {"d_vit": 64, "exp_factor": 2}, random_state(d_vit=64, d_sae=128))
-    main(["normalize", "--sae", str(tmp_path / "legacy.pt"), "--shards", shards, "--layer", "1", "--out", str(tmp_path / "sae.safetensors")])
+    write_reference(
+        tmp_path / "legacy.pt",
+        HEADERS["V0b"] | {"d_vit": 64, "exp_factor": 2},
+        random_state(d_vit=64, d_sae=128),
+    )
+    main(
+        [
+            "normalize",
+            "--sae",
+            str(tmp_path / "legacy.pt"),
+            "--shards",
+            shards,
+            "--layer",
+            "1",
+            "--out",
+            str(tmp_path / "sae.safetensors"),
+        ]
+    )
     sae = saev.nn.load(tmp_path / "sae.safetensors")
     expected = store_normalization(saev.data.open_shards(shards), 1, "patches")
     torch.testing.assert_close(sae.act_mean, expected.mean)
     assert float(sae.act_scale) == pytest.approx(expected.scale)
     assert (sae.provenance.vit_ckpt, sae.provenance.layer, sae.provenance.tokens) == (tiny_clip, 1, "patches")
     with pytest.raises(SystemExit):
-        main(["normalize", "--sae", str(tmp_path / "legacy.pt"), "--shards", shards, "--layer", "1", "--out", str(tmp_path / "x.pt")])
+        main(
+            [
+                "normalize",
+                "--sae",
+                str(tmp_path / "legacy.pt"),
+                "--shards",
+                shards,
+                "--layer",
+                "1",
+                "--out",
+                str(tmp_path / "x.pt"),
+            ]
+        )
 
 
 def test_hugging_face_dataset_source(tmp_path, tiny_clip, photos_dir):
@@ -305,13 +334,30 @@ def test_hugging_face_dataset_source(tmp_path, tiny_clip, photos_dir):
     for k, path in enumerate(sorted(photos_dir.iterdir())[:4]):
         (data / ("cats" if k % 2 else "dogs")).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, data / ("cats" if k % 2 else "dogs") / path.name)
-    store = saev.data.open_shards(record(RecordConfig(vit_family="clip", vit_ckpt=tiny_clip, images=f"hf:{tmp_path / 'hf'}:train", dump_to=tmp_path / "out", layers=(-2,), n_workers=0)).path)
+    store = saev.data.open_shards(
+        record(
+            RecordConfig(
+                vit_family="clip",
+                vit_ckpt=tiny_clip,
+                images=f"hf:{tmp_path / 'hf'}:train",
+                dump_to=tmp_path / "out",
+                layers=(-2,),
+                n_workers=0,
+            )
+        ).path
+    )
     import datasets
 
     ds = datasets.load_dataset(str(tmp_path / "hf"), split="train")
-    assert store.metadata["data"] == {"__class__": "HfDataset", "name": str(tmp_path / "hf"), "split": "train"}
+    assert store.metadata["data"] == {
+        "__class__": "HfDataset",
+        "name": str(tmp_path / "hf"),
+        "split": "train",
+    }
     assert [img["index"] for img in store.images] == [0, 1, 2, 3]
-    assert [img["label"] for img in store.images] == [ds.features["label"].names[ds[i]["label"]] for i in range(4)]
+    assert [img["label"] for img in store.images] == [
+        ds.features["label"].names[ds[i]["label"]] for i in range(4)
+    ]
     from saev.activations import RecordedVisionTransformer, make_img_transform, make_vit
     from saev.data.images import to_rgb
 
@@ -330,4 +376,12 @@ def test_hugging_face_dataset_source(tmp_path, tiny_clip, photos_dir):
 def test_missing_datasets_package_is_a_clear_error(tmp_path, tiny_clip, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(ConfigError, match=r"pip install 'saev\[hf\]'"):
-        record(RecordConfig(vit_family="clip", vit_ckpt=tiny_clip, images="hf:ILSVRC/imagenet-1k:train", dump_to=tmp_path, n_workers=0))
+        record(
+            RecordConfig(
+                vit_family="clip",
+                vit_ckpt=tiny_clip,
+                images="hf:ILSVRC/imagenet-1k:train",
+                dump_to=tmp_path,
+                n_workers=0,
+            )
+        )

@@ -20,7 +20,8 @@ from saev.errors import ConfigError
 from saev.nn.modeling import SparseAutoencoder
 
 SortBy = Literal["patch", "img", "cls"]
-HIST_EDGES = torch.logspace(-4, 4, 161)
+HIST_LOG10_RANGE, HIST_BINS = (-4.0, 4.0), 160
+HIST_EDGES = torch.logspace(*HIST_LOG10_RANGE, HIST_BINS + 1)
 """Log-spaced bins of the nonzero-activation histograms (values outside are clipped to the ends)."""
 
 
@@ -56,7 +57,7 @@ def top_activations(
     sort_by: SortBy = "patch",
     *,
     device: str = "cpu",
-    batch_mib: float = 256,
+    batch_mib: float = 128,
     progress: bool = True,
 ) -> TopActivations:
     """Stream the store once and keep, per latent, its top-K images with patch maps and statistics."""
@@ -71,23 +72,25 @@ def top_activations(
     n_sae, n_patch, cls = sae.cfg.d_sae, meta.n_patches_per_img, int(meta.cls_token)
     tracker = _Tracker(n_sae, top_k, n_patch, device)
     stats = _StatsAccumulator(n_sae, device)
-    imgs_per_batch = max(1, int(batch_mib * 2**20 // (meta.n_tokens * n_sae * 4)))
+    # Patch modes never need the [CLS] token, so it is not even read or encoded.
+    first = 0 if sort_by == "cls" else cls
+    imgs_per_batch = max(1, int(batch_mib * 2**20 // ((meta.n_tokens - first) * n_sae * 4)))
     sae = sae.to(device).eval()
     bar = tqdm.tqdm(total=len(store), unit="img", desc="top-k", disable=not progress, dynamic_ncols=True)
     for run in runs(store, range(len(store)), imgs_per_batch):
         shard = store.shards[run.shard]
-        raw = store.raw(run.shard)[run.start - shard.start : run.stop - shard.start, layer_i]
+        raw = store.raw(run.shard)[run.start - shard.start : run.stop - shard.start, layer_i, first:]
         x_BTD = torch.from_numpy(to_float32(raw, meta.dtype)).to(device)
         with torch.inference_mode():
             codes_BTS = sae.encode(x_BTD)
-        patches_BPS = codes_BTS[:, cls:]
+        patches_BPS = codes_BTS[:, cls - first :]
         if sort_by == "cls":
-            scores_BS, counted = codes_BTS[:, 0], codes_BTS[:, :1]
+            scores_BS, counted_NS = codes_BTS[:, 0], codes_BTS[:, 0]
         else:
             scores_BS = patches_BPS.amax(1) if sort_by == "patch" else patches_BPS.sum(1)
-            counted = patches_BPS
+            counted_NS = patches_BPS.reshape(-1, n_sae)
         tracker.add(scores_BS, patches_BPS, torch.arange(run.start, run.stop, device=device))
-        stats.add(counted.reshape(-1, n_sae))
+        stats.add(counted_NS)
         bar.update(run.stop - run.start)
     bar.close()
     return TopActivations(
@@ -141,19 +144,19 @@ class _StatsAccumulator:
         self.fires = torch.zeros(n_sae, dtype=torch.float64, device=device)
         self.sums = torch.zeros(n_sae, dtype=torch.float64, device=device)
         self.maxes = torch.zeros(n_sae, device=device)
-        self.hist = torch.zeros(n_sae * (len(HIST_EDGES) - 1), dtype=torch.int64, device=device)
-        self.log_edges = HIST_EDGES.log10().to(device)
+        self.hist = torch.zeros(n_sae * HIST_BINS, dtype=torch.int64, device=device)
 
     def add(self, codes_NS: Tensor) -> None:
         self.n_tokens += len(codes_NS)
-        rows, latents = torch.nonzero(codes_NS > 0, as_tuple=True)
-        vals = codes_NS[rows, latents]
+        firing = codes_NS > 0
+        latents = torch.nonzero(firing)[:, 1]
+        vals = codes_NS[firing]
         self.fires += torch.bincount(latents, minlength=self.n_sae)
         self.sums += torch.bincount(latents, weights=vals.double(), minlength=self.n_sae)
         self.maxes = torch.maximum(self.maxes, codes_NS.amax(0))
-        n_bins = len(self.log_edges) - 1
-        bins = (torch.bucketize(vals.log10(), self.log_edges) - 1).clamp(0, n_bins - 1)
-        self.hist += torch.bincount(latents * n_bins + bins, minlength=len(self.hist))
+        lo, hi = HIST_LOG10_RANGE
+        bins = ((vals.log10() - lo) * (HIST_BINS / (hi - lo))).floor_().long().clamp_(0, HIST_BINS - 1)
+        self.hist += torch.bincount(latents * HIST_BINS + bins, minlength=len(self.hist))
 
     def result(self) -> LatentStats:
         n = max(self.n_tokens, 1)
