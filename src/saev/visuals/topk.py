@@ -57,7 +57,7 @@ def top_activations(
     sort_by: SortBy = "patch",
     *,
     device: str = "cpu",
-    batch_mib: float = 128,
+    batch_mib: float = 64,
     progress: bool = True,
 ) -> TopActivations:
     """Stream the store once and keep, per latent, its top-K images with patch maps and statistics."""
