@@ -13,6 +13,7 @@ import pathlib
 import statistics
 import sys
 import time
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -223,12 +224,14 @@ def _visuals(cfg: QuickstartConfig, shards: pathlib.Path, run, concepts: list[di
             top_k=12,
             latents=latents,
             device=cfg.device,
-        )
+        ),
+        notes,
     )
     return result.index
 
 
-def print_report(result: QuickstartResult, file=sys.stdout) -> None:
+def print_report(result: QuickstartResult, file: TextIO | None = None) -> None:
+    file = file or sys.stdout
     if result.concepts:
         print(
             f"{'concept':<18} {'best SAE latent':>15} {'F1':>5} {'prec':>5} {'rec':>5}   {'best ViT neuron':>15} {'F1':>5} {'prec':>5} {'rec':>5}",

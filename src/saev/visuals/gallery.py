@@ -38,7 +38,7 @@ function render(){
   const lo = num('lo'), hi = num('hi'), showDead = document.getElementById('dead').checked;
   const q = document.getElementById('q').value.trim();
   let shown = rows.filter(r => (showDead || !r.dead) && (lo === null || r.log10_freq >= lo) &&
-    (hi === null || r.log10_freq <= hi) && (q === '' || String(r.latent).startsWith(q)));
+    (hi === null || r.log10_freq <= hi) && (q === '' || String(r.latent).startsWith(q) || (r.note || '').toLowerCase().includes(q.toLowerCase())));
   shown.sort((a, b) => {
     const x = a[key] ?? -Infinity, y = b[key] ?? -Infinity;
     if (typeof x === 'string' || typeof y === 'string') return (desc ? -1 : 1) * String(x).localeCompare(String(y));
@@ -103,11 +103,12 @@ def write_index(out: pathlib.Path, rows: list[dict[str, Any]], title: str, subti
         ("log10_freq", "log10 frequency"),
         ("mean", "mean when firing"),
         ("max", "max"),
+        ("note", "note"),
     ]
     ths = "".join(f'<th data-key="{k}">{html.escape(label)}</th>' for k, label in headers)
     body = f"""<h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p>
 <div class="controls"><label>log10 frequency from <input id="lo" type="number" step="0.5"> to <input id="hi" type="number" step="0.5"></label>
-<label><input id="dead" type="checkbox"> show dead latents</label><label>latent <input id="q" type="search" size="8"></label><span id="count"></span></div>
+<label><input id="dead" type="checkbox"> show dead latents</label><label>latent or note <input id="q" type="search" size="12"></label><span id="count"></span></div>
 <table id="latents"><thead><tr>{ths}</tr></thead><tbody></tbody></table><p><button id="more" hidden>show more</button></p>
 <script id="data" type="application/json">{data}</script><script>{INDEX_JS}</script>"""
     path = out / "index.html"
