@@ -54,8 +54,8 @@ def main() -> None:
         rows.append(
             [
                 name,
-                recovered_fraction(dictionary.atoms_AD, sae.W_dec),
-                recovered_fraction(dictionary.atoms_AD, random.W_dec),
+                f"{recovered_fraction(dictionary.atoms_AD, sae.W_dec):.1%}",
+                f"{recovered_fraction(dictionary.atoms_AD, random.W_dec):.1%}",
                 result.eval.fve,
                 result.eval.l0,
                 elapsed,

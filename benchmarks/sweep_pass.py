@@ -62,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n-imgs", type=int, default=2000)
     parser.add_argument("--exp-factor", type=int, default=2)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--cold", action="store_true")
     parser.add_argument("--root", type=pathlib.Path, default=pathlib.Path(".cache/bench/sweep"))
     args = parser.parse_args()
@@ -100,7 +100,7 @@ def main() -> None:
                 store,
                 args.cold,
             )
-    gb = store.joinpath("acts000000.bin").stat().st_size * len(list(store.glob("acts*.bin"))) / 1e9
+    gb = args.n_imgs * TOKENS * D * np.dtype(np.float16).itemsize / 1e9  # both store dtypes are 16-bit
     print(
         f"4 TopK SAEs (d_vit {D}, {args.exp_factor}x, k {SWEEP['k']} x lr {SWEEP['lr']}), one pass over {n_tokens:,} tokens, {args.dtype} store {gb:.2f} GB, {'cold' if args.cold else 'warm'} page cache, {torch.get_num_threads()} threads"
     )
