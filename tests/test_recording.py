@@ -294,25 +294,8 @@ def test_normalize_attaches_store_statistics_to_a_legacy_sae(tmp_path, tiny_clip
         HEADERS["V0b"] | {"d_vit": 64, "exp_factor": 2},
         random_state(d_vit=64, d_sae=128),
     )
-    main(
-        [
-            "normalize",
-            "--sae",
-            str(tmp_path / "legacy.pt"),
-            "--shards",
-            shards,
-            "--layer",
-            "1",
-            "--out",
-            str(tmp_path / "sae.safetensors"),
-        ]
-    )
-    sae = saev.nn.load(tmp_path / "sae.safetensors")
-    expected = store_normalization(saev.data.open_shards(shards), 1, "patches")
-    torch.testing.assert_close(sae.act_mean, expected.mean)
-    assert float(sae.act_scale) == pytest.approx(expected.scale)
-    assert (sae.provenance.vit_ckpt, sae.provenance.layer, sae.provenance.tokens) == (tiny_clip, 1, "patches")
-    with pytest.raises(SystemExit):
+
+    def normalize(out: str) -> None:
         main(
             [
                 "normalize",
@@ -323,9 +306,18 @@ def test_normalize_attaches_store_statistics_to_a_legacy_sae(tmp_path, tiny_clip
                 "--layer",
                 "1",
                 "--out",
-                str(tmp_path / "x.pt"),
+                str(tmp_path / out),
             ]
         )
+
+    normalize("sae.safetensors")
+    sae = saev.nn.load(tmp_path / "sae.safetensors")
+    expected = store_normalization(saev.data.open_shards(shards), 1, "patches")
+    torch.testing.assert_close(sae.act_mean, expected.mean)
+    assert float(sae.act_scale) == pytest.approx(expected.scale)
+    assert (sae.provenance.vit_ckpt, sae.provenance.layer, sae.provenance.tokens) == (tiny_clip, 1, "patches")
+    with pytest.raises(SystemExit):
+        normalize("x.pt")
 
 
 def test_hugging_face_dataset_source(tmp_path, tiny_clip, photos_dir):
