@@ -4,7 +4,7 @@ Each variant runs as real commands (new processes), so the separate runs pay wha
 start-up, reading and decoding the store, normalising, training and the held-out evaluation.
 With --cold the store's pages are dropped from the page cache before every command, as when the
 store is larger than memory (the usual case: ViT-B/16 on ImageNet is ~723 GB per layer).
-Run: .venv/bin/python -m benchmarks.sweep_pass [--exp-factor 2] [--n-imgs 2000] [--cold]
+Run: .venv/bin/python -m benchmarks.sweep_pass [--exp-factor 2] [--n-imgs 2000] [--cold] [--device cuda]
 """
 
 import argparse
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--exp-factor", type=int, default=2)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--cold", action="store_true")
+    parser.add_argument("--device", default="cpu", help="where the SAEs train (cuda on a GPU machine)")
     parser.add_argument("--root", type=pathlib.Path, default=pathlib.Path(".cache/bench/sweep"))
     args = parser.parse_args()
     store = build_store(args.root / "store", args.n_imgs, args.dtype)
@@ -79,6 +80,8 @@ def main() -> None:
         "4096",
         "--log-every",
         "1000",
+        "--device",
+        args.device,
     ]
     shutil.rmtree(args.root / "runs", ignore_errors=True)
     (args.root / "sweep.toml").write_text("\n".join(f"{k} = {v}" for k, v in SWEEP.items()) + "\n")
@@ -102,7 +105,7 @@ def main() -> None:
             )
     gb = args.n_imgs * TOKENS * D * np.dtype(np.float16).itemsize / 1e9  # both store dtypes are 16-bit
     print(
-        f"4 TopK SAEs (d_vit {D}, {args.exp_factor}x, k {SWEEP['k']} x lr {SWEEP['lr']}), one pass over {n_tokens:,} tokens, {args.dtype} store {gb:.2f} GB, {'cold' if args.cold else 'warm'} page cache, {torch.get_num_threads()} threads"
+        f"4 TopK SAEs (d_vit {D}, {args.exp_factor}x, k {SWEEP['k']} x lr {SWEEP['lr']}), one pass over {n_tokens:,} tokens, {args.dtype} store {gb:.2f} GB, {'cold' if args.cold else 'warm'} page cache, {args.device}, {torch.get_num_threads()} threads"
     )
     print(
         table(
