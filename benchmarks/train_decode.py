@@ -1,7 +1,7 @@
 """TopK training-step throughput with dense decoding versus sparse decoding (active rows only).
 
 One full step (encoder, top-k, decoder, loss, backward, Adam) on CPU, for several d_sae / k
-ratios at d_vit 768 and batch 4096. The issue's reference point is 16x expansion, k = 32.
+ratios at d_vit 768 and batch 4096; also the sparse step under bfloat16 autocast (`--autocast bf16`). The issue's reference point is 16x expansion, k = 32.
 Run: .venv/bin/python -m benchmarks.train_decode [--quick]
 """
 
@@ -14,12 +14,13 @@ from benchmarks.common import interleaved_medians, table
 from saev.nn.objectives import Objective, training_loss
 
 
-def step_fn(sae: saev.nn.SparseAutoencoder, x: torch.Tensor, decoder: str):
+def step_fn(sae: saev.nn.SparseAutoencoder, x: torch.Tensor, decoder: str, bf16: bool = False):
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
     obj = Objective(decoder=decoder)
 
     def step() -> None:
-        out = training_loss(sae, x, 0.0, None, obj)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = training_loss(sae, x, 0.0, None, obj)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
@@ -43,7 +44,8 @@ def main() -> None:
                 d_vit=d_vit, d_sae=d_vit * exp, activation=saev.nn.TopK(k=k), subtract_b_dec=False
             )
         )
-        times = interleaved_medians({d: step_fn(sae, x, d) for d in ("dense", "sparse")}, repeats=3, warmup=1)
+        fns = {d: step_fn(sae, x, d) for d in ("dense", "sparse")} | {"bf16": step_fn(sae, x, "sparse", True)}
+        times = interleaved_medians(fns, repeats=3, warmup=1)
         rows.append(
             [
                 d_vit * exp,
@@ -52,10 +54,13 @@ def main() -> None:
                 batch / times["dense"],
                 batch / times["sparse"],
                 times["dense"] / times["sparse"],
+                batch / times["bf16"],
+                times["sparse"] / times["bf16"],
             ]
         )
     print(f"TopK training step, d_vit {d_vit}, batch {batch}, {torch.get_num_threads()} threads")
-    print(table(["d_sae", "k", "d_sae/k", "dense tok/s", "sparse tok/s", "sparse speed-up"], rows))
+    headers = ["d_sae", "k", "d_sae/k", "dense tok/s", "sparse tok/s", "sparse speed-up"]
+    print(table([*headers, "sparse + bf16 autocast tok/s", "bf16 speed-up over sparse"], rows))
 
 
 if __name__ == "__main__":

@@ -124,3 +124,31 @@ def test_batchtopk_warm_up_selects_per_token_like_topk(decoder):
     plain = training_loss(topk, x, 0.0, None, Objective(decoder=decoder))
     torch.testing.assert_close(warm.loss, plain.loss)
     assert float(batch.activation.threshold) == -1.0  # the threshold is learned only from batch selection
+
+
+@pytest.mark.parametrize(
+    "activation, decoder",
+    [
+        (saev.nn.TopK(k=8), "sparse"),
+        (saev.nn.TopK(k=8), "dense"),
+        (saev.nn.BatchTopK(k=8), "sparse"),
+        (saev.nn.Relu(), "auto"),
+        (saev.nn.JumpRelu(init_threshold=0.05), "auto"),
+    ],
+)
+def test_bf16_autocast_stays_close_to_float32(activation, decoder):
+    """Mixed precision changes products, not the objective: loss and gradients stay near float32."""
+    sae = make(activation)
+    x = torch.randn(256, D) * 2
+    obj = Objective(aux_k=6, decoder=decoder)
+    dead = torch.arange(S) % 4 == 0
+    loss32, g32 = grads(sae, x, obj, dead)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16, g16 = grads(sae, x, obj, dead)
+    assert loss16.dtype == torch.float32
+    assert loss16.item() == pytest.approx(loss32.item(), rel=2e-2)
+    assert loss16.item() != loss32.item()  # the products really ran in bfloat16
+    for name in g32:
+        assert g16[name].dtype == torch.float32
+        cos = F.cosine_similarity(g16[name].flatten(), g32[name].flatten(), dim=0)
+        assert cos > 0.98, f"{name}: cosine {cos:.4f}"

@@ -262,13 +262,11 @@ def test_matryoshka_prefixes_reconstruct_on_their_own(dictionary, tmp_path):
     assert ((prefix - x_n) ** 2).mean() < ((shuffled - x_n) ** 2).mean()
 
 
-def test_ground_truth_atoms_are_recovered(tmp_path, capsys):
-    """TopK, BatchTopK and ReLU SAEs trained by `saev train` find >= 90% of a known dictionary's atoms."""
+def train_on_dictionary(tmp_path, capsys, *args: str):
+    """`saev train` on a known dictionary (128 atoms in d = 32); returns the truth and each arch's recovery."""
     from tests.ground_truth import recovered_fraction
 
     truth = make_dictionary_store(tmp_path / "truth", n_atoms=128, d=32, n_tokens=60_000)
-    sweep = tmp_path / "sweep.toml"
-    sweep.write_text('arch = ["topk", "batchtopk", "relu"]\n')
     main(
         [
             "train",
@@ -294,15 +292,31 @@ def test_ground_truth_atoms_are_recovered(tmp_path, capsys):
             "3e-3",
             "--lr-warmup",
             "50",
-            "--sweep",
-            str(sweep),
+            *args,
         ]
     )
-    paths = capsys.readouterr().out.strip().splitlines()
     recovered = {}
-    for path in paths:
+    for path in capsys.readouterr().out.strip().splitlines():
         sae = saev.nn.load(path)
         recovered[type(sae.cfg.activation).__name__] = recovered_fraction(truth.atoms_AD, sae.W_dec)
     untrained = recovered_fraction(truth.atoms_AD, saev.nn.SparseAutoencoder(sae.cfg).W_dec)
+    return recovered, untrained
+
+
+def test_ground_truth_atoms_are_recovered(tmp_path, capsys):
+    """TopK, BatchTopK and ReLU SAEs trained by `saev train` find >= 90% of a known dictionary's atoms."""
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text('arch = ["topk", "batchtopk", "relu"]\n')
+    recovered, untrained = train_on_dictionary(tmp_path, capsys, "--sweep", str(sweep))
+    assert set(recovered) == {"TopK", "BatchTopK", "Relu"}
     assert untrained < 0.05
     assert min(recovered.values()) >= 0.9, recovered
+
+
+def test_bf16_autocast_training_recovers_atoms_too(tmp_path, capsys):
+    recovered, _ = train_on_dictionary(tmp_path, capsys, "--autocast", "bf16")
+    assert recovered["TopK"] >= 0.9, recovered
+    [config] = (tmp_path / "runs").glob("*/config.json")
+    assert json.loads(config.read_text())["config"]["autocast"] == "bf16"
+    [ckpt] = (tmp_path / "runs").glob("*/sae.safetensors")
+    assert saev.nn.load(ckpt).W_enc.dtype == torch.float32

@@ -64,7 +64,7 @@ class BatchTopKActivation(torch.nn.Module):
         vals, idx = flat.topk(n_keep, sorted=False)
         positive = vals > 0
         if positive.any():
-            batch_min = vals[positive].min()
+            batch_min = vals[positive].min().to(self.threshold.dtype)  # bfloat16 under autocast
             if self.threshold < 0:
                 self.threshold.copy_(batch_min)
             else:

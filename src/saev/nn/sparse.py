@@ -90,10 +90,12 @@ def encode_at(x_BD: Tensor, W_enc_DS: Tensor, b_enc_S: Tensor, pre_BS: Tensor, a
 
     `pre_BS` is the dense pre-activation matrix computed without gradients (to select the pairs).
     """
-    pre_N = pre_BS[active.token_i, active.latent_i]
+    pre_N = pre_BS[active.token_i, active.latent_i].to(x_BD.dtype)  # under autocast pre_BS is bfloat16
     return _EncodeAt.apply(x_BD, W_enc_DS, b_enc_S, pre_N, active.token_i, active.latent_i, active.offsets)
 
 
 def decode(codes_N: Tensor, active: Active, W_dec_SD: Tensor) -> Tensor:
     """Sum of the active decoder rows weighted by their codes, [n_tokens, d_vit] (no bias)."""
-    return F.embedding_bag(active.latent_i, W_dec_SD, active.offsets, mode="sum", per_sample_weights=codes_N)
+    return F.embedding_bag(
+        active.latent_i, W_dec_SD, active.offsets, mode="sum", per_sample_weights=codes_N.to(W_dec_SD.dtype)
+    )

@@ -66,6 +66,8 @@ class TrainConfig:
     """Kernel width of the JumpReLU straight-through estimator."""
     decoder: Decoder = "auto"
     """TopK-family decoding: sparse (active rows only), dense, or auto (the faster for the shape)."""
+    autocast: Literal["none", "bf16"] = "none"
+    """bf16: the encoder and decoder products run in bfloat16 mixed precision (weights, optimiser and loss stay float32); faster on GPUs and on CPUs with AVX512-BF16 or AMX, slower on other CPUs."""
     normalize_w_dec: bool = True
     """Keep decoder rows at unit norm."""
     remove_parallel_grads: bool = True

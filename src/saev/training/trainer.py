@@ -169,7 +169,8 @@ class _Run:
         coeff = schedules.coeff_at(self.step, cfg.sparsity_coeff, cfg.sparsity_warmup)
         dead = (self.step - self.last_fired) * cfg.batch_size >= cfg.dead_tokens
         per_token = cfg.arch == "batchtopk" and self.step < int(cfg.topk_warmup * self.n_steps)
-        out = training_loss(self.sae, x_n, coeff, dead, self.objective, per_token)
+        with torch.autocast(x_n.device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
+            out = training_loss(self.sae, x_n, coeff, dead, self.objective, per_token)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         self.sae.remove_parallel_grads()
