@@ -58,6 +58,18 @@ def run(args: list[str], store: pathlib.Path, cold: bool) -> float:
     return time.perf_counter() - start
 
 
+def read_pass(store: pathlib.Path, cold: bool) -> float:
+    """One shuffled, normalised pass over the store as training reads it, with no SAE: what a sweep shares."""
+    from saev.data import iter_batches
+
+    if cold:
+        drop_cache(store)
+    start = time.perf_counter()
+    for _ in iter_batches(store, layer=-2, batch_size=4096, shuffle=True, normalize=True):
+        pass
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n-imgs", type=int, default=2000)
@@ -103,6 +115,10 @@ def main() -> None:
                 store,
                 args.cold,
             )
+    startup_s = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "saev", "train", "--help"], check=True, capture_output=True)
+    startup_s = time.perf_counter() - startup_s
+    read_s = read_pass(store, args.cold)
     gb = args.n_imgs * TOKENS * D * np.dtype(np.float16).itemsize / 1e9  # both store dtypes are 16-bit
     print(
         f"4 TopK SAEs (d_vit {D}, {args.exp_factor}x, k {SWEEP['k']} x lr {SWEEP['lr']}), one pass over {n_tokens:,} tokens, {args.dtype} store {gb:.2f} GB, {'cold' if args.cold else 'warm'} page cache, {args.device}, {torch.get_num_threads()} threads"
@@ -113,6 +129,8 @@ def main() -> None:
             [
                 ["4 separate `saev train` runs", separate_s, 1.0],
                 ["one `saev train --sweep` (4 SAEs, one pass)", sweep_s, sweep_s / separate_s],
+                ["(shared) one data pass alone, no SAE", read_s, read_s / separate_s],
+                ["(shared) process start-up, `saev train --help`", startup_s, startup_s / separate_s],
             ],
         )
     )
