@@ -126,7 +126,14 @@ def test_sweep_trains_every_combination_in_one_pass(dictionary, tmp_path, monkey
         ("topk", 2, 0.002),
         ("topk", 3, 0.002),
     ]
-    assert "| run | MSE | FVE | L0 | dead | dense |" in out.err
+    assert "| run | arch | k | MSE | FVE | L0 | dead | dense |" in out.err  # the settings that vary
+    rows = [line for line in out.err.splitlines() if line.startswith(("| topk-", "| batchtopk-"))]
+    assert sorted(row.split(" | ")[1:3] for row in rows) == [
+        ["batchtopk", "2"],
+        ["batchtopk", "3"],
+        ["topk", "2"],
+        ["topk", "3"],
+    ]
 
 
 def test_sweeps_with_different_data_streams_take_separate_passes(dictionary, tmp_path):

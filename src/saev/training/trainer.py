@@ -37,6 +37,7 @@ class RunResult:
     checkpoint: pathlib.Path
     """Its sae.safetensors."""
     eval: EvalResult | None
+    config: TrainConfig
 
 
 def train(base: TrainConfig) -> list[RunResult]:
@@ -228,7 +229,7 @@ class _Run:
         if self.wandb is not None:
             self.wandb.summary.update(summary or {})
             self.wandb.finish()
-        return RunResult(self.cfg.run_id, self.dir, self.dir / "sae.safetensors", result)
+        return RunResult(self.cfg.run_id, self.dir, self.dir / "sae.safetensors", result, self.cfg)
 
 
 def _train_group(cfgs: list[TrainConfig], store: ShardStore) -> list[RunResult]:
@@ -282,7 +283,7 @@ def _train_group(cfgs: list[TrainConfig], store: ShardStore) -> list[RunResult]:
 def _finished(run: _Run) -> RunResult:
     data = json.loads((run.dir / "eval.json").read_text())
     return RunResult(
-        run.cfg.run_id, run.dir, run.dir / "sae.safetensors", EvalResult(**data) if data else None
+        run.cfg.run_id, run.dir, run.dir / "sae.safetensors", EvalResult(**data) if data else None, run.cfg
     )
 
 
@@ -341,13 +342,19 @@ def _truncate_metrics(path: pathlib.Path, step: int) -> None:
 
 
 def results_table(results: list[RunResult]) -> str:
-    rows = ["| run | MSE | FVE | L0 | dead | dense |", "|---|---|---|---|---|---|"]
-    for r in results:
+    """Held-out metrics per run, with a column for every setting that differs between the runs."""
+    settings = [r.config.to_dict() for r in results]
+    varying = [k for k in settings[0] if len({json.dumps(s[k]) for s in settings}) > 1] if settings else []
+    headers = ["run", *varying, "MSE", "FVE", "L0", "dead", "dense"]
+    rows = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for r, setting in zip(results, settings, strict=True):
         e = r.eval
-        if e is None:
-            rows.append(f"| {r.run_id} | - | - | - | - | - |")
-        else:
-            rows.append(f"| {r.run_id} | {e.mse:.4g} | {e.fve:.3f} | {e.l0:.1f} | {e.n_dead} | {e.n_dense} |")
+        metrics = (
+            ["-"] * 5 if e is None else [f"{e.mse:.4g}", f"{e.fve:.3f}", f"{e.l0:.1f}", e.n_dead, e.n_dense]
+        )
+        rows.append(
+            "| " + " | ".join(str(v) for v in [r.run_id, *(setting[k] for k in varying), *metrics]) + " |"
+        )
     return "\n".join(rows)
 
 
