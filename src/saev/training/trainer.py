@@ -31,13 +31,22 @@ EVAL_BATCH = 1024
 
 @dataclasses.dataclass(frozen=True)
 class RunResult:
-    run_id: str
-    path: pathlib.Path
-    """The run's folder."""
-    checkpoint: pathlib.Path
-    """Its sae.safetensors."""
-    eval: EvalResult | None
     config: TrainConfig
+    eval: EvalResult | None
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id
+
+    @property
+    def path(self) -> pathlib.Path:
+        """The run's folder."""
+        return self.config.out / self.config.run_id
+
+    @property
+    def checkpoint(self) -> pathlib.Path:
+        """Its sae.safetensors."""
+        return self.path / "sae.safetensors"
 
 
 def train(base: TrainConfig) -> list[RunResult]:
@@ -229,7 +238,7 @@ class _Run:
         if self.wandb is not None:
             self.wandb.summary.update(summary or {})
             self.wandb.finish()
-        return RunResult(self.cfg.run_id, self.dir, self.dir / "sae.safetensors", result, self.cfg)
+        return RunResult(self.cfg, result)
 
 
 def _train_group(cfgs: list[TrainConfig], store: ShardStore) -> list[RunResult]:
@@ -282,9 +291,7 @@ def _train_group(cfgs: list[TrainConfig], store: ShardStore) -> list[RunResult]:
 
 def _finished(run: _Run) -> RunResult:
     data = json.loads((run.dir / "eval.json").read_text())
-    return RunResult(
-        run.cfg.run_id, run.dir, run.dir / "sae.safetensors", EvalResult(**data) if data else None, run.cfg
-    )
+    return RunResult(run.cfg, EvalResult(**data) if data else None)
 
 
 def _tokens_per_img(store: ShardStore, tokens: str) -> int:
