@@ -135,7 +135,7 @@ def test_dinov2_position_embedding_follows_the_official_interpolation():
 
     native = timm.create_model("vit_small_patch14_dinov2", pretrained=False)
     native_pos = native.pos_embed.detach().clone()
-    saev.activations.vits.resize_dinov2(native, 224)
+    saev.activations.families.dinov2.resize(native, 224)
     patch = native_pos[:, 1:].reshape(1, 37, 37, -1).permute(0, 3, 1, 2)
     official = F.interpolate(patch, scale_factor=(16.1 / 37, 16.1 / 37), mode="bicubic", antialias=False)
     official = official.permute(0, 2, 3, 1).reshape(1, 256, -1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import saev.data
-from saev.data.normalization import reference_sample, sample_examples
+from saev.data.statistics import reference_sample, sample_examples
 from saev.errors import StoreError
 from tests.test_data_store import write_store
 

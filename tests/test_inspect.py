@@ -10,7 +10,7 @@ from PIL import Image
 
 import saev.nn
 from saev.cli import main
-from saev.inspect import summarize
+from saev.visuals import summarize
 
 
 def make_sae(path, seed=0):

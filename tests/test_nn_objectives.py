@@ -100,16 +100,16 @@ def test_relu_l1_objective_is_the_reference_one():
 
 
 def test_jumprelu_l0_gradient_reaches_the_thresholds():
-    sae = make(saev.nn.JumpRelu(init_threshold=0.05))
+    sae = make(saev.nn.JumpRelu(init_threshold=0.05, bandwidth=0.5))
     x = torch.randn(64, D)
-    out = training_loss(sae, x, 0.1, None, Objective(jumprelu_bandwidth=0.5))
+    out = training_loss(sae, x, 0.1, None, Objective())
     out.loss.backward()
     grad = sae.activation.log_threshold.grad
     assert grad is not None and grad.abs().sum() > 0
     # Raising thresholds lowers L0, so the L0 term pushes them up (negative gradient) where it acts.
     sae.zero_grad()
     pre = x @ sae.W_enc + sae.b_enc
-    from saev.nn.objectives import _step
+    from saev.nn.architectures.jumprelu import step as _step
 
     l0 = _step(pre, sae.activation.threshold, 0.5).sum(-1).mean()
     l0.backward()

@@ -257,17 +257,19 @@ def test_bad_configurations_fail_before_any_work(tmp_path, tiny_clip, photos_dir
 
 
 def test_records_only_the_blocks_it_needs(tmp_path, tiny_clip, photos_dir, monkeypatch):
-    import saev.activations.vits as vits
+    import dataclasses
+
+    from saev.activations import families
 
     calls = []
-    real = vits._make_open_clip
+    real = families.FAMILIES["clip"]
 
     def counting(*args):
-        vit = real(*args)
+        vit = real.build(*args)
         vit.blocks[-1].register_forward_hook(lambda *a: calls.append(1))
         return vit
 
-    monkeypatch.setattr(vits, "_make_open_clip", counting)
+    monkeypatch.setitem(families.FAMILIES, "clip", dataclasses.replace(real, build=counting))
     record(
         RecordConfig(
             vit_family="clip",
@@ -283,7 +285,7 @@ def test_records_only_the_blocks_it_needs(tmp_path, tiny_clip, photos_dir, monke
 
 
 def test_normalize_attaches_store_statistics_to_a_legacy_sae(tmp_path, tiny_clip, photos_dir, capsys):
-    from saev.data.normalization import store_normalization
+    from saev.data.statistics import store_normalization
     from tests.reference import HEADERS, write_reference
     from tests.test_nn_checkpoints import random_state
 

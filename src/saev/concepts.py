@@ -6,9 +6,17 @@ scored (F1, precision, recall) on another, so the reported numbers are not tuned
 """
 
 import dataclasses
+import pathlib
+from typing import Any
 
+import numpy as np
 import torch
+from jaxtyping import Bool, Float
 from torch import Tensor
+
+from saev import synthetic
+from saev.data.store import ShardStore
+from saev.nn.modeling import SparseAutoencoder
 
 QUANTILES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
 
@@ -24,8 +32,63 @@ class Detection:
     recall: float
 
 
+@dataclasses.dataclass(frozen=True)
+class ConceptScore:
+    concept: str
+    patches: int
+    """Scored patches that show the concept."""
+    latent: Detection
+    """The best SAE latent."""
+    neuron: Detection
+    """The best single ViT residual dimension (either sign)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def score_store(
+    sae: SparseAutoencoder,
+    store: ShardStore,
+    layer: int,
+    dataset: synthetic.Dataset,
+    holdout: float = 0.1,
+    device: str = "cpu",
+) -> list[ConceptScore]:
+    """Best latent and best neuron per concept on a store of `dataset`'s images.
+
+    The last `holdout` of the images (held out from SAE training) are split by image: even ones
+    choose each detector's unit and threshold, odd ones score it.
+    """
+    records = {pathlib.PurePath(r.file).name: r for r in dataset.records}
+    n = len(store)
+    held_out = range(n - max(2, int(np.ceil(holdout * n))), n)
+    layer_i, cls = store.meta.layer_index(layer), int(store.meta.cls_token)
+    acts, labels = [], []
+    for i in held_out:
+        acts.append(torch.from_numpy(store.acts(i)[layer_i, cls:]))
+        record = records[pathlib.PurePath(store.images[i]["path"]).name]
+        labels.append(
+            torch.from_numpy(synthetic.patch_concepts(record, store.grid).reshape(len(synthetic.CONCEPTS), -1).T)
+        )
+    acts_NV, labels_NC = torch.cat(acts), torch.cat(labels)
+    with torch.inference_mode():
+        codes_NS = sae.encode(acts_NV.to(device)).cpu()
+    select_N = (torch.arange(len(acts_NV)) // store.meta.n_patches_per_img) % 2 == 0
+    latents = best_detectors(codes_NS, labels_NC, select_N, signed=False, include_zero=True)
+    neurons = best_detectors(acts_NV, labels_NC, select_N, signed=True, include_zero=False)
+    return [
+        ConceptScore(concept, int(labels_NC[~select_N, c].sum()), lat, neu)
+        for c, (concept, lat, neu) in enumerate(zip(synthetic.CONCEPTS, latents, neurons, strict=True))
+    ]
+
+
 def best_detectors(
-    values_NU: Tensor, labels_NC: Tensor, select_N: Tensor, *, signed: bool, include_zero: bool
+    values_NU: Float[Tensor, "n units"],
+    labels_NC: Bool[Tensor, "n concepts"],
+    select_N: Bool[Tensor, " n"],
+    *,
+    signed: bool,
+    include_zero: bool,
 ) -> list[Detection]:
     """Per concept, the best unit and threshold on `select_N` patches, scored on the others.
 

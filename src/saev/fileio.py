@@ -4,7 +4,7 @@ import contextlib
 import json
 import os
 import pathlib
-import tempfile
+import secrets
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -14,8 +14,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`; on success it replaces `path`, on error it is removed."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -35,7 +34,15 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> 
         f.write("\n")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_temporary(path: pathlib.Path) -> tuple[int, pathlib.Path]:
+    """A new file `.NAME.<random>.tmp`; mode 0o666 lets the kernel apply the process umask.
+
+    (tempfile.mkstemp creates 0600 files, and reading the umask means setting it, which races
+    with other threads.)
+    """
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue

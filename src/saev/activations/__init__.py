@@ -1,12 +1,15 @@
-"""ViT wrappers, their image transforms, and recording of their activations."""
+"""ViT wrappers (one module per family in `saev.activations.families`), their image transforms,
+and recording of their activations."""
 
+from saev.activations.families import FAMILIES, make_img_transform, make_vit
 from saev.activations.recorder import RecordedVisionTransformer
-from saev.activations.transforms import make_img_transform, visible_crop
-from saev.activations.vits import FAMILIES, Vit, make_vit
+from saev.activations.transforms import visible_crop
+from saev.activations.vit import TokenLayout, Vit
 
 __all__ = [
     "FAMILIES",
     "RecordedVisionTransformer",
+    "TokenLayout",
     "Vit",
     "make_img_transform",
     "make_vit",

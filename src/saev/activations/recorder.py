@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from saev.activations.vits import Vit
+from saev.activations.vit import Vit
 from saev.errors import ModelError
 
 

@@ -7,12 +7,14 @@ import os
 import pathlib
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import tqdm
 
+from saev.activations.families import FamilyName, make_img_transform, make_vit
+from saev.activations.recorder import RecordedVisionTransformer
 from saev.data import metadata as md
 from saev.data.sources import ImageSource, open_source
+from saev.data.store import to_stored
 from saev.data.writer import ShardWriter
 from saev.errors import ConfigError, ImageError
 
@@ -23,10 +25,10 @@ logger = logging.getLogger("saev.activations")
 class RecordConfig:
     """Record a ViT's activations over a folder of images (or a Hugging Face dataset) into a store."""
 
-    vit_family: str
-    """ViT family: clip, siglip, dinov2 or builtin."""
+    vit_family: FamilyName
+    """ViT family (see saev.activations.families and the command's help for checkpoint names)."""
     vit_ckpt: str
-    """ViT checkpoint, e.g. ViT-B-16/openai, hf-hub:ORG/NAME, local-dir:/path, dinov2_vitb14_reg."""
+    """ViT checkpoint, named as its family expects (e.g. ViT-B-16/openai, dinov2_vitb14_reg)."""
     images: str
     """Image folder (recursive; first-level subfolders are labels) or hf:NAME:SPLIT."""
     dump_to: pathlib.Path
@@ -92,8 +94,6 @@ def _identity(items: list) -> list:
 
 
 def record(cfg: RecordConfig) -> RecordResult:
-    from saev.activations import RecordedVisionTransformer, make_img_transform, make_vit
-
     _validate(cfg)
     source = open_source(cfg.images)
     if getattr(source, "n_ignored", 0):
@@ -115,7 +115,8 @@ def record(cfg: RecordConfig) -> RecordResult:
         data=source.describe(),
         dtype=cfg.dtype,
     )
-    writer = ShardWriter(cfg.dump_to, planned, source.fingerprint(), source.describe())
+    layout = md.PatchLayout(vit.layout.grid, vit.layout.n_registers)
+    writer = ShardWriter(cfg.dump_to, planned, source.fingerprint(), source.describe(), layout)
     if writer.complete:
         logger.info("store already complete, nothing to do: %s", writer.root)
         return RecordResult(writer.root, md.read(writer.root / "metadata.json"), 0, True)
@@ -199,14 +200,8 @@ def _forward(
     x = staging.stack([t for _, t in batch])
     acts = recorder.record(x.to(cfg.device, non_blocking=True))
     indices = [i for i, _ in batch]
-    writer.write(_to_store_dtype(acts, cfg.dtype), indices, [source.record(i) for i in indices])
+    writer.write(to_stored(acts, cfg.dtype), indices, [source.record(i) for i in indices])
     return rest
-
-
-def _to_store_dtype(acts: torch.Tensor, dtype: str) -> np.ndarray:
-    if dtype == "bfloat16":
-        return acts.to(torch.bfloat16).cpu().view(torch.int16).numpy().view(np.uint16)
-    return acts.to(getattr(torch, dtype)).cpu().numpy()
 
 
 def _autocast(cfg: RecordConfig):

@@ -9,17 +9,12 @@ See docs/builtin.md.
 
 import json
 import pathlib
-from collections.abc import Callable
 from typing import Any
 
 import safetensors
 import safetensors.torch
-import torch
-from PIL import Image
-from torchvision.transforms import v2
 
 from saev.builtin.model import ConceptVit, VitConfig
-from saev.data.images import to_rgb
 from saev.errors import ModelError
 from saev.synthetic import CONCEPTS
 
@@ -37,7 +32,6 @@ __all__ = [
     "VitConfig",
     "config",
     "load",
-    "make_transform",
     "metadata",
     "weights_path",
 ]
@@ -87,21 +81,3 @@ def load(name: str, pretrained: bool = True) -> ConceptVit:
         # Shipped as float16 to keep the package small; computation stays in float32.
         model.load_state_dict({key: value.float() for key, value in state.items()})
     return model.eval()
-
-
-def make_transform(name: str) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image -> normalised [3, size, size] tensor; geometric steps first, on PIL images.
-
-    Images from `saev.synthetic.generate` at the model's size pass the resize and crop unchanged.
-    """
-    cfg = config(name)
-    return v2.Compose(
-        [
-            to_rgb,
-            v2.Resize(size=cfg.img_size),
-            v2.CenterCrop(size=(cfg.img_size, cfg.img_size)),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=cfg.mean, std=cfg.std),
-        ]
-    )

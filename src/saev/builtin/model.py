@@ -116,12 +116,16 @@ class ConceptVit(torch.nn.Module):
         self.image_head = torch.nn.Linear(cfg.width, cfg.n_concepts)
         self.patch_head = torch.nn.Linear(cfg.width, cfg.n_concepts)
 
-    def tokens(self, x_B3HW: Tensor) -> Tensor:
-        """Final normalised tokens, [batch, 1 + grid**2, width]."""
+    def embed(self, x_B3HW: Tensor) -> Tensor:
+        """Tokens entering the first block, [batch, 1 + grid**2, width]."""
         patches_BDgg = self.patch_embed(x_B3HW)
         patches_BND = patches_BDgg.flatten(2).transpose(1, 2)
         cls_B1D = self.cls_token.expand(len(x_B3HW), -1, -1)
-        x_BTD = torch.cat([cls_B1D, patches_BND], dim=1) + self.pos_embed
+        return torch.cat([cls_B1D, patches_BND], dim=1) + self.pos_embed
+
+    def tokens(self, x_B3HW: Tensor) -> Tensor:
+        """Final normalised tokens, [batch, 1 + grid**2, width]."""
+        x_BTD = self.embed(x_B3HW)
         for block in self.blocks:
             x_BTD = block(x_BTD)
         return self.norm(x_BTD)

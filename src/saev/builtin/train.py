@@ -97,7 +97,7 @@ class Metrics:
 
 
 def to_input(imgs_BHW3: np.ndarray, cfg: VitConfig) -> Tensor:
-    """uint8 RGB images -> model input, with the same functions as `builtin.make_transform`."""
+    """uint8 RGB images -> model input, with the same steps as the builtin family's transform."""
     x_B3HW = torch.from_numpy(imgs_BHW3).permute(0, 3, 1, 2)
     return TF.normalize(TF.to_dtype(x_B3HW, torch.float32, scale=True), list(cfg.mean), list(cfg.std))
 

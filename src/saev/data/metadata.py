@@ -115,3 +115,36 @@ def read(path: pathlib.Path) -> Metadata:
     if not isinstance(dct, dict):
         raise StoreError(f"{path}: expected a JSON object.")
     return parse(dct, str(path))
+
+
+LAYOUT_FILE = "layout.json"
+"""saev's own addition to a store: where the recorded patches sit in the image. Kept out of
+metadata.json so that file (and the store's directory hash) stays exactly the reference protocol."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchLayout:
+    """How a store's patch tokens map onto the image."""
+
+    grid: tuple[int, int]
+    """Patch rows and columns; patches are stored in row-major order."""
+    n_registers: int = 0
+    """Register tokens the model has (never stored: recordings keep [CLS] and patches only)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"grid": list(self.grid), "n_registers": self.n_registers, "patch_order": "row-major"}
+
+
+def read_layout(path: pathlib.Path, meta: Metadata) -> PatchLayout:
+    try:
+        dct = json.loads(path.read_text())
+        layout = PatchLayout((int(dct["grid"][0]), int(dct["grid"][1])), int(dct.get("n_registers", 0)))
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as err:
+        raise StoreError(f"{path}: expected {{'grid': [rows, columns], 'n_registers': n}} ({err}).") from None
+    rows, cols = layout.grid
+    if rows * cols != meta.n_patches_per_img:
+        raise StoreError(
+            f"{path}: grid {rows}x{cols} has {rows * cols} patches, but metadata.json says "
+            f"n_patches_per_img={meta.n_patches_per_img}."
+        )
+    return layout

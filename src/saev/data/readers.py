@@ -5,69 +5,22 @@ and convert them to float32 in one copy. Shuffled mode visits those runs in a se
 and shuffles examples inside a memory buffer, so no example is read on its own.
 """
 
-import dataclasses
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from saev.data.store import ShardStore, open_shards, to_float32
+from saev.data.layout import Run, Tokens, TokenView
+from saev.data.statistics import store_normalization
+from saev.data.store import ShardStore, open_shards
 from saev.errors import StoreError
+from saev.normalization import ActNorm
 
-Tokens = Literal["patches", "cls", "all"]
 MiB = 1 << 20
 T = TypeVar("T")
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenView:
-    """Which token positions of each image a reader yields, and their `patch_i` labels."""
-
-    start: int
-    stop: int
-    patch_i: np.ndarray
-    """[stop - start] int64; -1 for [CLS]."""
-
-    @property
-    def n(self) -> int:
-        return self.stop - self.start
-
-
-def token_view(store: ShardStore, tokens: Tokens) -> TokenView:
-    meta = store.meta
-    cls = int(meta.cls_token)
-    patches = np.arange(meta.n_patches_per_img, dtype=np.int64)
-    if tokens == "patches":
-        return TokenView(cls, meta.n_tokens, patches)
-    if tokens == "cls":
-        if not meta.cls_token:
-            raise StoreError(f"{store.path}: tokens='cls' asked, but this store has no [CLS] token.")
-        return TokenView(0, 1, np.array([-1], dtype=np.int64))
-    if tokens == "all":
-        return TokenView(0, meta.n_tokens, np.concatenate([np.full(cls, -1, dtype=np.int64), patches]))
-    raise StoreError(f"tokens must be 'patches', 'cls' or 'all', not {tokens!r}.")
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """Images [start, stop) of one shard (global indices)."""
-
-    shard: int
-    start: int
-    stop: int
-
-
-def runs(store: ShardStore, images: range, max_imgs: int) -> list[Run]:
-    """Split `images` into runs of at most `max_imgs` images that never cross a shard boundary."""
-    out = []
-    for k, shard in enumerate(store.shards):
-        lo, hi = max(images.start, shard.start), min(images.stop, shard.start + shard.n_imgs)
-        for a in range(lo, hi, max_imgs):
-            out.append(Run(k, a, min(a + max_imgs, hi)))
-    return out
 
 
 def iter_batches(
@@ -91,21 +44,17 @@ def iter_batches(
     once per call, in an order fixed by `seed`: runs of about `block_mib` are read in random order,
     `buffer_mib` of them at a time, and their examples shuffled together. `images` restricts the
     reader to a range of image indices (e.g. a held-out split). `normalize` applies the
-    reference normalisation with statistics cached beside the store (`saev.data.normalization`).
+    reference normalisation with statistics cached beside the store (`saev.data.statistics`).
     """
     store = path if isinstance(path, ShardStore) else open_shards(path)
     if batch_size < 1:
         raise StoreError(f"batch_size must be positive, got {batch_size}.")
     layer_i = store.meta.layer_index(layer)
-    view = token_view(store, tokens)
+    view = store.token_view(tokens)
     images = range(len(store)) if images is None else images
     if images.step != 1 or images.start < 0 or images.stop > len(store):
         raise StoreError(f"images must be a contiguous range within [0, {len(store)}), got {images}.")
-    norm = None
-    if normalize:
-        from saev.data.normalization import store_normalization
-
-        norm = store_normalization(store, layer, tokens)
+    norm = store_normalization(store, layer, tokens) if normalize else None
     row_bytes = view.n * store.d_vit * 4
     reader = _Reader(store, layer_i, view, norm)
     skip = start_batch * batch_size
@@ -119,25 +68,16 @@ def iter_batches(
 class _Reader:
     """Reads runs of images into float32 example rows with their image and patch indices."""
 
-    def __init__(self, store: ShardStore, layer_i: int, view: TokenView, norm):
-        self.store, self.layer_i, self.view = store, layer_i, view
-        self.mean = None if norm is None else norm.mean.numpy().astype(np.float32)
-        self.scale = None if norm is None else np.float32(norm.scale)
-        self.clamp = None if norm is None else np.float32(norm.clamp)
+    def __init__(self, store: ShardStore, layer_i: int, view: TokenView, norm: ActNorm | None):
+        self.store, self.layer_i, self.view, self.norm = store, layer_i, view, norm
 
     def read(self, run: Run, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        shard = self.store.shards[run.shard]
-        raw = self.store.raw(run.shard)[
-            run.start - shard.start : run.stop - shard.start, self.layer_i, self.view.start : self.view.stop
-        ]
-        n_imgs, n_tok = raw.shape[0], raw.shape[1]
+        n_imgs, n_tok = run.stop - run.start, self.view.n
         if out is None:
-            out = np.empty((n_imgs * n_tok, raw.shape[2]), dtype=np.float32)
-        to_float32(raw, self.store.meta.dtype, out=out.reshape(raw.shape))
-        if self.mean is not None:
-            np.clip(out, -self.clamp, self.clamp, out=out)
-            out -= self.mean
-            out /= self.scale
+            out = np.empty((n_imgs * n_tok, self.store.d_vit), dtype=np.float32)
+        self.store.read(run.shard, run.local, self.layer_i, self.view.slice, out=out.reshape(n_imgs, n_tok, -1))
+        if self.norm is not None:
+            self.norm.apply(torch.from_numpy(out), inplace=True)
         image_i = np.repeat(np.arange(run.start, run.stop, dtype=np.int64), n_tok)
         patch_i = np.tile(self.view.patch_i, n_imgs)
         return out, image_i, patch_i
@@ -146,9 +86,7 @@ class _Reader:
 def _ordered_chunks(reader: _Reader, images: range, row_bytes: int, skip: int):
     rows_per_img = reader.view.n
     first = images.start + skip // rows_per_img
-    for run in runs(
-        reader.store, range(min(first, images.stop), images.stop), max(1, int(32 * MiB // row_bytes))
-    ):
+    for run in reader.store.runs(range(min(first, images.stop), images.stop), max(1, int(32 * MiB // row_bytes))):
         chunk = reader.read(run)
         if run.start == first and skip % rows_per_img:
             chunk = tuple(a[skip % rows_per_img :] for a in chunk)
@@ -160,7 +98,7 @@ def _shuffled_chunks(
 ):
     rng = np.random.default_rng(seed)
     imgs_per_block = max(1, int(block_mib * MiB // row_bytes))
-    blocks = runs(reader.store, images, imgs_per_block)
+    blocks = reader.store.runs(images, imgs_per_block)
     order = rng.permutation(len(blocks))
     blocks_per_group = max(1, int(buffer_mib // block_mib))
     rows_per_img, d = reader.view.n, reader.store.d_vit

@@ -100,7 +100,7 @@ class HfSource:
 
     def __post_init__(self):
         try:
-            import datasets
+            import datasets  # optional extra (saev[hf]), and 1 s to import
         except ImportError:
             raise ConfigError(
                 "hf: image sources need the `datasets` package: pip install 'saev[hf]'."

@@ -4,29 +4,23 @@ Layout (reference protocol 1.0.0): `metadata.json`, optional `shards.json`, and 
 `acts%06d.bin` shaped [imgs, layers, tokens, d_vit]; bfloat16 stores hold the raw 16 bits.
 """
 
-import dataclasses
 import functools
 import json
+import math
 import pathlib
 from typing import Any
 
 import numpy as np
+import torch
 
 from saev.data import metadata as md
+from saev.data.layout import Run, Shard, Tokens, TokenView, runs, token_view
 from saev.errors import StoreError
 
 STATE_FILE = ".saev-recording.json"
 """Present while a recording is unfinished (see saev.activations.recording)."""
 
 RAW_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
-
-
-@dataclasses.dataclass(frozen=True)
-class Shard:
-    name: str
-    n_imgs: int
-    start: int
-    """Global index of the shard's first image."""
 
 
 def to_float32(raw: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
@@ -43,6 +37,13 @@ def to_float32(raw: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np
         return np.array(raw, dtype=np.float32)
     out[...] = raw
     return out
+
+
+def to_stored(acts: torch.Tensor, dtype: str) -> np.ndarray:
+    """Encode activations in a store dtype (bfloat16 as its raw 16 bits), on the CPU."""
+    if dtype == "bfloat16":
+        return acts.to(torch.bfloat16).cpu().view(torch.int16).numpy().view(np.uint16)
+    return acts.to(getattr(torch, dtype)).cpu().numpy()
 
 
 class ShardStore:
@@ -83,6 +84,26 @@ class ShardStore:
         """Memory map of one shard's recorded images in the stored dtype (bfloat16 as uint16 bits)."""
         return self._memmap(shard_i)
 
+    def read(
+        self,
+        shard_i: int,
+        imgs: slice | np.ndarray,
+        layer_i: int,
+        tokens: slice | np.ndarray,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Activations of one layer as float32: `shard[imgs, layer_i, tokens]` with numpy indexing
+        (slices read contiguous blocks; index arrays pick (image, token) pairs). Every read of a
+        store's activations goes through here."""
+        return to_float32(self._memmap(shard_i)[imgs, layer_i, tokens], self.meta.dtype, out=out)
+
+    def runs(self, images: range, max_imgs: int) -> list[Run]:
+        """`images` as runs of at most `max_imgs` images within one shard each."""
+        return runs(self.shards, images, max_imgs)
+
+    def token_view(self, tokens: Tokens) -> TokenView:
+        return token_view(self.meta, tokens, self.path)
+
     def locate(self, image_i: int) -> tuple[int, int]:
         """(shard, position in shard) of a global image index."""
         if not 0 <= image_i < len(self):
@@ -94,6 +115,25 @@ class ShardStore:
         """Activations of one image as float32 [n_layers, n_tokens, d_vit]."""
         shard_i, pos = self.locate(image_i)
         return to_float32(self._memmap(shard_i)[pos], self.meta.dtype)
+
+    @functools.cached_property
+    def layout(self) -> md.PatchLayout:
+        """Patch grid and register count: from layout.json, else a square grid (older stores)."""
+        path = self.path / md.LAYOUT_FILE
+        if path.exists():
+            return md.read_layout(path, self.meta)
+        side = math.isqrt(self.meta.n_patches_per_img)
+        if side * side != self.meta.n_patches_per_img:
+            raise StoreError(
+                f"{self.path}: {self.meta.n_patches_per_img} patches do not form a square grid and the store "
+                f"has no {md.LAYOUT_FILE} giving the grid (recorded by another tool?)."
+            )
+        return md.PatchLayout((side, side))
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, columns) of the patch grid; patches are stored in row-major order."""
+        return self.layout.grid
 
     @functools.cached_property
     def images(self) -> list[dict[str, Any]]:

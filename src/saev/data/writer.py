@@ -15,9 +15,10 @@ import threading
 from typing import Any
 
 import numpy as np
+import torch
 
 from saev.data import metadata as md
-from saev.data.store import STATE_FILE
+from saev.data.store import STATE_FILE, to_stored
 from saev.errors import StoreError
 from saev.fileio import write_json
 
@@ -37,8 +38,16 @@ class ShardWriter:
     Writes happen on a background thread so they overlap the next forward pass.
     """
 
-    def __init__(self, dump_to: pathlib.Path, planned: md.Metadata, fingerprint: str, source: dict[str, Any]):
+    def __init__(
+        self,
+        dump_to: pathlib.Path,
+        planned: md.Metadata,
+        fingerprint: str,
+        source: dict[str, Any],
+        layout: md.PatchLayout | None = None,
+    ):
         self.planned = planned
+        self.layout = layout
         self.root = pathlib.Path(dump_to) / planned.hash
         self.source = source
         self.per_shard = planned.n_imgs_per_shard
@@ -65,10 +74,6 @@ class ShardWriter:
     def next_source(self) -> int:
         """First source image not covered by a complete shard."""
         return self.state["next_source"]
-
-    @property
-    def n_recorded(self) -> int:
-        return len(self.images)
 
     @property
     def room(self) -> int:
@@ -114,6 +119,8 @@ class ShardWriter:
         if not self.images:
             raise StoreError(f"no image could be read; reasons are in {self.root / 'skipped.json'}.")
         write_json(self.root / "images.json", {"source": self.source, "images": self.images}, indent=None)
+        if self.layout is not None:
+            write_json(self.root / md.LAYOUT_FILE, self.layout.to_dict())
         final = dataclasses.replace(self.planned, n_imgs=len(self.images))
         write_json(self.root / "metadata.json", final.to_dict(), indent=4)
         (self.root / STATE_FILE).unlink(missing_ok=True)
@@ -227,6 +234,7 @@ def write_arrays(
     data: dict[str, Any],
     dtype: str = "float32",
     max_patches_per_shard: int = 2_400_000,
+    layout: md.PatchLayout | None = None,
 ) -> pathlib.Path:
     """Write in-memory activations [images, layers, tokens, d_vit] as a store; returns its folder."""
     n, n_layers, n_tokens, d_vit = acts_NLTD.shape
@@ -244,26 +252,13 @@ def write_arrays(
         data,
         dtype,
     )
-    writer = ShardWriter(dump_to, planned, f"arrays:{n}", data)
+    writer = ShardWriter(dump_to, planned, f"arrays:{n}", data, layout)
     if writer.complete:
         return writer.root
-    raw = {"float32": np.float32, "float16": np.float16}
     for start in range(0, n, writer.per_shard):
-        chunk = acts_NLTD[start : start + writer.per_shard]
-        stored = chunk.astype(raw[dtype]) if dtype in raw else _to_bfloat16_bits(chunk)
+        chunk = np.ascontiguousarray(acts_NLTD[start : start + writer.per_shard], dtype=np.float32)
+        stored = to_stored(torch.from_numpy(chunk), dtype)
         indices = list(range(start, start + len(chunk)))
         writer.write(stored, indices, [{"index": i, "label": None} for i in indices])
     writer.finish()
     return writer.root
-
-
-def _to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
-    import torch
-
-    return (
-        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        .to(torch.bfloat16)
-        .view(torch.int16)
-        .numpy()
-        .view(np.uint16)
-    )

@@ -1,11 +1,19 @@
-"""Sparse autoencoder models and checkpoint I/O."""
+"""Sparse autoencoder models, their architectures (`saev.nn.architectures`) and checkpoint I/O."""
 
+from saev.nn.architectures import ARCHITECTURES, Architecture
+from saev.nn.architectures.batchtopk import BatchTopK
+from saev.nn.architectures.jumprelu import JumpRelu
+from saev.nn.architectures.relu import Relu
+from saev.nn.architectures.topk import TopK
 from saev.nn.checkpoints import dump, load
-from saev.nn.config import BatchTopK, JumpRelu, Provenance, Relu, SaeConfig, TopK
-from saev.nn.modeling import ActNorm, Loss, Output, SparseAutoencoder, estimate_normalization
+from saev.nn.config import Provenance, SaeConfig
+from saev.nn.modeling import Loss, Output, SparseAutoencoder
+from saev.normalization import ActNorm, estimate_normalization
 
 __all__ = [
+    "ARCHITECTURES",
     "ActNorm",
+    "Architecture",
     "BatchTopK",
     "JumpRelu",
     "Loss",

@@ -15,14 +15,23 @@ import struct
 import warnings
 import zipfile
 
+import huggingface_hub
 import torch
+from huggingface_hub import errors as hf_errors
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import Tensor
 
 import saev
 from saev.errors import CheckpointError, ConfigError
 from saev.fileio import atomic_open
 from saev.nn import config
-from saev.nn.modeling import DEFAULT_CLAMP, ActNorm, SparseAutoencoder
+from saev.nn.architectures import Activation
+from saev.nn.architectures.relu import Relu
+from saev.nn.architectures.topk import TopK
+from saev.nn.modeling import SparseAutoencoder
+from saev.normalization import DEFAULT_CLAMP, ActNorm
 
 NATIVE_FORMAT = "saev-sae"
 NATIVE_VERSION = "1"
@@ -61,9 +70,6 @@ def resolve(path: str) -> pathlib.Path:
     if len(parts) < 2 or not all(parts):
         raise CheckpointError(f"{path}: expected hf://ORG/NAME or hf://ORG/NAME/FILE.")
     repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or "sae.pt"
-    import huggingface_hub
-    from huggingface_hub import errors as hf_errors
-
     try:
         return pathlib.Path(huggingface_hub.hf_hub_download(repo_id, filename))
     except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as err:
@@ -160,7 +166,7 @@ def _legacy_config(path: pathlib.Path, header: dict) -> tuple[config.SaeConfig, 
         path,
         d_vit=d_vit,
         d_sae=d_sae,
-        activation=config.Relu(),
+        activation=Relu(),
         subtract_b_dec=True,
         sparsity_coeff=float(coeff),
         normalize_w_dec=bool(header.get("normalize_w_dec", True)),
@@ -182,14 +188,14 @@ def _shape_from(path: pathlib.Path, cfg: dict) -> tuple[int, int]:
     return d_vit, round(d_vit * exp)
 
 
-def _reference_activation(path: pathlib.Path, activation: dict) -> config.Activation:
+def _reference_activation(path: pathlib.Path, activation: dict) -> Activation:
     name = activation.get("cls") if isinstance(activation, dict) else None
     params = activation.get("params", {}) if isinstance(activation, dict) else {}
     if name == "Relu":
-        return config.Relu()
+        return Relu()
     # The reference's BatchTopK keeps k per token at inference too, which is plain TopK without ReLU.
     if name in ("TopK", "BatchTopK"):
-        return config.TopK(k=int(params.get("top_k", 32)), relu=False)
+        return TopK(k=int(params.get("top_k", 32)), relu=False)
     raise CheckpointError(
         f"{path}: unknown activation {name!r} in header; saev reads Relu, TopK and BatchTopK."
     )
@@ -252,9 +258,6 @@ def _load_weights(
 
 
 def _load_native(path: pathlib.Path, blob: bytes) -> SparseAutoencoder:
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
-
     try:
         tensors = st_load(blob)
         (n,) = struct.unpack("<Q", blob[:8])
@@ -305,8 +308,6 @@ def _load_activation_state(path: pathlib.Path, sae: SparseAutoencoder, state: di
 
 
 def _dump_native(path: pathlib.Path, sae: SparseAutoencoder) -> None:
-    from safetensors.torch import save
-
     tensors = {name: getattr(sae, name).detach() for name in WEIGHT_NAMES}
     tensors |= {f"activation.{k}": v.detach() for k, v in sae.activation.state_dict().items()}
     meta = {
@@ -323,7 +324,7 @@ def _dump_native(path: pathlib.Path, sae: SparseAutoencoder) -> None:
         meta["normalization"] = json.dumps(
             {"formula": "(clamp(x, -clamp, clamp) - act_mean) / act_scale", "clamp": norm.clamp}
         )
-    payload = save({k: v.cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
+    payload = st_save({k: v.cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
     with atomic_open(path) as f:
         f.write(_canonical(payload))
 
@@ -358,11 +359,11 @@ def _dump_reference(path: pathlib.Path, sae: SparseAutoencoder) -> None:
     }
     act = cfg.activation
     # Schema 1 encodes x - b_dec with a ReLU; schema 2 encodes x with a ReLU or a sign-keeping TopK.
-    if isinstance(act, config.Relu) and cfg.subtract_b_dec:
+    if isinstance(act, Relu) and cfg.subtract_b_dec:
         header = {"schema": 1, "cfg": base, "cls": "Relu"}
-    elif isinstance(act, config.Relu) and not cfg.subtract_b_dec:
+    elif isinstance(act, Relu) and not cfg.subtract_b_dec:
         header = {"schema": 2, "cfg": base | {"activation": {"cls": "Relu", "params": {}}}}
-    elif isinstance(act, config.TopK) and not act.relu and not cfg.subtract_b_dec:
+    elif isinstance(act, TopK) and not act.relu and not cfg.subtract_b_dec:
         header = {"schema": 2, "cfg": base | {"activation": {"cls": "TopK", "params": {"top_k": act.k}}}}
     else:
         raise CheckpointError(

@@ -1,55 +1,12 @@
-"""Configuration of a sparse autoencoder: shapes, activation function and forward variant."""
+"""Configuration of a sparse autoencoder: shapes, architecture config and forward variant."""
 
 import dataclasses
 from typing import Any
 
 from saev.errors import ConfigError
-
-
-@dataclasses.dataclass(frozen=True)
-class Relu:
-    """ReLU codes, made sparse by an L1 penalty during training (the reference objective)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TopK:
-    """Keep the k largest pre-activations of every token; the rest are zero."""
-
-    k: int = 32
-    """Number of latents active per token."""
-    relu: bool = True
-    """Zero negative values among the top k (False reproduces reference V2 TopK checkpoints)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchTopK:
-    """Keep the batch_size * k largest pre-activations of a training batch.
-
-    During training a threshold is learned (a running estimate of the smallest kept value);
-    at inference codes are `pre * (pre > threshold)`, so they do not depend on the batch.
-    """
-
-    k: int = 32
-    """Average number of latents active per token."""
-
-
-@dataclasses.dataclass(frozen=True)
-class JumpRelu:
-    """Per-latent learned thresholds: `f = pre * (pre > theta)`, trained with a straight-through estimator."""
-
-    init_threshold: float = 1e-3
-    """Initial value of every threshold."""
-    bandwidth: float = 1e-3
-    """Width of the rectangle kernel of the straight-through estimator."""
-
-
-Activation = Relu | TopK | BatchTopK | JumpRelu
-ACTIVATIONS: dict[str, type] = {
-    "Relu": Relu,
-    "TopK": TopK,
-    "BatchTopK": BatchTopK,
-    "JumpRelu": JumpRelu,
-}
+from saev.nn import architectures
+from saev.nn.architectures import Activation
+from saev.nn.architectures.relu import Relu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +18,7 @@ class SaeConfig:
     d_sae: int
     """Number of latents."""
     activation: Activation = Relu()
-    """Activation function that turns pre-activations into sparse codes."""
+    """The architecture's config (see `saev.nn.architectures`): how pre-activations become codes."""
     subtract_b_dec: bool = True
     """Whether the encoder reads `x - b_dec` (reference checkpoints V0a-V1) or `x` (V2)."""
     sparsity_coeff: float = 4e-4
@@ -99,10 +56,10 @@ class SaeConfig:
         """Inverse of `to_dict`; raises ConfigError naming unknown keys or activations."""
         dct = dict(dct)
         act = dct.pop("activation", {"cls": "Relu", "params": {}})
-        act_cls = ACTIVATIONS.get(act.get("cls"))
+        act_cls = architectures.CONFIGS.get(act.get("cls"))
         if act_cls is None:
             raise ConfigError(
-                f"unknown activation {act.get('cls')!r}; expected one of {sorted(ACTIVATIONS)}."
+                f"unknown activation {act.get('cls')!r}; expected one of {sorted(architectures.CONFIGS)}."
             )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(dct) - known)

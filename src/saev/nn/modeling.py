@@ -1,30 +1,15 @@
 """The sparse autoencoder module: encode ViT activations into sparse codes and decode them back."""
 
-import dataclasses
 import functools
-import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float
 from torch import Tensor
 
-from saev.nn import config
-from saev.nn.activations import make_activation
-
-DEFAULT_CLAMP = 1e5
-"""The reference clamps activations to [-1e5, 1e5] before normalising them."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ActNorm:
-    """Reference activation normalisation: `x' = (clamp(x, -clamp, clamp) - mean) / scale`."""
-
-    mean: Tensor
-    """Mean activation, [d_vit]."""
-    scale: float
-    """Mean L2 distance to `mean`, divided by sqrt(d_vit)."""
-    clamp: float = DEFAULT_CLAMP
+from saev.nn import architectures, config
+from saev.normalization import DEFAULT_CLAMP, ActNorm, denormalize, normalize
 
 
 class Loss:
@@ -74,7 +59,9 @@ class SparseAutoencoder(torch.nn.Module):
     """Sparse autoencoder over ViT activations of any leading shape.
 
     When normalisation statistics are set (`set_normalization`), inputs are raw activations:
-    the SAE normalises them before encoding and `decode` maps reconstructions back.
+    the SAE normalises them before encoding and `decode` maps reconstructions back. The
+    architecture (`cfg.activation`, see `saev.nn.architectures`) turns pre-activations into codes;
+    its own weights, if any, live in `self.activation`.
     """
 
     act_mean: Tensor | None
@@ -84,6 +71,7 @@ class SparseAutoencoder(torch.nn.Module):
         super().__init__()
         self.cfg = cfg
         self.provenance = provenance or config.Provenance()
+        self.arch = architectures.of(cfg.activation)
         gen = torch.Generator().manual_seed(cfg.seed)
         W_dec = torch.randn(cfg.d_sae, cfg.d_vit, generator=gen)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
@@ -92,7 +80,7 @@ class SparseAutoencoder(torch.nn.Module):
         self.W_enc = torch.nn.Parameter(W_dec.T.clone().contiguous())
         self.b_enc = torch.nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = torch.nn.Parameter(torch.zeros(cfg.d_vit))
-        self.activation = make_activation(cfg)
+        self.activation = self.arch.module(cfg.activation, cfg.d_sae)
         self.register_buffer("act_mean", None)
         self.register_buffer("act_scale", None)
         self.act_clamp = DEFAULT_CLAMP
@@ -115,38 +103,42 @@ class SparseAutoencoder(torch.nn.Module):
         self.act_scale = torch.tensor(float(norm.scale), device=self.b_dec.device)
         self.act_clamp = norm.clamp
 
-    def normalize(self, x: Tensor) -> Tensor:
+    def normalize(self, x: Float[Tensor, "*batch d_vit"]) -> Float[Tensor, "*batch d_vit"]:
         if self.act_mean is None:
             return x
-        return (x.clamp(-self.act_clamp, self.act_clamp) - self.act_mean) / self.act_scale
+        return normalize(x, self.act_mean, self.act_scale, self.act_clamp)
 
-    def denormalize(self, x: Tensor) -> Tensor:
+    def denormalize(self, x: Float[Tensor, "*batch d_vit"]) -> Float[Tensor, "*batch d_vit"]:
         if self.act_mean is None:
             return x
-        return x * self.act_scale + self.act_mean
+        return denormalize(x, self.act_mean, self.act_scale)
 
     # Forward
 
-    def pre_acts(self, x_n: Tensor) -> Tensor:
+    def pre_acts(self, x_n: Float[Tensor, "*batch d_vit"]) -> Float[Tensor, "*batch d_sae"]:
         """Encoder pre-activations of already-normalised inputs."""
         if self.cfg.subtract_b_dec:
             x_n = x_n - self.b_dec
         return F.linear(x_n, self.W_enc.T, self.b_enc)
 
-    def encode(self, x: Tensor) -> Tensor:
-        """Sparse codes [..., d_sae] of raw activations [..., d_vit]."""
-        return self.activation(self.pre_acts(self.normalize(x)))
+    def encode_normalized(self, x_n: Float[Tensor, "*batch d_vit"]) -> Float[Tensor, "*batch d_sae"]:
+        """Sparse codes of already-normalised inputs."""
+        return self.arch.encode(self, self.pre_acts(x_n))
 
-    def decode_normalized(self, f_x: Tensor) -> Tensor:
+    def encode(self, x: Float[Tensor, "*batch d_vit"]) -> Float[Tensor, "*batch d_sae"]:
+        """Sparse codes [..., d_sae] of raw activations [..., d_vit]."""
+        return self.encode_normalized(self.normalize(x))
+
+    def decode_normalized(self, f_x: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_vit"]:
         return F.linear(f_x, self.W_dec.T, self.b_dec)
 
-    def decode(self, f_x: Tensor) -> Tensor:
+    def decode(self, f_x: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_vit"]:
         """Reconstruction in raw activation space."""
         return self.denormalize(self.decode_normalized(f_x))
 
-    def forward(self, x: Tensor) -> Output:
+    def forward(self, x: Float[Tensor, "*batch d_vit"]) -> Output:
         x_n = self.normalize(x)
-        f_x = self.activation(self.pre_acts(x_n))
+        f_x = self.encode_normalized(x_n)
         x_hat_n = self.decode_normalized(f_x)
         loss = Loss(x_n, x_hat_n, f_x, self.cfg.sparsity_coeff)
         return Output(self.denormalize(x_hat_n), f_x, loss)
@@ -170,18 +162,3 @@ class SparseAutoencoder(torch.nn.Module):
         act = self.cfg.activation
         norm = "normalised inputs" if self.act_mean is not None else "no normalisation stats"
         return f"d_vit={self.cfg.d_vit}, d_sae={self.cfg.d_sae}, activation={act}, {norm}"
-
-
-def estimate_normalization(acts_ND: Tensor, clamp: float = DEFAULT_CLAMP) -> ActNorm:
-    """The reference formula: mean activation, and mean distance to it over sqrt(d_vit).
-
-    Give it a sample of the activations the SAE will see (the reference uses 2**19 tokens
-    chosen by `numpy.random.default_rng(42).permutation`; see `saev.data.normalization`).
-    Accumulates in float64 so the estimate does not drift with sample size.
-    """
-    if acts_ND.ndim != 2 or len(acts_ND) == 0:
-        raise ValueError(f"expected a non-empty [n, d_vit] tensor, got shape {tuple(acts_ND.shape)}.")
-    x = acts_ND.to(torch.float64).clamp(-clamp, clamp)
-    mean = x.mean(dim=0)
-    scale = (x - mean).norm(dim=1).mean() / math.sqrt(x.shape[1])
-    return ActNorm(mean.to(torch.float32), float(scale), clamp)

@@ -1,8 +1,10 @@
-"""Training losses for every architecture: reconstruction (optionally Matryoshka), sparsity and AuxK.
+"""Training losses for every architecture: reconstruction (optionally Matryoshka), the architecture's
+own penalty terms, and AuxK.
 
-All inputs are activations already in the SAE's normalised space. The TopK family can take the
-sparse path (see `saev.nn.sparse`), which gives the same values and gradients as the dense path
-while touching only the active (token, latent) pairs after the encoder matmul.
+All inputs are activations already in the SAE's normalised space. Architectures that the sparse
+path can train (see `Architecture.sparse_k`) take it when it is faster: it gives the same values and
+gradients as the dense path while touching only the active (token, latent) pairs after the encoder
+matmul (see `saev.nn.sparse`).
 """
 
 import dataclasses
@@ -10,9 +12,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Bool, Float
 from torch import Tensor
 
-from saev.nn import config, sparse
+from saev.nn import matryoshka, sparse
 from saev.nn.modeling import SparseAutoencoder
 
 Decoder = Literal["auto", "dense", "sparse"]
@@ -27,10 +30,9 @@ class Objective:
     matryoshka_prefixes: tuple[int, ...] = ()
     """Nested prefix sizes (latent counts); each prefix must reconstruct the input on its own."""
     aux_k: int = 0
-    """Dead latents used by the AuxK loss per token (TopK family); 0 disables it."""
+    """Dead latents used by the AuxK loss per token (architectures that use it); 0 disables it."""
     aux_coeff: float = 1 / 32
     decoder: Decoder = "auto"
-    jumprelu_bandwidth: float = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,52 +44,44 @@ class StepLoss:
     aux: Tensor
     l0: Tensor
     l1: Tensor
-    fired_S: Tensor
-    """[d_sae] bool: latents active on at least one token of the batch."""
+    fired_S: Bool[Tensor, " d_sae"]
+    """Latents active on at least one token of the batch."""
 
 
 def uses_sparse(sae: SparseAutoencoder, decoder: Decoder) -> bool:
-    act = sae.cfg.activation
-    if not isinstance(act, config.TopK | config.BatchTopK) or (isinstance(act, config.TopK) and not act.relu):
+    k = sae.arch.sparse_k(sae.cfg.activation)
+    if k is None:
         return False
     if decoder == "auto":
-        return sae.cfg.d_sae >= SPARSE_MIN_RATIO * act.k
+        return sae.cfg.d_sae >= SPARSE_MIN_RATIO * k
     return decoder == "sparse"
 
 
 def training_loss(
     sae: SparseAutoencoder,
-    x_BD: Tensor,
+    x_BD: Float[Tensor, "batch d_vit"],
     coeff: float,
-    dead_S: Tensor | None,
+    dead_S: Bool[Tensor, " d_sae"] | None,
     obj: Objective,
     per_token: bool = False,
 ) -> StepLoss:
     """Loss of one batch of normalised activations; `coeff` is the (warmed-up) sparsity coefficient.
 
-    `per_token` makes a BatchTopK SAE pick its top k per token for this step (the TopK warm-up).
+    `per_token` picks the top k per token for this step (the BatchTopK warm-up).
     """
     x_in = x_BD - sae.b_dec if sae.cfg.subtract_b_dec else x_BD
-    prefixes = _prefixes(obj.matryoshka_prefixes, sae.cfg.d_sae)
+    sizes = matryoshka.prefixes(obj.matryoshka_prefixes, sae.cfg.d_sae)
     if uses_sparse(sae, obj.decoder):
-        return _sparse_loss(sae, x_BD, x_in, prefixes, dead_S, obj, per_token)
-    return _dense_loss(sae, x_BD, x_in, prefixes, coeff, dead_S, obj, per_token)
+        return _sparse_loss(sae, x_BD, x_in, sizes, dead_S, obj, per_token)
+    return _dense_loss(sae, x_BD, x_in, sizes, coeff, dead_S, obj, per_token)
 
 
-def _prefixes(prefixes: tuple[int, ...], d_sae: int) -> list[int]:
-    return [p for p in prefixes if p < d_sae] + [d_sae]
-
-
-def _sparse_loss(sae, x_BD, x_in, prefixes, dead_S, obj, per_token: bool) -> StepLoss:
+def _sparse_loss(sae, x_BD, x_in, sizes, dead_S, obj, per_token: bool) -> StepLoss:
     with torch.no_grad():
         pre_BS = torch.addmm(sae.b_enc, x_in, sae.W_enc)
-        active = _select(sae, pre_BS, per_token)
+        active = sae.arch.select(sae, pre_BS, per_token)
     codes_N = F.relu(sparse.encode_at(x_in, sae.W_enc, sae.b_enc, pre_BS, active))
-    recons = [
-        sparse.decode(codes_N if m == sae.cfg.d_sae else codes_N * (active.latent_i < m), active, sae.W_dec)
-        + sae.b_dec
-        for m in prefixes
-    ]
+    recons = matryoshka.sparse_reconstructions(codes_N, active, sae.W_dec, sae.b_dec, sizes)
     n = x_BD.shape[0]
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x_BD.device)
     fired[active.latent_i[codes_N > 0]] = True
@@ -97,50 +91,29 @@ def _sparse_loss(sae, x_BD, x_in, prefixes, dead_S, obj, per_token: bool) -> Ste
     return _combine(x_BD, recons, torch.zeros((), device=x_BD.device), aux, l0, l1, fired)
 
 
-def _select(sae: SparseAutoencoder, pre_BS: Tensor, per_token: bool) -> sparse.Active:
-    act = sae.cfg.activation
-    if isinstance(act, config.TopK) or per_token:
-        return sparse.Active.from_topk(pre_BS.topk(act.k, dim=-1, sorted=False).indices)
-    flat = sae.activation.select(pre_BS)
-    n_latents = pre_BS.shape[1]
-    return sparse.Active.from_pairs(flat // n_latents, flat % n_latents, pre_BS.shape[0])
-
-
-def _dense_loss(sae, x_BD, x_in, prefixes, coeff, dead_S, obj, per_token: bool) -> StepLoss:
+def _dense_loss(sae, x_BD, x_in, sizes, coeff, dead_S, obj, per_token: bool) -> StepLoss:
     pre_BS = F.linear(x_in, sae.W_enc.T, sae.b_enc)
     if per_token:
         vals, idx = pre_BS.topk(sae.cfg.activation.k, dim=-1, sorted=False)
         f_BS = torch.zeros_like(pre_BS).scatter(-1, idx, F.relu(vals))
     else:
-        f_BS = sae.activation(pre_BS)
-    recons = _dense_prefix_decode(f_BS, sae, prefixes)
+        f_BS = sae.arch.encode(sae, pre_BS)
+    recons = matryoshka.dense_reconstructions(f_BS, sae.W_dec, sae.b_dec, sizes)
     l0 = (f_BS > 0).sum(-1, dtype=torch.float32).mean()
     l1 = f_BS.sum(-1).mean()
-    act = sae.cfg.activation
-    if isinstance(act, config.Relu):
-        sparsity = coeff * l1
-    elif isinstance(act, config.JumpRelu):
-        sparsity = coeff * _step(pre_BS, sae.activation.threshold, obj.jumprelu_bandwidth).sum(-1).mean()
-    else:
-        sparsity = torch.zeros((), device=x_BD.device)
-    aux = _auxk(sae, x_BD, x_in, pre_BS, recons[-1], dead_S, obj, differentiable_pre=True)
-    return _combine(x_BD, recons, sparsity, aux, l0, l1, (f_BS > 0).any(0))
-
-
-def _dense_prefix_decode(f_BS: Tensor, sae: SparseAutoencoder, prefixes: list[int]) -> list[Tensor]:
-    """Reconstructions from each prefix, built block by block so the total cost is one decode."""
-    recons, partial, start = [], sae.b_dec.expand(f_BS.shape[0], -1), 0
-    for m in prefixes:
-        partial = partial + f_BS[:, start:m] @ sae.W_dec[start:m]
-        recons.append(partial)
-        start = m
-    return recons
+    penalty = sae.arch.penalty(sae, x_BD, pre_BS, f_BS, coeff)
+    aux = (
+        _auxk(sae, x_BD, x_in, pre_BS, recons[-1], dead_S, obj, differentiable_pre=True)
+        if sae.arch.auxk
+        else penalty.aux
+    )
+    return _combine(x_BD, recons, penalty.sparsity, aux, l0, l1, (f_BS > 0).any(0))
 
 
 def _auxk(sae, x_BD, x_in, pre_BS, recon_BD, dead_S, obj, differentiable_pre: bool) -> Tensor:
     """AuxK (Gao et al. 2024): the dead latents' top pre-activations reconstruct the residual."""
     zero = torch.zeros((), device=x_BD.device)
-    if obj.aux_k <= 0 or dead_S is None or not isinstance(sae.cfg.activation, config.TopK | config.BatchTopK):
+    if obj.aux_k <= 0 or dead_S is None or not sae.arch.auxk:
         return zero
     n_dead = int(dead_S.sum())
     if n_dead == 0:
@@ -172,25 +145,3 @@ def _combine(x_BD, recons, sparsity, aux, l0, l1, fired) -> StepLoss:
         l1.detach(),
         fired,
     )
-
-
-class _StepFn(torch.autograd.Function):
-    """Heaviside H(pre - theta); its pseudo-gradient reaches theta only (JumpReLU paper, L0 term)."""
-
-    @staticmethod
-    def forward(ctx, pre_BS, theta_S, bandwidth):
-        ctx.save_for_backward(pre_BS, theta_S)
-        ctx.bandwidth = bandwidth
-        return (pre_BS > theta_S).to(pre_BS.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_BS):
-        pre_BS, theta_S = ctx.saved_tensors
-        eps = ctx.bandwidth
-        near = ((pre_BS - theta_S).abs() < eps / 2).to(pre_BS.dtype)
-        grad_theta = (-(1.0 / eps) * near * grad_BS).reshape(-1, theta_S.shape[-1]).sum(0)
-        return None, grad_theta, None
-
-
-def _step(pre_BS: Tensor, theta_S: Tensor, bandwidth: float) -> Tensor:
-    return _StepFn.apply(pre_BS, theta_S, bandwidth)

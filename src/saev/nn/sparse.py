@@ -45,12 +45,6 @@ class Active:
         offsets = torch.cumsum(counts, 0) - counts
         return cls(token_i, latent_i, offsets, n_tokens)
 
-    def by_latent(self, n_latents: int) -> tuple[Tensor, Tensor]:
-        """(order of entries sorted by latent, offsets of each latent's group in that order)."""
-        order = torch.argsort(self.latent_i, stable=True)
-        counts = torch.bincount(self.latent_i, minlength=n_latents)
-        return order, torch.cumsum(counts, 0) - counts
-
 
 class _EncodeAt(torch.autograd.Function):
     """values[n] = (x @ W_enc + b_enc)[token_i[n], latent_i[n]], given those values precomputed."""

@@ -1,6 +1,6 @@
 """Training SAEs on stored activations: many SAEs per pass over the data, reproducible and resumable."""
 
 from saev.training.config import TrainConfig
-from saev.training.trainer import RunResult, train
+from saev.training.trainer import RunResult, results_table, train
 
-__all__ = ["RunResult", "TrainConfig", "train"]
+__all__ = ["RunResult", "TrainConfig", "results_table", "train"]

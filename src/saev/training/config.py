@@ -6,11 +6,12 @@ import json
 import pathlib
 from typing import Any, Literal
 
+from saev.data.layout import Tokens
 from saev.errors import ConfigError
+from saev.nn import architectures
 from saev.nn import config as nn_config
+from saev.nn.architectures import Activation, Architecture, ArchName
 from saev.nn.objectives import Decoder, Objective
-
-Arch = Literal["relu", "topk", "batchtopk", "jumprelu"]
 
 STREAM_FIELDS = ("shards", "layer", "tokens", "n_train", "batch_size", "data_seed", "holdout", "device")
 """Runs that agree on these read the same batches in the same order, so they train in one pass."""
@@ -18,9 +19,9 @@ NOT_IDENTITY = ("out", "sweep", "resume", "device", "log_every", "ckpt_every", "
 """Fields that do not change what a run learns (excluded from its id)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Train sparse autoencoders on a store's activations (a sweep file trains many in one pass)."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """Everything about a training run except the architectures' own options."""
 
     shards: pathlib.Path
     """Activation store directory (from `saev activations` or the reference project)."""
@@ -28,14 +29,10 @@ class TrainConfig:
     """Parent folder; each run writes OUT/<run-id>/."""
     layer: int = -2
     """Layer of the store to train on."""
-    tokens: Literal["patches", "cls", "all"] = "patches"
+    tokens: Tokens = "patches"
     """Which tokens of each image are training examples."""
-    arch: Arch = "topk"
-    """relu (L1 penalty), topk, batchtopk or jumprelu."""
-    k: int = 32
-    """Active latents per token (topk, batchtopk)."""
-    sparsity_coeff: float = 4e-4
-    """L1 coefficient (relu) or L0 coefficient (jumprelu)."""
+    arch: ArchName = "topk"
+    """Architecture (see saev.nn.architectures); its options below apply."""
     matryoshka_prefixes: tuple[int, ...] = ()
     """Nested prefix sizes in latents for a Matryoshka objective, e.g. 128 512 2048."""
     exp_factor: int = 16
@@ -52,18 +49,12 @@ class TrainConfig:
     """After warm-up: constant, or cosine decay to zero."""
     sparsity_warmup: int = 0
     """Steps over which the sparsity coefficient rises linearly from 0."""
-    topk_warmup: float = 0.25
-    """batchtopk: fraction of training that picks the top k per token (as TopK) before per-batch selection; it finds features much sooner."""
     aux_k: int | None = None
-    """Dead latents in the AuxK loss per token (topk, batchtopk); default d_vit/2, 0 disables."""
+    """Dead latents in the AuxK loss per token (architectures that use it: topk, batchtopk); default d_vit/2, 0 disables."""
     aux_coeff: float = 1 / 32
     """Weight of the AuxK loss."""
     dead_tokens: int = 1_000_000
     """A latent silent for this many training tokens counts as dead."""
-    jumprelu_threshold: float = 1e-3
-    """Initial JumpReLU threshold."""
-    jumprelu_bandwidth: float = 1e-3
-    """Kernel width of the JumpReLU straight-through estimator."""
     decoder: Decoder = "auto"
     """TopK-family decoding: sparse (active rows only), dense, or auto (the faster for the shape)."""
     autocast: Literal["none", "bf16"] = "none"
@@ -93,14 +84,21 @@ class TrainConfig:
     wandb_project: str | None = None
     """Log to this Weights & Biases project (needs `pip install 'saev[wandb]'`)."""
 
-    def activation(self) -> nn_config.Activation:
-        if self.arch == "relu":
-            return nn_config.Relu()
-        if self.arch == "topk":
-            return nn_config.TopK(k=self.k)
-        if self.arch == "batchtopk":
-            return nn_config.BatchTopK(k=self.k)
-        return nn_config.JumpRelu(init_threshold=self.jumprelu_threshold, bandwidth=self.jumprelu_bandwidth)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig(*architectures.option_classes(), RunSettings):
+    """Train sparse autoencoders on a store's activations (a sweep file trains many in one pass)."""
+
+    # Every architecture's training options (saev.nn.architectures) are inherited fields, so each
+    # is a flag and a sweep key; a run reads those of its own `arch`.
+
+    @property
+    def architecture(self) -> Architecture:
+        return architectures.by_name(self.arch)
+
+    def activation(self) -> Activation:
+        return self.architecture.build(self)
 
     def sae_config(self, d_vit: int) -> nn_config.SaeConfig:
         return nn_config.SaeConfig(
@@ -115,11 +113,8 @@ class TrainConfig:
         )
 
     def objective(self, d_vit: int) -> Objective:
-        topk_family = self.arch in ("topk", "batchtopk")
-        aux_k = (d_vit // 2 if self.aux_k is None else self.aux_k) if topk_family else 0
-        return Objective(
-            self.matryoshka_prefixes, aux_k, self.aux_coeff, self.decoder, self.jumprelu_bandwidth
-        )
+        aux_k = (d_vit // 2 if self.aux_k is None else self.aux_k) if self.architecture.auxk else 0
+        return Objective(self.matryoshka_prefixes, aux_k, self.aux_coeff, self.decoder)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in dataclasses.asdict(self).items()}
@@ -128,8 +123,7 @@ class TrainConfig:
     def run_id(self) -> str:
         identity = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
-        knob = f"k{self.k}" if self.arch in ("topk", "batchtopk") else f"c{self.sparsity_coeff:g}"
-        return f"{self.arch}-x{self.exp_factor}-{knob}-lr{self.lr:g}-{digest}"
+        return f"{self.arch}-x{self.exp_factor}-{self.architecture.tag(self)}-lr{self.lr:g}-{digest}"
 
     @property
     def stream(self) -> tuple:
@@ -145,12 +139,8 @@ class TrainConfig:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}.")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}.")
-        if self.arch in ("topk", "batchtopk") and self.k <= 0:
-            raise ConfigError(f"--k must be positive, got {self.k}.")
         if not 0 <= self.holdout < 1:
             raise ConfigError(f"--holdout must be in [0, 1), got {self.holdout}.")
-        if not 0 <= self.topk_warmup < 1:
-            raise ConfigError(f"--topk-warmup is a fraction of training in [0, 1), got {self.topk_warmup}.")
         prefixes = self.matryoshka_prefixes
         if any(p <= 0 for p in prefixes) or list(prefixes) != sorted(set(prefixes)):
             raise ConfigError(f"--matryoshka-prefixes must be positive and increasing, got {list(prefixes)}.")
@@ -161,10 +151,7 @@ class TrainConfig:
             raise ConfigError(f"--layer {self.layer}: {where} holds layers {list(store_layers)}.")
         if self.tokens == "cls" and not has_cls:
             raise ConfigError(f"--tokens cls: {where} has no [CLS] token.")
-        if self.arch in ("topk", "batchtopk") and self.k >= d_sae:
-            raise ConfigError(
-                f"--k {self.k} must be smaller than d_sae = {self.exp_factor} x {d_vit} = {d_sae}."
-            )
+        self.architecture.check(self, d_sae)
         if self.matryoshka_prefixes and self.matryoshka_prefixes[-1] >= d_sae:
             raise ConfigError(
                 f"--matryoshka-prefixes must be below d_sae = {d_sae}, got {list(self.matryoshka_prefixes)}."

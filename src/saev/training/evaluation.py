@@ -45,7 +45,7 @@ class Accumulator:
 
     @torch.inference_mode()
     def add(self, x_n: torch.Tensor) -> None:
-        f = self.sae.activation(self.sae.pre_acts(x_n))
+        f = self.sae.encode_normalized(x_n)
         x_hat = self.sae.decode_normalized(f)
         active = f > 0
         self.n += len(x_n)

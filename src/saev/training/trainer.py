@@ -6,21 +6,21 @@ import logging
 import math
 import pathlib
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 import tqdm
 
 import saev
-from saev.data import iter_batches, open_shards
-from saev.data.normalization import store_normalization
-from saev.data.store import ShardStore
+from saev.data.readers import iter_batches
+from saev.data.statistics import store_normalization
+from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError
 from saev.fileio import atomic_open, write_json
 from saev.nn import checkpoints
 from saev.nn.config import Provenance
-from saev.nn.modeling import ActNorm, SparseAutoencoder
+from saev.nn.modeling import SparseAutoencoder
 from saev.nn.objectives import training_loss
+from saev.normalization import ActNorm
 from saev.training import schedules, sweep
 from saev.training.config import NOT_IDENTITY, TrainConfig
 from saev.training.evaluation import Accumulator, EvalResult
@@ -103,13 +103,9 @@ def _check_run_dir(cfg: TrainConfig) -> None:
 
 def _require_wandb() -> None:
     try:
-        import wandb  # noqa: F401
+        import wandb  # noqa: F401  # optional extra: checked only when asked for
     except ImportError:
         raise ConfigError("--wandb-project needs Weights & Biases: pip install 'saev[wandb]'.") from None
-
-
-def normalize(x: torch.Tensor, norm: ActNorm) -> torch.Tensor:
-    return (x.clamp(-norm.clamp, norm.clamp) - norm.mean) / norm.scale
 
 
 class _Run:
@@ -128,7 +124,7 @@ class _Run:
             f"saev {saev.__version__}",
         )
         self.sae = SparseAutoencoder(cfg.sae_config(d_vit), prov).to(cfg.device)
-        self.sae.set_normalization(ActNorm(norm.mean.to(cfg.device), norm.scale, norm.clamp))
+        self.sae.set_normalization(norm.to(cfg.device))
         self.objective = cfg.objective(d_vit)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr)
         self.last_fired = torch.zeros(self.sae.cfg.d_sae, dtype=torch.int64, device=cfg.device)
@@ -158,7 +154,7 @@ class _Run:
             {"run_id": self.cfg.run_id, "config": self.cfg.to_dict(), "sae": self.sae.cfg.to_dict()},
         )
         if self.cfg.wandb_project:
-            import wandb
+            import wandb  # optional extra, present once _require_wandb passed
 
             self.wandb = wandb.init(
                 project=self.cfg.wandb_project,
@@ -178,7 +174,7 @@ class _Run:
             group["lr"] = lr
         coeff = schedules.coeff_at(self.step, cfg.sparsity_coeff, cfg.sparsity_warmup)
         dead = (self.step - self.last_fired) * cfg.batch_size >= cfg.dead_tokens
-        per_token = cfg.arch == "batchtopk" and self.step < int(cfg.topk_warmup * self.n_steps)
+        per_token = self.step < int(cfg.architecture.per_token_warmup(cfg) * self.n_steps)
         with torch.autocast(x_n.device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
             out = training_loss(self.sae, x_n, coeff, dead, self.objective, per_token)
         self.opt.zero_grad(set_to_none=True)
@@ -268,10 +264,10 @@ def _train_group(cfgs: list[TrainConfig], store: ShardStore) -> list[RunResult]:
             desc=f"training {len(active)} SAE(s)",
             dynamic_ncols=True,
         )
-        device_norm = ActNorm(norm.mean.to(first.device), norm.scale, norm.clamp)
+        device_norm = norm.to(first.device)
         step = start
         for batch in _stream(store, first, train_imgs, start, n_steps):
-            x_n = normalize(batch["act"].to(first.device, non_blocking=True), device_norm)
+            x_n = device_norm.apply(batch["act"].to(first.device, non_blocking=True))
             for run in active:
                 if run.step == step:  # runs resumed from a later checkpoint wait for the stream to reach them
                     run.train_step(x_n)
@@ -295,7 +291,7 @@ def _finished(run: _Run) -> RunResult:
 
 
 def _tokens_per_img(store: ShardStore, tokens: str) -> int:
-    return {"patches": store.meta.n_patches_per_img, "cls": 1, "all": store.meta.n_tokens}[tokens]
+    return store.token_view(tokens).n
 
 
 def _stream(
@@ -332,9 +328,9 @@ def _evaluate(
     for run in pending:
         run.sae.eval()
     accs = {id(run): Accumulator(run.sae) for run in pending}
-    device_norm = ActNorm(norm.mean.to(cfg.device), norm.scale, norm.clamp)
+    device_norm = norm.to(cfg.device)
     for batch in iter_batches(store, cfg.layer, cfg.tokens, EVAL_BATCH, shuffle=False, images=images):
-        x_n = normalize(batch["act"].to(cfg.device), device_norm)
+        x_n = device_norm.apply(batch["act"].to(cfg.device))
         for acc in accs.values():
             acc.add(x_n)
     return [accs[id(run)].result() if id(run) in accs else None for run in runs]
@@ -364,6 +360,3 @@ def results_table(results: list[RunResult]) -> str:
         )
     return "\n".join(rows)
 
-
-def describe(results: list[RunResult]) -> dict[str, Any]:
-    return {r.run_id: (r.eval.summary() if r.eval else None) for r in results}

@@ -11,9 +11,14 @@ import numpy as np
 import torch
 import tqdm
 from PIL import Image
+from safetensors.torch import save
 
-from saev.errors import ConfigError, ModelError
+from saev.activations.families import make_img_transform
+from saev.activations.transforms import visible_crop
+from saev.data.store import ShardStore, open_shards
+from saev.errors import ConfigError, ModelError, StoreError
 from saev.fileio import atomic_open, write_json
+from saev.nn import checkpoints
 from saev.visuals import gallery
 from saev.visuals.heatmap import overlay, placeholder
 from saev.visuals.lookup import ImageLookup
@@ -64,12 +69,9 @@ class VisualsResult:
 
 def make_visuals(cfg: VisualsConfig, notes: dict[int, str] | None = None) -> VisualsResult:
     """`notes` annotate latents in the index and on their pages (e.g. the concept a latent detects)."""
-    import saev.nn
-    from saev.data import open_shards
-
     if cfg.top_k < 1 or cfg.n_latents < 0:
         raise ConfigError(f"--top-k must be >= 1 and --n-latents >= 0 (got {cfg.top_k}, {cfg.n_latents}).")
-    sae = saev.nn.load(cfg.sae)
+    sae = checkpoints.load(cfg.sae)
     store = open_shards(cfg.shards)
     bad = [s for s in cfg.latents if not 0 <= s < sae.cfg.d_sae]
     if bad:
@@ -84,7 +86,7 @@ def make_visuals(cfg: VisualsConfig, notes: dict[int, str] | None = None) -> Vis
     chosen = _choose(cfg, top)
     cfg.out.mkdir(parents=True, exist_ok=True)
     _save_data(cfg, top, chosen, lookup)
-    grid = _grid(store.meta.n_patches_per_img)
+    grid = _grid(store)
     notes = notes or {}
     pages = _render(cfg, top, chosen, lookup, store, grid, notes)
     rendered = set(chosen)
@@ -116,8 +118,6 @@ def _choose(cfg: VisualsConfig, top: TopActivations) -> list[int]:
 
 
 def _save_data(cfg: VisualsConfig, top: TopActivations, chosen: list[int], lookup: ImageLookup) -> None:
-    from safetensors.torch import save
-
     mapped = list(range(top.values_SK.shape[0])) if cfg.all_maps else chosen
     tensors = {
         "values": top.values_SK.float(),
@@ -157,22 +157,26 @@ def _save_data(cfg: VisualsConfig, top: TopActivations, chosen: list[int], looku
     )
 
 
-def _grid(n_patches: int) -> tuple[int, int]:
-    from saev.activations.vits import patch_grid
-
+def _grid(store: ShardStore) -> tuple[int, int]:
     try:
-        return patch_grid(n_patches)
-    except ValueError as err:
+        return store.grid
+    except StoreError as err:
         raise ConfigError(f"cannot draw heatmaps: {err}") from None
 
 
-def _crop_fn(store):
-    """The crop the store's ViT saw; a centre crop when its transform is unavailable."""
-    from saev.activations import make_img_transform, visible_crop
+def thumb_size(grid: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of a thumbnail: THUMB px on the longer side, the grid's aspect ratio."""
+    rows, cols = grid
+    if rows >= cols:
+        return max(1, round(THUMB * cols / rows)), THUMB
+    return THUMB, max(1, round(THUMB * rows / cols))
 
+
+def _crop_fn(store: ShardStore, size: tuple[int, int]):
+    """The crop the store's ViT saw; a centre crop of the grid's aspect when its transform is unavailable."""
     try:
         transform = make_img_transform(store.meta.vit_family, store.meta.vit_ckpt)
-        return lambda img: visible_crop(transform, img).resize((THUMB, THUMB), Image.BICUBIC)
+        return lambda img: visible_crop(transform, img).resize(size, Image.BICUBIC)
     except ModelError as err:
         logger.warning(
             "no image transform for %s/%s (%s); showing centre crops",
@@ -182,18 +186,26 @@ def _crop_fn(store):
         )
 
         def centre(img: Image.Image) -> Image.Image:
-            side = min(img.size)
-            left, top = (img.width - side) // 2, (img.height - side) // 2
-            return img.crop((left, top, left + side, top + side)).resize((THUMB, THUMB), Image.BICUBIC)
+            scale = min(img.width / size[0], img.height / size[1])
+            w, h = round(size[0] * scale), round(size[1] * scale)
+            left, top = (img.width - w) // 2, (img.height - h) // 2
+            return img.crop((left, top, left + w, top + h)).resize(size, Image.BICUBIC)
 
         return centre
 
 
 def _render(
-    cfg, top: TopActivations, chosen: list[int], lookup: ImageLookup, store, grid, notes: dict[int, str]
+    cfg: VisualsConfig,
+    top: TopActivations,
+    chosen: list[int],
+    lookup: ImageLookup,
+    store: ShardStore,
+    grid: tuple[int, int],
+    notes: dict[int, str],
 ) -> list[gallery.LatentPage]:
     """Draw every (latent, rank) thumbnail, decoding each source image once."""
-    crop = _crop_fn(store)
+    size = thumb_size(grid)
+    crop = _crop_fn(store, size)
     by_image: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for s in chosen:
         for r, i in enumerate(top.image_i_SK[s].tolist()):
@@ -204,7 +216,7 @@ def _render(
         (cfg.out / "thumbs" / str(s)).mkdir(parents=True, exist_ok=True)
     for i in tqdm.tqdm(sorted(by_image), unit="img", desc="drawing", dynamic_ncols=True):
         img = lookup.load(i)
-        base = crop(img) if img is not None else placeholder((THUMB, THUMB), f"missing: {lookup.path(i)}")
+        base = crop(img) if img is not None else placeholder(size, f"missing: {lookup.path(i)}")
         for s, r in by_image[i]:
             tile = (
                 base
@@ -221,6 +233,7 @@ def _render(
                 i,
                 float(top.values_SK[s, r]),
                 f"thumbs/{s}/{r}.jpg",
+                size,
                 lookup.path(i),
                 lookup.describe(i).get("label"),
                 i in lookup.missing,

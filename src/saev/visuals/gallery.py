@@ -24,7 +24,7 @@ td:first-child,th:first-child{text-align:left}.dead{color:#999}
 .controls input[type=number]{width:5rem}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(232px,1fr));gap:12px}
 figure{margin:0;background:#fff;border:1px solid #ddd;padding:4px}
-figure img{width:224px;height:224px;display:block}
+figure img{max-width:224px;max-height:224px;display:block}
 figcaption{font-size:.75rem;word-break:break-all;margin-top:4px}
 .stats td{text-align:left}.nav{margin:.5rem 0}
 """
@@ -77,6 +77,8 @@ class TopImage:
     value: float
     thumb: str
     """Path of the thumbnail, relative to the gallery folder."""
+    size: tuple[int, int]
+    """Thumbnail width and height in pixels."""
     source: str
     label: str | None
     missing: bool
@@ -149,7 +151,7 @@ def _figure(img: TopImage) -> str:
         caption += f" &middot; {html.escape(str(img.label))}"
     note = " (image missing)" if img.missing else ""
     return (
-        f'<figure><img src="../{html.escape(img.thumb)}" width="224" height="224" alt="image {img.image_i}">'
+        f'<figure><img src="../{html.escape(img.thumb)}" width="{img.size[0]}" height="{img.size[1]}" alt="image {img.image_i}">'
         f"<figcaption>{caption}<br>{html.escape(img.source)}{note}</figcaption></figure>"
     )
 

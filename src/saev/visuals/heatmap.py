@@ -18,7 +18,7 @@ def overlay(
     `values_P` is in row-major patch order (the ViT's token order). Colour and opacity both grow
     with the value, scaled to `vmax` (default: the largest value).
     """
-    import matplotlib
+    import matplotlib  # 0.4 s to import: only commands that draw heatmaps pay for it
 
     gh, gw = grid
     values = np.asarray(values_P, dtype=np.float32).reshape(gh, gw).clip(min=0)

@@ -14,8 +14,7 @@ import torch
 import tqdm
 from torch import Tensor
 
-from saev.data.readers import runs
-from saev.data.store import ShardStore, to_float32
+from saev.data.store import ShardStore
 from saev.errors import ConfigError
 from saev.nn.modeling import SparseAutoencoder
 
@@ -77,10 +76,8 @@ def top_activations(
     imgs_per_batch = max(1, int(batch_mib * 2**20 // ((meta.n_tokens - first) * n_sae * 4)))
     sae = sae.to(device).eval()
     bar = tqdm.tqdm(total=len(store), unit="img", desc="top-k", disable=not progress, dynamic_ncols=True)
-    for run in runs(store, range(len(store)), imgs_per_batch):
-        shard = store.shards[run.shard]
-        raw = store.raw(run.shard)[run.start - shard.start : run.stop - shard.start, layer_i, first:]
-        x_BTD = torch.from_numpy(to_float32(raw, meta.dtype)).to(device)
+    for run in store.runs(range(len(store)), imgs_per_batch):
+        x_BTD = torch.from_numpy(store.read(run.shard, run.local, layer_i, slice(first, None))).to(device)
         with torch.inference_mode():
             codes_BTS = sae.encode(x_BTD)
         patches_BPS = codes_BTS[:, cls - first :]

@@ -4,19 +4,30 @@ import dataclasses
 import json
 import logging
 import pathlib
+import sys
 from typing import Annotated
 
 import torch
 import tqdm
 import tyro
 
+from saev.activations import families
+from saev.activations.families import FamilyName
+from saev.activations.recorder import RecordedVisionTransformer
+from saev.activations.transforms import visible_crop
+from saev.commands.base import Command
+from saev.data.images import load_rgb
 from saev.errors import ConfigError, ImageError
+from saev.nn import checkpoints
+from saev.nn.modeling import SparseAutoencoder
+from saev.visuals.heatmap import hstack, labelled, overlay
+from saev.visuals.summary import summarize
 
 logger = logging.getLogger("saev.inspect")
 
 
 @dataclasses.dataclass(frozen=True)
-class InspectConfig:
+class Config:
     """Encode images with an SAE and draw each one's strongest latents."""
 
     images: Annotated[tuple[pathlib.Path, ...], tyro.conf.Positional]
@@ -25,8 +36,8 @@ class InspectConfig:
     """SAE checkpoint: a path, hf://ORG/NAME or hf://ORG/NAME/FILE."""
     out: pathlib.Path = pathlib.Path("inspect")
     """Folder for one PNG and one JSON per image."""
-    vit_family: str | None = None
-    """ViT family (clip, siglip, dinov2, builtin); defaults to the SAE's recorded provenance."""
+    vit_family: FamilyName | None = None
+    """ViT family; defaults to the SAE's recorded provenance."""
     vit_ckpt: str | None = None
     """ViT checkpoint; defaults to the SAE's recorded provenance."""
     layer: int | None = None
@@ -40,31 +51,18 @@ class InspectConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class LatentSummary:
-    latent: int
-    max: float
-    sum: float
-    active_patches: list[int]
-
-
-@dataclasses.dataclass(frozen=True)
-class InspectResult:
+class Result:
     written: list[pathlib.Path]
     skipped: dict[str, str]
     """Unreadable image -> reason."""
 
 
-def inspect(cfg: InspectConfig) -> InspectResult:
-    import saev.activations
-    import saev.nn
-    from saev.data.images import load_rgb
-    from saev.visuals.heatmap import hstack, labelled, overlay
-
+def run(cfg: Config) -> Result:
     if not cfg.images:
         raise ConfigError("give at least one image to inspect.")
     if cfg.top < 1:
         raise ConfigError(f"--top must be at least 1, got {cfg.top}.")
-    sae = saev.nn.load(cfg.sae, device=cfg.device).eval()
+    sae = checkpoints.load(cfg.sae, device=cfg.device).eval()
     family, ckpt, layer = _model_from(cfg, sae)
     if sae.normalization is None:
         logger.warning(
@@ -72,11 +70,9 @@ def inspect(cfg: InspectConfig) -> InspectResult:
             "the same way as in training. See README 'Normalisation'.",
             cfg.sae,
         )
-    vit = saev.activations.make_vit(family, ckpt).to(cfg.device)
-    transform = saev.activations.make_img_transform(family, ckpt)
-    recorder = saev.activations.RecordedVisionTransformer(vit, vit.layout.n_patches, False, [layer]).to(
-        cfg.device
-    )
+    vit = families.make_vit(family, ckpt).to(cfg.device)
+    transform = families.make_img_transform(family, ckpt)
+    recorder = RecordedVisionTransformer(vit, vit.layout.n_patches, False, [layer]).to(cfg.device)
     if vit.d_vit != sae.cfg.d_vit:
         raise ConfigError(
             f"{cfg.sae} reads {sae.cfg.d_vit}-dim activations but {family}/{ckpt} makes {vit.d_vit}-dim ones."
@@ -101,7 +97,7 @@ def inspect(cfg: InspectConfig) -> InspectResult:
             codes_BPS = sae.encode(recorder.record(x)[:, 0]).cpu()
         for (path, img), codes_PS in zip(batch, codes_BPS, strict=True):
             top = summarize(codes_PS, cfg.top)
-            crop = saev.activations.visible_crop(transform, img)
+            crop = visible_crop(transform, img)
             tiles = [labelled(crop, path.name[:30])]
             tiles += [
                 labelled(
@@ -123,26 +119,10 @@ def inspect(cfg: InspectConfig) -> InspectResult:
             written.append(stem.with_suffix(".png"))
             bar.update(1)
     bar.close()
-    return InspectResult(written, skipped)
+    return Result(written, skipped)
 
 
-def summarize(codes_PS: torch.Tensor, top: int) -> list[LatentSummary]:
-    """The `top` latents with the largest single-patch activation (ties: lower index), firing ones only."""
-    max_S = codes_PS.max(dim=0).values
-    n = min(top, int((max_S > 0).sum()))
-    order = torch.sort(max_S, descending=True, stable=True).indices[:n].tolist()
-    return [
-        LatentSummary(
-            latent=s,
-            max=float(max_S[s]),
-            sum=float(codes_PS[:, s].sum()),
-            active_patches=torch.nonzero(codes_PS[:, s] > 0).flatten().tolist(),
-        )
-        for s in order
-    ]
-
-
-def _model_from(cfg: InspectConfig, sae) -> tuple[str, str, int]:
+def _model_from(cfg: Config, sae: SparseAutoencoder) -> tuple[str, str, int]:
     prov = sae.provenance
     family = cfg.vit_family or prov.vit_family
     ckpt = cfg.vit_ckpt or prov.vit_ckpt
@@ -166,3 +146,13 @@ def _unique_stems(paths: tuple[pathlib.Path, ...]) -> dict[pathlib.Path, str]:
         used.add(stem)
         names[path] = stem
     return names
+
+
+def report(result: Result) -> None:
+    for path in result.written:
+        print(path)
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable image(s)", file=sys.stderr)
+
+
+COMMAND = Command(Config, run, report)

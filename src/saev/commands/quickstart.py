@@ -16,24 +16,31 @@ import time
 from typing import TextIO
 
 import numpy as np
-import torch
 
+from saev import builtin, concepts, synthetic
+from saev.activations.families import FamilyName
+from saev.activations.recording import RecordConfig, record
+from saev.commands.base import Command
+from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError
 from saev.fileio import write_json
+from saev.nn import checkpoints
+from saev.training import RunResult, TrainConfig, train
+from saev.visuals import VisualsConfig, make_visuals
 
 logger = logging.getLogger("saev.quickstart")
 
 
 @dataclasses.dataclass(frozen=True)
-class QuickstartConfig:
+class Config:
     """Run the whole pipeline offline: images, activations, a TopK SAE, the gallery and a concept report."""
 
     out: pathlib.Path = pathlib.Path("quickstart")
     """Folder for everything the run makes (reruns reuse finished steps)."""
     images: str | None = None
     """Your own images (folder or hf:NAME:SPLIT) instead of generated concept images."""
-    vit_family: str = "builtin"
-    """ViT family: builtin, clip, siglip or dinov2."""
+    vit_family: FamilyName = "builtin"
+    """ViT family (see `saev activations --help`)."""
     vit_ckpt: str | None = None
     """ViT checkpoint (default: the built-in ViT)."""
     layer: int = -2
@@ -59,16 +66,14 @@ class QuickstartConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class QuickstartResult:
+class Result:
     gallery: pathlib.Path
     report: pathlib.Path
     sae: pathlib.Path
     concepts: list[dict]
 
 
-def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
-    from saev import builtin
-
+def run(cfg: Config) -> Result:
     started = time.perf_counter()
     synthetic_run = cfg.images is None
     if synthetic_run and cfg.vit_family != "builtin":
@@ -80,29 +85,27 @@ def quickstart(cfg: QuickstartConfig) -> QuickstartResult:
         raise ConfigError(f"--vit-family {cfg.vit_family} needs --vit-ckpt.")
     images = _generate(cfg) if synthetic_run else cfg.images
     store = _record(cfg, images, ckpt)
-    run = _train(cfg, store.path)
-    concepts = _score_concepts(cfg, store, run) if synthetic_run else []
-    gallery = _visuals(cfg, store.path, run, concepts)
+    run_result = _train(cfg, store.path)
+    scores = _score_concepts(cfg, store, run_result) if synthetic_run else []
+    gallery = _visuals(cfg, store.path, run_result, scores)
     report = {
         "store": str(store.path),
-        "sae": str(run.checkpoint),
+        "sae": str(run_result.checkpoint),
         "gallery": str(gallery),
-        "eval": run.eval.summary() if run.eval else None,
-        "concepts": concepts,
+        "eval": run_result.eval.summary() if run_result.eval else None,
+        "concepts": scores,
         "seconds": time.perf_counter() - started,
     }
-    if concepts:
+    if scores:
         report["median_f1"] = {
-            "sae": statistics.median(r["latent"]["f1"] for r in concepts),
-            "neuron": statistics.median(r["neuron"]["f1"] for r in concepts),
+            "sae": statistics.median(r["latent"]["f1"] for r in scores),
+            "neuron": statistics.median(r["neuron"]["f1"] for r in scores),
         }
     write_json(cfg.out / "report.json", report)
-    return QuickstartResult(gallery, cfg.out / "report.json", run.checkpoint, concepts)
+    return Result(gallery, cfg.out / "report.json", run_result.checkpoint, scores)
 
 
-def _generate(cfg: QuickstartConfig) -> str:
-    from saev import builtin, synthetic
-
+def _generate(cfg: Config) -> str:
     root = cfg.out / "images"
     size = builtin.config(builtin.DEFAULT).img_size
     labels = root / "labels.json"
@@ -115,10 +118,7 @@ def _generate(cfg: QuickstartConfig) -> str:
     return str(root / "images")
 
 
-def _record(cfg: QuickstartConfig, images: str, ckpt: str):
-    from saev.activations.recording import RecordConfig, record
-    from saev.data import open_shards
-
+def _record(cfg: Config, images: str, ckpt: str) -> ShardStore:
     result = record(
         RecordConfig(
             vit_family=cfg.vit_family,
@@ -133,9 +133,7 @@ def _record(cfg: QuickstartConfig, images: str, ckpt: str):
     return open_shards(result.path)
 
 
-def _train(cfg: QuickstartConfig, shards: pathlib.Path):
-    from saev.training import TrainConfig, train
-
+def _train(cfg: Config, shards: pathlib.Path) -> RunResult:
     train_cfg = TrainConfig(
         shards=shards,
         out=cfg.out / "runs",
@@ -153,61 +151,25 @@ def _train(cfg: QuickstartConfig, shards: pathlib.Path):
         device=cfg.device,
         resume=True,
     )
-    [run] = train(train_cfg)
-    return run
+    [result] = train(train_cfg)
+    return result
 
 
-def _score_concepts(cfg: QuickstartConfig, store, run) -> list[dict]:
-    """Best latent and best neuron per concept, chosen on half the held-out images, scored on the rest."""
-    import saev.nn
-    from saev import synthetic
-    from saev.activations.vits import patch_grid
-    from saev.concepts import best_detectors
-
-    sae = saev.nn.load(run.checkpoint).to(cfg.device).eval()
+def _score_concepts(cfg: Config, store: ShardStore, run_result: RunResult) -> list[dict]:
+    sae = checkpoints.load(run_result.checkpoint).to(cfg.device).eval()
     dataset = synthetic.load(cfg.out / "images")
-    records = {pathlib.PurePath(r.file).name: r for r in dataset.records}
-    n = len(store)
-    held_out = range(n - max(2, int(np.ceil(0.1 * n))), n)
-    grid = patch_grid(store.meta.n_patches_per_img)
-    layer_i, cls = store.meta.layer_index(cfg.layer), int(store.meta.cls_token)
-    acts, labels = [], []
-    for i in held_out:
-        acts.append(torch.from_numpy(store.acts(i)[layer_i, cls:]))
-        record = records[pathlib.PurePath(store.images[i]["path"]).name]
-        labels.append(
-            torch.from_numpy(synthetic.patch_concepts(record, grid).reshape(len(synthetic.CONCEPTS), -1).T)
-        )
-    acts_NV, labels_NC = torch.cat(acts), torch.cat(labels)
-    with torch.inference_mode():
-        codes_NS = sae.encode(acts_NV.to(cfg.device)).cpu()
-    n_patch = store.meta.n_patches_per_img
-    select_N = (
-        torch.arange(len(acts_NV)) // n_patch
-    ) % 2 == 0  # whole images: even ones choose, odd ones score
-    latents = best_detectors(codes_NS, labels_NC, select_N, signed=False, include_zero=True)
-    neurons = best_detectors(acts_NV, labels_NC, select_N, signed=True, include_zero=False)
-    return [
-        {
-            "concept": concept,
-            "patches": int(labels_NC[~select_N, c].sum()),
-            "latent": dataclasses.asdict(lat),
-            "neuron": dataclasses.asdict(neu),
-        }
-        for c, (concept, lat, neu) in enumerate(zip(synthetic.CONCEPTS, latents, neurons, strict=True))
-    ]
+    scores = concepts.score_store(sae, store, cfg.layer, dataset, holdout=0.1, device=cfg.device)
+    return [score.to_dict() for score in scores]
 
 
-def _visuals(cfg: QuickstartConfig, shards: pathlib.Path, run, concepts: list[dict]) -> pathlib.Path:
-    from saev.visuals import VisualsConfig, make_visuals
-
+def _visuals(cfg: Config, shards: pathlib.Path, run_result: RunResult, scores: list[dict]) -> pathlib.Path:
     notes: dict[int, str] = {}
-    for row in concepts:
+    for row in scores:
         lat = row["latent"]
         note = f"best detector of {row['concept']} (F1 {lat['f1']:.2f})"
         notes[lat["unit"]] = f"{notes[lat['unit']]}; {note}" if lat["unit"] in notes else note
     detectors = list(notes)
-    freq = run.eval.freq if run.eval else []
+    freq = run_result.eval.freq if run_result.eval else []
     live = [s for s, f in enumerate(freq) if f > 0 and s not in detectors]
     extra = (
         np.random.default_rng(cfg.seed)
@@ -217,7 +179,7 @@ def _visuals(cfg: QuickstartConfig, shards: pathlib.Path, run, concepts: list[di
     latents = tuple(sorted(set(detectors) | {int(s) for s in extra}))
     result = make_visuals(
         VisualsConfig(
-            sae=str(run.checkpoint),
+            sae=str(run_result.checkpoint),
             shards=shards,
             out=cfg.out / "gallery",
             layer=cfg.layer,
@@ -230,7 +192,7 @@ def _visuals(cfg: QuickstartConfig, shards: pathlib.Path, run, concepts: list[di
     return result.index
 
 
-def print_report(result: QuickstartResult, file: TextIO | None = None) -> None:
+def print_report(result: Result, file: TextIO | None = None) -> None:
     file = file or sys.stdout
     if result.concepts:
         print(
@@ -254,3 +216,11 @@ def print_report(result: QuickstartResult, file: TextIO | None = None) -> None:
         )
     print(f"report: {result.report}", file=file)
     print(f"SAE: {result.sae}", file=file)
+
+
+def report(result: Result) -> None:
+    print_report(result)
+    print(f"gallery: {result.gallery}")
+
+
+COMMAND = Command(Config, run, report)

@@ -1,0 +1,52 @@
+"""`saev normalize`: attach a store's reference normalisation statistics to a (legacy) SAE."""
+
+import dataclasses
+import pathlib
+
+from saev.commands.base import Command
+from saev.data.layout import Tokens
+from saev.data.statistics import store_normalization
+from saev.data.store import open_shards
+from saev.errors import ConfigError
+from saev.nn import checkpoints
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Attach a store's reference normalisation statistics to a (legacy) SAE and save it natively."""
+
+    sae: str
+    """SAE checkpoint to complete: a path, hf://ORG/NAME or hf://ORG/NAME/FILE."""
+    shards: pathlib.Path
+    """Activation store recorded from the SAE's ViT and layer, on images like its training set."""
+    out: pathlib.Path
+    """Where to write the SAE with its statistics (.safetensors)."""
+    layer: int = -2
+    """Layer of the store the SAE reads."""
+    tokens: Tokens = "patches"
+    """Token selection the SAE was trained on."""
+
+
+def run(cfg: Config) -> pathlib.Path:
+    if cfg.out.suffix != ".safetensors":
+        raise ConfigError(f"--out {cfg.out}: statistics are only kept by the native .safetensors format.")
+    sae = checkpoints.load(cfg.sae)
+    store = open_shards(cfg.shards)
+    if store.d_vit != sae.cfg.d_vit:
+        raise ConfigError(
+            f"{cfg.sae} reads {sae.cfg.d_vit}-dim activations; {store.path} holds {store.d_vit}-dim ones."
+        )
+    sae.set_normalization(store_normalization(store, cfg.layer, cfg.tokens))
+    sae.provenance = dataclasses.replace(
+        sae.provenance,
+        vit_family=store.meta.vit_family,
+        vit_ckpt=store.meta.vit_ckpt,
+        layer=cfg.layer,
+        tokens=cfg.tokens,
+        n_patches_per_img=store.meta.n_patches_per_img,
+    )
+    checkpoints.dump(cfg.out, sae)
+    return cfg.out
+
+
+COMMAND = Command(Config, run, print)

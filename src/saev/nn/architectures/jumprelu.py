@@ -1,0 +1,122 @@
+"""JumpReLU (Rajamanoharan et al. 2024): per-latent learned thresholds, trained with a
+straight-through estimator and an L0 penalty."""
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from saev.errors import ConfigError
+from saev.nn.architectures.base import Architecture, Autoencoder, CoeffOption, Penalty
+
+
+@dataclasses.dataclass(frozen=True)
+class JumpRelu:
+    """Per-latent learned thresholds: `f = pre * (pre > theta)`, trained with a straight-through estimator."""
+
+    init_threshold: float = 1e-3
+    """Initial value of every threshold."""
+    bandwidth: float = 1e-3
+    """Width of the rectangle kernel of the straight-through estimator."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JumpReluOptions(CoeffOption):
+    jumprelu_threshold: float = JumpRelu.init_threshold
+    """Initial JumpReLU threshold."""
+    jumprelu_bandwidth: float = JumpRelu.bandwidth
+    """Kernel width of the JumpReLU straight-through estimator."""
+
+
+class _JumpReluFn(torch.autograd.Function):
+    """Forward `pre * (pre > theta)`; the threshold's gradient uses a rectangle-kernel estimate."""
+
+    @staticmethod
+    def forward(ctx, pre_BS: Tensor, theta_S: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre_BS, theta_S)
+        ctx.bandwidth = bandwidth
+        return pre_BS * (pre_BS > theta_S)
+
+    @staticmethod
+    def backward(ctx, grad_BS: Tensor):
+        pre_BS, theta_S = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_pre = grad_BS * (pre_BS > theta_S)
+        near = ((pre_BS - theta_S).abs() < eps / 2).to(pre_BS.dtype)
+        grad_theta = -(theta_S / eps) * near * grad_BS
+        grad_theta = grad_theta.reshape(-1, theta_S.shape[-1]).sum(0)
+        return grad_pre, grad_theta, None
+
+
+class _StepFn(torch.autograd.Function):
+    """Heaviside H(pre - theta); its pseudo-gradient reaches theta only (JumpReLU paper, L0 term)."""
+
+    @staticmethod
+    def forward(ctx, pre_BS, theta_S, bandwidth):
+        ctx.save_for_backward(pre_BS, theta_S)
+        ctx.bandwidth = bandwidth
+        return (pre_BS > theta_S).to(pre_BS.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_BS):
+        pre_BS, theta_S = ctx.saved_tensors
+        eps = ctx.bandwidth
+        near = ((pre_BS - theta_S).abs() < eps / 2).to(pre_BS.dtype)
+        grad_theta = (-(1.0 / eps) * near * grad_BS).reshape(-1, theta_S.shape[-1]).sum(0)
+        return None, grad_theta, None
+
+
+def step(pre_BS: Tensor, theta_S: Tensor, bandwidth: float) -> Tensor:
+    """`1[pre > theta]` with the JumpReLU L0 pseudo-gradient."""
+    return _StepFn.apply(pre_BS, theta_S, bandwidth)
+
+
+class JumpReluActivation(torch.nn.Module):
+    def __init__(self, d_sae: int, init_threshold: float, bandwidth: float):
+        super().__init__()
+        self.bandwidth = bandwidth
+        self.log_threshold = torch.nn.Parameter(torch.full((d_sae,), float(init_threshold)).log())
+
+    @property
+    def threshold(self) -> Tensor:
+        return self.log_threshold.exp()
+
+    def forward(self, pre_BS: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_sae"]:
+        pre_BS = F.relu(pre_BS)
+        if not self.training:
+            return pre_BS * (pre_BS > self.threshold)
+        return _JumpReluFn.apply(pre_BS, self.threshold, self.bandwidth)
+
+
+class JumpReluArchitecture(Architecture):
+    name = "jumprelu"
+    config = JumpRelu
+    options = JumpReluOptions
+
+    def build(self, opts: JumpReluOptions) -> JumpRelu:
+        return JumpRelu(init_threshold=opts.jumprelu_threshold, bandwidth=opts.jumprelu_bandwidth)
+
+    def module(self, act_cfg: JumpRelu, d_sae: int) -> torch.nn.Module:
+        return JumpReluActivation(d_sae, act_cfg.init_threshold, act_cfg.bandwidth)
+
+    def check(self, opts: JumpReluOptions, d_sae: int) -> None:
+        for name in ("jumprelu_threshold", "jumprelu_bandwidth"):
+            if not getattr(opts, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(opts, name)}.")
+
+    def penalty(
+        self,
+        sae: Autoencoder,
+        x_BD: Float[Tensor, "batch d_vit"],
+        pre_BS: Float[Tensor, "batch d_sae"],
+        f_BS: Float[Tensor, "batch d_sae"],
+        coeff: float,
+    ) -> Penalty:
+        act = sae.activation
+        l0 = step(pre_BS, act.threshold, act.bandwidth).sum(-1).mean()
+        return Penalty(coeff * l0, torch.zeros((), device=x_BD.device))
+
+
+ARCHITECTURE = JumpReluArchitecture()
