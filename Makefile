@@ -27,9 +27,12 @@ quickstart: $(STAMP)
 test: $(STAMP) $(REFERENCE)
 	$(PY) -m pytest -q
 
+# ruff for style; lint-imports for the layer contracts in pyproject.toml (the library never
+# imports the commands layer; see docs/architecture.md).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .cache

@@ -18,6 +18,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 # Tiny test models gain nothing from intra-op threads, and a busy second core makes them crawl.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Shapes and types are checked at test time: every function and dataclass of saev imported from
+# here on is wrapped by jaxtyping (shape annotations) with beartype (every other annotation; an
+# int passes for a float, as PEP 484 says).
+from jaxtyping import install_import_hook  # noqa: E402
+
+install_import_hook("saev", "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))")
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402

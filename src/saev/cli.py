@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> None:
         Annotated[Any, tyro.conf.subcommand(name, constructor=cmd.config, description=cmd.description)]
         for name, cmd in COMMANDS.items()
     )
-    cfg = tyro.cli(Union[choices], prog="saev", description="Sparse autoencoders for vision transformers.", args=argv)  # noqa: UP007
+    one_of = Union[choices]  # noqa: UP007 (a union built at run time)
+    cfg = tyro.cli(one_of, prog="saev", description="Sparse autoencoders for vision transformers.", args=argv)
     command = next(cmd for cmd in COMMANDS.values() if isinstance(cfg, cmd.config))
     try:
         command.report(command.run(cfg))

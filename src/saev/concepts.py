@@ -68,7 +68,9 @@ def score_store(
         acts.append(torch.from_numpy(store.acts(i)[layer_i, cls:]))
         record = records[pathlib.PurePath(store.images[i]["path"]).name]
         labels.append(
-            torch.from_numpy(synthetic.patch_concepts(record, store.grid).reshape(len(synthetic.CONCEPTS), -1).T)
+            torch.from_numpy(
+                synthetic.patch_concepts(record, store.grid).reshape(len(synthetic.CONCEPTS), -1).T
+            )
         )
     acts_NV, labels_NC = torch.cat(acts), torch.cat(labels)
     with torch.inference_mode():

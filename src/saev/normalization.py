@@ -29,7 +29,9 @@ class ActNorm:
     def to(self, device: str | torch.device) -> "ActNorm":
         return dataclasses.replace(self, mean=self.mean.to(device))
 
-    def apply(self, x: Float[Tensor, "*batch d_vit"], *, inplace: bool = False) -> Float[Tensor, "*batch d_vit"]:
+    def apply(
+        self, x: Float[Tensor, "*batch d_vit"], *, inplace: bool = False
+    ) -> Float[Tensor, "*batch d_vit"]:
         return normalize(x, self.mean, self.scale, self.clamp, inplace=inplace)
 
 

@@ -4,6 +4,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from saev.activations.vit import Vit
@@ -53,13 +54,17 @@ class RecordedVisionTransformer(torch.nn.Module):
     def n_tokens(self) -> int:
         return len(self.token_i)
 
-    def forward(self, x_B3HW: Tensor) -> tuple[object, Tensor]:
+    def forward(
+        self, x_B3HW: Float[Tensor, "batch 3 height width"]
+    ) -> tuple[object, Float[Tensor, "batch layers tokens d_vit"]]:
         captured: dict[int, Tensor] = {}
         with self._hooks(captured, stop=False):
             output = self.vit(x_B3HW)
         return output, self._stack(captured)
 
-    def record(self, x_B3HW: Tensor) -> Tensor:
+    def record(
+        self, x_B3HW: Float[Tensor, "batch 3 height width"]
+    ) -> Float[Tensor, "batch layers tokens d_vit"]:
         """Only the activations; blocks after the deepest requested one are never computed."""
         captured: dict[int, Tensor] = {}
         with self._hooks(captured, stop=True), contextlib.suppress(_StopForward):

@@ -53,7 +53,7 @@ class Vit(torch.nn.Module):
         family: str,
         ckpt: str,
         model: torch.nn.Module,
-        blocks: torch.nn.ModuleList,
+        blocks: torch.nn.ModuleList | torch.nn.Sequential,
         layout: TokenLayout,
         d_vit: int,
     ):
@@ -69,7 +69,7 @@ class Vit(torch.nn.Module):
         return f"{self.family}/{self.ckpt}"
 
     @property
-    def blocks(self) -> torch.nn.ModuleList:
+    def blocks(self) -> torch.nn.ModuleList | torch.nn.Sequential:
         """Residual blocks; a hook on block i sees the residual stream after it."""
         return self._blocks
 
@@ -82,7 +82,9 @@ class Vit(torch.nn.Module):
         """The tokens entering block 0."""
         raise NotImplementedError(f"{self.family} does not split its forward pass")
 
-    def run_block(self, i: int, x_BTD: Float[Tensor, "batch tokens d_vit"]) -> Float[Tensor, "batch tokens d_vit"]:
+    def run_block(
+        self, i: int, x_BTD: Float[Tensor, "batch tokens d_vit"]
+    ) -> Float[Tensor, "batch tokens d_vit"]:
         if self.layout.tokens_first:
             return self.blocks[i](x_BTD.transpose(0, 1)).transpose(0, 1)
         return self.blocks[i](x_BTD)
@@ -91,7 +93,9 @@ class Vit(torch.nn.Module):
         """Everything after the last block (final norm, pooling, projection or classifier)."""
         raise NotImplementedError(f"{self.family} does not split its forward pass")
 
-    def run_to(self, x_B3HW: Float[Tensor, "batch 3 height width"], layer: int) -> Float[Tensor, "batch tokens d_vit"]:
+    def run_to(
+        self, x_B3HW: Float[Tensor, "batch 3 height width"], layer: int
+    ) -> Float[Tensor, "batch tokens d_vit"]:
         """The residual stream after block `layer` (negative counts from the end); nothing later runs."""
         x_BTD = self.embed(x_B3HW)
         for i in range(self.block_index(layer) + 1):

@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float
 from torch import Tensor
 
 from saev.synthetic import CONCEPTS
@@ -116,24 +117,26 @@ class ConceptVit(torch.nn.Module):
         self.image_head = torch.nn.Linear(cfg.width, cfg.n_concepts)
         self.patch_head = torch.nn.Linear(cfg.width, cfg.n_concepts)
 
-    def embed(self, x_B3HW: Tensor) -> Tensor:
+    def embed(self, x_B3HW: Float[Tensor, "batch 3 height width"]) -> Float[Tensor, "batch tokens width"]:
         """Tokens entering the first block, [batch, 1 + grid**2, width]."""
         patches_BDgg = self.patch_embed(x_B3HW)
         patches_BND = patches_BDgg.flatten(2).transpose(1, 2)
         cls_B1D = self.cls_token.expand(len(x_B3HW), -1, -1)
         return torch.cat([cls_B1D, patches_BND], dim=1) + self.pos_embed
 
-    def tokens(self, x_B3HW: Tensor) -> Tensor:
+    def tokens(self, x_B3HW: Float[Tensor, "batch 3 height width"]) -> Float[Tensor, "batch tokens width"]:
         """Final normalised tokens, [batch, 1 + grid**2, width]."""
         x_BTD = self.embed(x_B3HW)
         for block in self.blocks:
             x_BTD = block(x_BTD)
         return self.norm(x_BTD)
 
-    def forward_all(self, x_B3HW: Tensor) -> tuple[Tensor, Tensor]:
+    def forward_all(
+        self, x_B3HW: Float[Tensor, "batch 3 height width"]
+    ) -> tuple[Float[Tensor, "batch n_concepts"], Float[Tensor, "batch patches n_concepts"]]:
         """(image logits [batch, n_concepts], patch logits [batch, grid**2, n_concepts])."""
         x_BTD = self.tokens(x_B3HW)
         return self.image_head(x_BTD[:, 0]), self.patch_head(x_BTD[:, 1:])
 
-    def forward(self, x_B3HW: Tensor) -> Tensor:
+    def forward(self, x_B3HW: Float[Tensor, "batch 3 height width"]) -> Float[Tensor, "batch n_concepts"]:
         return self.image_head(self.tokens(x_B3HW)[:, 0])

@@ -5,6 +5,7 @@ and convert them to float32 in one copy. Shuffled mode visits those runs in a se
 and shuffles examples inside a memory buffer, so no example is read on its own.
 """
 
+import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -24,7 +25,7 @@ T = TypeVar("T")
 
 
 def iter_batches(
-    path: str | ShardStore,
+    path: str | os.PathLike | ShardStore,
     layer: int = -2,
     tokens: Tokens = "patches",
     batch_size: int = 16384,
@@ -75,7 +76,9 @@ class _Reader:
         n_imgs, n_tok = run.stop - run.start, self.view.n
         if out is None:
             out = np.empty((n_imgs * n_tok, self.store.d_vit), dtype=np.float32)
-        self.store.read(run.shard, run.local, self.layer_i, self.view.slice, out=out.reshape(n_imgs, n_tok, -1))
+        self.store.read(
+            run.shard, run.local, self.layer_i, self.view.slice, out=out.reshape(n_imgs, n_tok, -1)
+        )
         if self.norm is not None:
             self.norm.apply(torch.from_numpy(out), inplace=True)
         image_i = np.repeat(np.arange(run.start, run.stop, dtype=np.int64), n_tok)
@@ -86,7 +89,9 @@ class _Reader:
 def _ordered_chunks(reader: _Reader, images: range, row_bytes: int, skip: int):
     rows_per_img = reader.view.n
     first = images.start + skip // rows_per_img
-    for run in reader.store.runs(range(min(first, images.stop), images.stop), max(1, int(32 * MiB // row_bytes))):
+    for run in reader.store.runs(
+        range(min(first, images.stop), images.stop), max(1, int(32 * MiB // row_bytes))
+    ):
         chunk = reader.read(run)
         if run.start == first and skip % rows_per_img:
             chunk = tuple(a[skip % rows_per_img :] for a in chunk)

@@ -4,7 +4,7 @@ import dataclasses
 import hashlib
 import os
 import pathlib
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -14,6 +14,7 @@ from saev.errors import ConfigError, ImageError
 EXTENSIONS = frozenset(ext.lower() for ext in Image.registered_extensions())
 
 
+@runtime_checkable
 class ImageSource(Protocol):
     def __len__(self) -> int: ...
 

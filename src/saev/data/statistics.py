@@ -11,6 +11,7 @@ import pathlib
 
 import numpy as np
 import torch
+from jaxtyping import Float
 
 from saev.data.layout import Tokens
 from saev.data.store import ShardStore
@@ -29,7 +30,7 @@ def reference_sample(n_examples: int, n_samples: int = N_SAMPLES) -> np.ndarray:
 
 def sample_examples(
     store: ShardStore, layer: int, tokens: Tokens, n_samples: int = N_SAMPLES
-) -> torch.Tensor:
+) -> Float[torch.Tensor, "n d_vit"]:
     """The reference's sample of a store's examples, float32 [n, d_vit], read in one sequential pass."""
     layer_i = store.meta.layer_index(layer)
     view = store.token_view(tokens)

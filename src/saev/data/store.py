@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Float
 
 from saev.data import metadata as md
 from saev.data.layout import Run, Shard, Tokens, TokenView, runs, token_view
@@ -39,7 +40,7 @@ def to_float32(raw: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np
     return out
 
 
-def to_stored(acts: torch.Tensor, dtype: str) -> np.ndarray:
+def to_stored(acts: Float[torch.Tensor, "..."], dtype: str) -> np.ndarray:
     """Encode activations in a store dtype (bfloat16 as its raw 16 bits), on the CPU."""
     if dtype == "bfloat16":
         return acts.to(torch.bfloat16).cpu().view(torch.int16).numpy().view(np.uint16)
@@ -90,8 +91,8 @@ class ShardStore:
         imgs: slice | np.ndarray,
         layer_i: int,
         tokens: slice | np.ndarray,
-        out: np.ndarray | None = None,
-    ) -> np.ndarray:
+        out: Float[np.ndarray, "..."] | None = None,
+    ) -> Float[np.ndarray, "..."]:
         """Activations of one layer as float32: `shard[imgs, layer_i, tokens]` with numpy indexing
         (slices read contiguous blocks; index arrays pick (image, token) pairs). Every read of a
         store's activations goes through here."""
@@ -111,7 +112,7 @@ class ShardStore:
         per = self.meta.n_imgs_per_shard
         return image_i // per, image_i % per
 
-    def acts(self, image_i: int) -> np.ndarray:
+    def acts(self, image_i: int) -> Float[np.ndarray, "layers tokens d_vit"]:
         """Activations of one image as float32 [n_layers, n_tokens, d_vit]."""
         shard_i, pos = self.locate(image_i)
         return to_float32(self._memmap(shard_i)[pos], self.meta.dtype)

@@ -14,6 +14,7 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float, Int
 from torch import Tensor
 
 
@@ -21,23 +22,22 @@ from torch import Tensor
 class Active:
     """Active (token, latent) pairs, grouped by token: token t owns entries offsets[t]:offsets[t+1]."""
 
-    token_i: Tensor
-    """[N] int64, non-decreasing."""
-    latent_i: Tensor
-    """[N] int64."""
-    offsets: Tensor
-    """[n_tokens] int64, start of each token's entries."""
+    token_i: Int[Tensor, " n"]
+    """Non-decreasing."""
+    latent_i: Int[Tensor, " n"]
+    offsets: Int[Tensor, " n_tokens"]
+    """Start of each token's entries."""
     n_tokens: int
 
     @classmethod
-    def from_topk(cls, idx_BK: Tensor) -> "Active":
+    def from_topk(cls, idx_BK: Int[Tensor, "n_tokens k"]) -> "Active":
         """Exactly k latents per token."""
         n, k = idx_BK.shape
         token_i = torch.arange(n, device=idx_BK.device).repeat_interleave(k)
         return cls(token_i, idx_BK.reshape(-1), torch.arange(0, n * k, k, device=idx_BK.device), n)
 
     @classmethod
-    def from_pairs(cls, token_i: Tensor, latent_i: Tensor, n_tokens: int) -> "Active":
+    def from_pairs(cls, token_i: Int[Tensor, " n"], latent_i: Int[Tensor, " n"], n_tokens: int) -> "Active":
         """Any pairs; sorted by token here."""
         order = torch.argsort(token_i * (latent_i.max() + 1 if len(latent_i) else 1) + latent_i)
         token_i, latent_i = token_i[order], latent_i[order]
@@ -79,7 +79,13 @@ class _EncodeAt(torch.autograd.Function):
         return grad_x, grad_W, grad_b, None, None, None, None
 
 
-def encode_at(x_BD: Tensor, W_enc_DS: Tensor, b_enc_S: Tensor, pre_BS: Tensor, active: Active) -> Tensor:
+def encode_at(
+    x_BD: Float[Tensor, "batch d_vit"],
+    W_enc_DS: Float[Tensor, "d_vit d_sae"],
+    b_enc_S: Float[Tensor, " d_sae"],
+    pre_BS: Float[Tensor, "batch d_sae"],
+    active: Active,
+) -> Float[Tensor, " n"]:
     """Pre-activations [N] at the active pairs, differentiable with sparse gradients.
 
     `pre_BS` is the dense pre-activation matrix computed without gradients (to select the pairs).
@@ -88,7 +94,9 @@ def encode_at(x_BD: Tensor, W_enc_DS: Tensor, b_enc_S: Tensor, pre_BS: Tensor, a
     return _EncodeAt.apply(x_BD, W_enc_DS, b_enc_S, pre_N, active.token_i, active.latent_i, active.offsets)
 
 
-def decode(codes_N: Tensor, active: Active, W_dec_SD: Tensor) -> Tensor:
+def decode(
+    codes_N: Float[Tensor, " n"], active: Active, W_dec_SD: Float[Tensor, "d_sae d_vit"]
+) -> Float[Tensor, "n_tokens d_vit"]:
     """Sum of the active decoder rows weighted by their codes, [n_tokens, d_vit] (no bias)."""
     return F.embedding_bag(
         active.latent_i, W_dec_SD, active.offsets, mode="sum", per_sample_weights=codes_N.to(W_dec_SD.dtype)

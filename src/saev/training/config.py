@@ -85,7 +85,6 @@ class RunSettings:
     """Log to this Weights & Biases project (needs `pip install 'saev[wandb]'`)."""
 
 
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig(*architectures.option_classes(), RunSettings):
     """Train sparse autoencoders on a store's activations (a sweep file trains many in one pass)."""

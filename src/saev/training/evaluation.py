@@ -4,6 +4,8 @@ import dataclasses
 from typing import Any
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from saev.nn.modeling import SparseAutoencoder
 
@@ -44,7 +46,7 @@ class Accumulator:
         self.acts = torch.zeros(s, dtype=torch.float64, device=dev)
 
     @torch.inference_mode()
-    def add(self, x_n: torch.Tensor) -> None:
+    def add(self, x_n: Float[Tensor, "batch d_vit"]) -> None:
         f = self.sae.encode_normalized(x_n)
         x_hat = self.sae.decode_normalized(f)
         active = f > 0

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 import torch
 import tqdm
+from jaxtyping import Float
+from torch import Tensor
 
 import saev
 from saev.data.readers import iter_batches
@@ -164,7 +166,7 @@ class _Run:
                 reinit="create_new",
             )
 
-    def train_step(self, x_n: torch.Tensor) -> None:
+    def train_step(self, x_n: Float[Tensor, "batch d_vit"]) -> None:
         cfg = self.cfg
         if self.step == 0 and cfg.init_b_dec:
             with torch.no_grad():
@@ -359,4 +361,3 @@ def results_table(results: list[RunResult]) -> str:
             "| " + " | ".join(str(v) for v in [r.run_id, *(setting[k] for k in varying), *metrics]) + " |"
         )
     return "\n".join(rows)
-

@@ -1,6 +1,7 @@
 """Per-patch heatmaps drawn over the exact crop a ViT saw."""
 
 import numpy as np
+from jaxtyping import Float
 from PIL import Image, ImageDraw
 
 CMAP = "plasma"
@@ -8,7 +9,7 @@ CMAP = "plasma"
 
 def overlay(
     crop: Image.Image,
-    values_P: np.ndarray,
+    values_P: Float[np.ndarray, " patches"],
     grid: tuple[int, int],
     vmax: float | None = None,
     alpha: float = 0.75,

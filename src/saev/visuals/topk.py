@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 import torch
 import tqdm
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from saev.data.store import ShardStore
@@ -27,22 +28,22 @@ HIST_EDGES = torch.logspace(*HIST_LOG10_RANGE, HIST_BINS + 1)
 @dataclasses.dataclass(frozen=True)
 class LatentStats:
     n_tokens: int
-    freq_S: Tensor
+    freq_S: Float[Tensor, " d_sae"]
     """Fraction of tokens where the latent is > 0."""
-    mean_S: Tensor
+    mean_S: Float[Tensor, " d_sae"]
     """Mean activation when firing (0 if never)."""
-    max_S: Tensor
-    hist_SB: Tensor
+    max_S: Float[Tensor, " d_sae"]
+    hist_SB: Int[Tensor, "d_sae bins"]
     """Counts of nonzero activations in the HIST_EDGES bins."""
 
 
 @dataclasses.dataclass(frozen=True)
 class TopActivations:
-    values_SK: Tensor
+    values_SK: Float[Tensor, "d_sae k"]
     """Score of each top image (0 where fewer than K images fired)."""
-    image_i_SK: Tensor
+    image_i_SK: Int[Tensor, "d_sae k"]
     """Image index in the store (-1 where fewer than K images fired)."""
-    patch_maps_SKP: Tensor
+    patch_maps_SKP: Float[Tensor, "d_sae k patches"]
     """The latent's activation on every patch of each top image."""
     stats: LatentStats
     sort_by: SortBy
@@ -105,7 +106,12 @@ class _Tracker:
         self.maps_SKP = torch.zeros(n_sae, k, n_patch, device=device)
         self.n_filled_S = torch.zeros(n_sae, dtype=torch.int64, device=device)
 
-    def add(self, scores_BS: Tensor, patches_BPS: Tensor, image_i_B: Tensor) -> None:
+    def add(
+        self,
+        scores_BS: Float[Tensor, "batch d_sae"],
+        patches_BPS: Float[Tensor, "batch patches d_sae"],
+        image_i_B: Int[Tensor, " batch"],
+    ) -> None:
         kth_S = torch.where(self.n_filled_S < self.k, 0.0, self.values_SK[:, -1])
         # Only a strictly higher score can enter: on a tie the stored image has the lower index.
         changed = torch.nonzero((scores_BS > kth_S).any(0)).flatten()
@@ -143,7 +149,7 @@ class _StatsAccumulator:
         self.maxes = torch.zeros(n_sae, device=device)
         self.hist = torch.zeros(n_sae * HIST_BINS, dtype=torch.int64, device=device)
 
-    def add(self, codes_NS: Tensor) -> None:
+    def add(self, codes_NS: Float[Tensor, "n d_sae"]) -> None:
         self.n_tokens += len(codes_NS)
         firing = codes_NS > 0
         latents = torch.nonzero(firing)[:, 1]
@@ -167,7 +173,7 @@ class _StatsAccumulator:
         )
 
 
-def log_freq(freq_S: Tensor) -> np.ndarray:
+def log_freq(freq_S: Float[Tensor, " d_sae"]) -> Float[np.ndarray, " d_sae"]:
     """log10 of each frequency, -inf for dead latents."""
     with np.errstate(divide="ignore"):
         return np.log10(freq_S.double().numpy())

@@ -93,7 +93,9 @@ def build(family: str, ckpt: str, pretrained: bool) -> Vit:
             f"OpenCLIP model {ckpt!r} is not a vision transformer (no transformer blocks to record)."
         )
     layout = TokenLayout(
-        tuple(visual.grid_size), has_cls=True, tokens_first=not getattr(visual.transformer, "batch_first", True)
+        tuple(visual.grid_size),
+        has_cls=True,
+        tokens_first=not getattr(visual.transformer, "batch_first", True),
     )
     return OpenClipVit(family, ckpt, visual, visual.transformer.resblocks, layout, visual.transformer.width)
 
@@ -101,7 +103,9 @@ def build(family: str, ckpt: str, pretrained: bool) -> Vit:
 def transform(ckpt: str) -> Transform:
     model = create(ckpt, "preprocess")
     transforms = _open_clip().transform
-    return transforms.image_transform_v2(transforms.PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+    return transforms.image_transform_v2(
+        transforms.PreprocessCfg(**model.visual.preprocess_cfg), is_train=False
+    )
 
 
 CLIP = Family(

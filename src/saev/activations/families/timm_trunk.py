@@ -31,7 +31,9 @@ class TimmTrunkVit(Vit):
     """`model` is the timm trunk itself, or a wrapper whose `trunk` attribute it is (`post_head`
     then maps the trunk's output to the wrapper's, as OpenCLIP's projection head does)."""
 
-    def __init__(self, family: str, ckpt: str, model: torch.nn.Module, trunk: torch.nn.Module, post_head: Any = None):
+    def __init__(
+        self, family: str, ckpt: str, model: torch.nn.Module, trunk: torch.nn.Module, post_head: Any = None
+    ):
         check_trunk(trunk, f"{family}/{ckpt}")
         super().__init__(family, ckpt, model, trunk.blocks, layout_of(trunk), trunk.embed_dim)
         self.trunk = trunk

@@ -84,7 +84,9 @@ class Architecture:
     def check(self, opts: Any, d_sae: int) -> None:
         """Raise ConfigError for options that cannot work with `d_sae` latents."""
 
-    def encode(self, sae: Autoencoder, pre_BS: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_sae"]:
+    def encode(
+        self, sae: Autoencoder, pre_BS: Float[Tensor, "*batch d_sae"]
+    ) -> Float[Tensor, "*batch d_sae"]:
         """Codes from pre-activations; architectures whose codes need more than `pre` override it."""
         return sae.activation(pre_BS)
 
@@ -104,7 +106,9 @@ class Architecture:
         """Latents per token when the sparse training path can train this config, else None."""
         return None
 
-    def select(self, sae: Autoencoder, pre_BS: Float[Tensor, "batch d_sae"], per_token: bool) -> sparse.Active:
+    def select(
+        self, sae: Autoencoder, pre_BS: Float[Tensor, "batch d_sae"], per_token: bool
+    ) -> sparse.Active:
         """The active (token, latent) pairs of a batch on the sparse path."""
         raise NotImplementedError
 

@@ -94,7 +94,9 @@ class BatchTopKArchitecture(Architecture):
     def sparse_k(self, act_cfg: BatchTopK) -> int | None:
         return act_cfg.k
 
-    def select(self, sae: Autoencoder, pre_BS: Float[Tensor, "batch d_sae"], per_token: bool) -> sparse.Active:
+    def select(
+        self, sae: Autoencoder, pre_BS: Float[Tensor, "batch d_sae"], per_token: bool
+    ) -> sparse.Active:
         if per_token:
             return topk_per_token(pre_BS, sae.activation.k)
         flat = sae.activation.select(pre_BS)

@@ -58,7 +58,9 @@ class TopKArchitecture(Architecture):
         # Sign-keeping codes (reference V2) would need negative values on the sparse path.
         return act_cfg.k if act_cfg.relu else None
 
-    def select(self, sae: Autoencoder, pre_BS: Float[Tensor, "batch d_sae"], per_token: bool) -> sparse.Active:
+    def select(
+        self, sae: Autoencoder, pre_BS: Float[Tensor, "batch d_sae"], per_token: bool
+    ) -> sparse.Active:
         return topk_per_token(pre_BS, sae.activation.k)
 
 
