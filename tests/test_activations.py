@@ -186,3 +186,38 @@ def test_accepts_grayscale_and_rgba_images(tiny_clip):
     transform = make_img_transform("clip", tiny_clip)
     for img in (photo("camera"), Image.new("RGBA", (50, 80), (10, 20, 30, 0))):
         assert transform(img).shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize(
+    "family,ckpt",
+    [
+        ("clip", "tiny_clip"),
+        ("siglip", "ViT-B-16-SigLIP/none"),
+        ("dinov2", "dinov2_vits14_reg"),
+        ("builtin", "shapes-vit"),
+    ],
+)
+def test_running_to_a_block_and_on_from_it_is_the_models_own_forward(request, family, ckpt):
+    ckpt = request.getfixturevalue(ckpt) if ckpt == "tiny_clip" else ckpt
+    torch.manual_seed(0)
+    vit = make_vit(family, ckpt, pretrained=family == "builtin")
+    # SigLIP's preprocessing needs its config from the Hub: a random image stands in offline.
+    x = (
+        torch.randn(1, 3, 224, 224)
+        if family == "siglip"
+        else make_img_transform(family, ckpt)(photo("rocket"))[None]
+    )
+    with torch.inference_mode():
+        expected = vit(x)
+        for layer in (0, -2, -1):
+            tokens = vit.run_to(x, layer)
+            assert tokens.shape == (1, vit.layout.n_prefix + vit.layout.n_patches, vit.d_vit)
+            has_cls = vit.layout.has_cls
+            recorded = RecordedVisionTransformer(vit, vit.layout.n_patches, has_cls, [layer]).record(x)
+            torch.testing.assert_close(tokens[:, vit.layout.index(has_cls)], recorded[:, 0], rtol=0, atol=0)
+            torch.testing.assert_close(vit.run_from(tokens, layer), expected, rtol=1e-5, atol=1e-5)
+        # A change spliced in after a block reaches the output.
+        tokens = vit.run_to(x, -2)
+        assert not torch.allclose(vit.run_from(tokens * 1.5, -2), expected)
+    with pytest.raises(ModelError, match="out of range"):
+        vit.run_to(x, len(vit.blocks))

@@ -193,3 +193,28 @@ def test_store_equals_reference_store_and_each_reads_the_other(tmp_path, tiny_cl
         np.testing.assert_array_equal(ours.acts(i), ref_store.acts(i))  # value for value
         np.testing.assert_array_equal(protocol_reader(ours.path, i, -2), ref_store.acts(i)[0])
     assert [img["label"] for img in ours.images] == [f"class{k}" for k in (0, 0, 0, 1, 1, 1, 2, 2)]
+
+
+def test_the_patch_grid_comes_from_layout_json_or_a_square(tmp_path, tiny_clip, photos_dir):
+    store = record_photos(tiny_clip, photos_dir, tmp_path / "rec", layers=(-2,))
+    assert json.loads((store.path / "layout.json").read_text()) == {
+        "grid": [14, 14],
+        "n_registers": 0,
+        "patch_order": "row-major",
+    }
+    assert store.grid == (14, 14) and set(store.metadata) == PROTOCOL_KEYS  # metadata.json untouched
+
+    acts = np.zeros((3, 1, 1 + 6, 4), dtype=np.float32)
+    old = saev.data.open_shards(write_store(tmp_path / "old", acts[:, :, :5], per_shard=2))
+    assert old.grid == (2, 2)  # no layout.json (older stores, the reference's): a square grid
+    wide = write_store(tmp_path / "wide", acts, per_shard=2)
+    with pytest.raises(StoreError, match="6 patches do not form a square grid.*no layout.json"):
+        _ = saev.data.open_shards(wide).grid
+    (wide / "layout.json").write_text(json.dumps({"grid": [2, 3], "n_registers": 4}))
+    store = saev.data.open_shards(wide)
+    assert store.grid == (2, 3) and store.layout.n_registers == 4
+    (wide / "layout.json").write_text(json.dumps({"grid": [3, 3]}))
+    with pytest.raises(
+        StoreError, match="grid 3x3 has 9 patches, but metadata.json says n_patches_per_img=6"
+    ):
+        _ = saev.data.open_shards(wide).grid

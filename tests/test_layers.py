@@ -34,7 +34,11 @@ def test_the_tree_keeps_every_contract():
     "module,line,broken",
     [
         ("nn/sparse.py", "import saev.commands", "saev.nn is not allowed to import saev.commands"),
-        ("data/store.py", "from saev.commands import COMMANDS", "saev.data is not allowed to import saev.commands"),
+        (
+            "data/store.py",
+            "from saev.commands import COMMANDS",
+            "saev.data is not allowed to import saev.commands",
+        ),
         ("data/readers.py", "import saev.nn", "saev.data is not allowed to import saev.nn"),
         ("nn/modeling.py", "import saev.visuals", "saev.nn is not allowed to import saev.visuals"),
     ],
