@@ -13,7 +13,13 @@ from saev.activations.vit import Vit
 from saev.errors import ModelError
 
 FAMILIES: dict[str, Family] = {
-    family.name: family for family in (openclip.CLIP, openclip.SIGLIP, dinov2.FAMILY, builtin.FAMILY)
+    family.name: family
+    for family in (
+        openclip.CLIP,
+        openclip.SIGLIP,
+        dinov2.FAMILY,
+        builtin.FAMILY,
+    )
 }
 
 FamilyName = typing.Literal[tuple(FAMILIES)]  # type: ignore[valid-type]

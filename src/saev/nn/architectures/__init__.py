@@ -12,7 +12,13 @@ from saev.nn.architectures import batchtopk, jumprelu, relu, topk
 from saev.nn.architectures.base import Architecture
 
 ARCHITECTURES: dict[str, Architecture] = {
-    module.ARCHITECTURE.name: module.ARCHITECTURE for module in (relu, topk, batchtopk, jumprelu)
+    module.ARCHITECTURE.name: module.ARCHITECTURE
+    for module in (
+        relu,
+        topk,
+        batchtopk,
+        jumprelu,
+    )
 }
 """By `--arch` name, in the order the CLI lists them."""
 
