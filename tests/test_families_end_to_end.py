@@ -1,0 +1,90 @@
+"""Families added through the registry work end to end: record a store, train a small SAE, build the
+gallery, with random-weight models saved locally (offline)."""
+
+import json
+import pathlib
+
+import timm
+import torch
+from safetensors.torch import save_file
+
+from saev.cli import main
+
+
+def run_pipeline(
+    tmp_path: pathlib.Path, photos_dir: pathlib.Path, capsys, family: str, ckpt: str
+) -> pathlib.Path:
+    """`saev activations`, `saev train`, `saev visuals` as a user runs them; returns the gallery folder."""
+    main(
+        [
+            "activations",
+            "--vit-family",
+            family,
+            "--vit-ckpt",
+            ckpt,
+            "--images",
+            str(photos_dir),
+            "--dump-to",
+            str(tmp_path / "shards"),
+            "--layers",
+            "-2",
+            "--n-workers",
+            "0",
+        ]
+    )
+    store = capsys.readouterr().out.strip().splitlines()[-1]
+    main(
+        [
+            "train",
+            "--shards",
+            store,
+            "--out",
+            str(tmp_path / "runs"),
+            "--exp-factor",
+            "2",
+            "--k",
+            "8",
+            "--n-train",
+            "4000",
+            "--batch-size",
+            "200",
+            "--lr-warmup",
+            "2",
+            "--holdout",
+            "0.25",
+        ]
+    )
+    sae = capsys.readouterr().out.strip().splitlines()[-1]
+    main(
+        [
+            "visuals",
+            "--sae",
+            sae,
+            "--shards",
+            store,
+            "--out",
+            str(tmp_path / "gallery"),
+            "--top-k",
+            "3",
+            "--n-latents",
+            "4",
+        ]
+    )
+    index = pathlib.Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert index == tmp_path / "gallery" / "index.html" and index.exists()
+    return pathlib.Path(store)
+
+
+def test_timm_vit(tmp_path, photos_dir, capsys):
+    name = "vit_tiny_patch16_224.augreg_in21k"
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    store = run_pipeline(tmp_path, photos_dir, capsys, "timm", f"{name}/{tmp_path / 'w.safetensors'}")
+    assert json.loads((store / "layout.json").read_text())["grid"] == [14, 14]
+    meta = json.loads((store / "metadata.json").read_text())
+    assert meta["n_patches_per_img"] == 196 and meta["d_vit"] == 192 and meta["n_imgs"] == 8
+    latents = json.loads((tmp_path / "gallery" / "latents.json").read_text())["latents"]
+    pages = list((tmp_path / "gallery" / "latents").glob("*.html"))
+    assert len(latents) == 384 and 0 < len(pages) <= 4
+    assert all(len(list((tmp_path / "gallery" / "thumbs" / p.stem).glob("*.jpg"))) > 0 for p in pages)
