@@ -8,7 +8,7 @@ become `saev train` flags and sweep keys, and its name becomes an `--arch` choic
 import typing
 
 from saev.errors import ConfigError
-from saev.nn.architectures import batchtopk, jumprelu, relu, topk
+from saev.nn.architectures import batchtopk, gated, jumprelu, relu, topk
 from saev.nn.architectures.base import Architecture
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -18,6 +18,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         topk,
         batchtopk,
         jumprelu,
+        gated,
     )
 }
 """By `--arch` name, in the order the CLI lists them."""
