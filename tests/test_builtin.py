@@ -108,11 +108,11 @@ def test_unknown_name_lists_the_known_ones():
 def test_training_is_deterministic_and_writes_a_loadable_file(tmp_path, monkeypatch):
     # Keep the suite's thread count: train() would set it process-wide.
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
-    cfg = train.TrainConfig(
+    cfg = train.VitTrainConfig(
         out=tmp_path / "a.safetensors", n_images=64, epochs=2, batch_size=32, warmup_steps=1, n_eval=8
     )
     metrics = train.train(cfg)
-    train.train(train.TrainConfig(**{**vars(cfg), "out": tmp_path / "b.safetensors"}))
+    train.train(train.VitTrainConfig(**{**vars(cfg), "out": tmp_path / "b.safetensors"}))
     a, b = (safetensors.torch.load_file(tmp_path / f) for f in ("a.safetensors", "b.safetensors"))
     assert all(torch.equal(a[k], b[k]) and a[k].dtype == torch.float16 for k in a)
     monkeypatch.setattr(builtin, "weights_path", lambda name: tmp_path / "a.safetensors")

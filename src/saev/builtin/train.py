@@ -33,7 +33,9 @@ EVAL_SEED_OFFSET = 1_000_003
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class VitTrainConfig:
+    """Train a built-in ViT on fresh synthetic images (not an SAE: see `saev train` for those)."""
+
     out: pathlib.Path
     """Where to write the weights (`.safetensors`)."""
     name: str = builtin.DEFAULT
@@ -161,7 +163,7 @@ def evaluate(model: ConceptVit, seed: int, n_images: int, batch_size: int = 100)
 # Training
 
 
-def train(cfg: TrainConfig) -> Metrics:
+def train(cfg: VitTrainConfig) -> Metrics:
     """Train, round the weights to float16 as shipped, score them on held-out images, write the file."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -242,7 +244,7 @@ def save(path: pathlib.Path, model: ConceptVit, metrics: Metrics, training: dict
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train(tyro.cli(TrainConfig))
+    train(tyro.cli(VitTrainConfig))
 
 
 if __name__ == "__main__":
