@@ -21,6 +21,11 @@ from torch import Tensor
 from saev.errors import ConfigError
 from saev.nn import sparse
 
+Inputs = Float[Tensor, "batch d_vit"]
+"""A training batch of normalised activations."""
+Codes = Float[Tensor, "batch d_sae"]
+"""Pre-activations or codes of a training batch."""
+
 
 @runtime_checkable
 class Autoencoder(Protocol):
@@ -90,14 +95,7 @@ class Architecture:
         """Codes from pre-activations; architectures whose codes need more than `pre` override it."""
         return sae.activation(pre_BS)
 
-    def penalty(
-        self,
-        sae: Autoencoder,
-        x_BD: Float[Tensor, "batch d_vit"],
-        pre_BS: Float[Tensor, "batch d_sae"],
-        f_BS: Float[Tensor, "batch d_sae"],
-        coeff: float,
-    ) -> Penalty:
+    def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float) -> Penalty:
         """Sparsity and auxiliary terms of a training step (dense path); none by default."""
         zero = torch.zeros((), device=x_BD.device)
         return Penalty(zero, zero)
@@ -117,7 +115,7 @@ class Architecture:
         return 0.0
 
 
-def topk_per_token(pre_BS: Float[Tensor, "batch d_sae"], k: int) -> sparse.Active:
+def topk_per_token(pre_BS: Codes, k: int) -> sparse.Active:
     """The k largest pre-activations of every token."""
     return sparse.Active.from_topk(pre_BS.topk(k, dim=-1, sorted=False).indices)
 

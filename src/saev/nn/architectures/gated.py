@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from saev.nn.architectures.base import Architecture, Autoencoder, CoeffOption, Penalty
+from saev.nn.architectures.base import Architecture, Autoencoder, Codes, CoeffOption, Inputs, Penalty
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,17 +52,12 @@ class GatedArchitecture(Architecture):
     def module(self, act_cfg: Gated, d_sae: int) -> torch.nn.Module:
         return GatedActivation(d_sae)
 
-    def encode(self, sae: Autoencoder, pre_BS: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_sae"]:
+    def encode(
+        self, sae: Autoencoder, pre_BS: Float[Tensor, "*batch d_sae"]
+    ) -> Float[Tensor, "*batch d_sae"]:
         return sae.activation(pre_BS, sae.b_enc)
 
-    def penalty(
-        self,
-        sae: Autoencoder,
-        x_BD: Float[Tensor, "batch d_vit"],
-        pre_BS: Float[Tensor, "batch d_sae"],
-        f_BS: Float[Tensor, "batch d_sae"],
-        coeff: float,
-    ) -> Penalty:
+    def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float) -> Penalty:
         gate_BS = F.relu(pre_BS)
         sparsity = coeff * (gate_BS * sae.W_dec.norm(dim=1)).sum(-1).mean()
         frozen_recon_BD = gate_BS @ sae.W_dec.detach() + sae.b_dec.detach()

@@ -9,7 +9,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from saev.errors import ConfigError
-from saev.nn.architectures.base import Architecture, Autoencoder, CoeffOption, Penalty
+from saev.nn.architectures.base import Architecture, Autoencoder, Codes, CoeffOption, Inputs, Penalty
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,14 +106,7 @@ class JumpReluArchitecture(Architecture):
             if not getattr(opts, name) > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(opts, name)}.")
 
-    def penalty(
-        self,
-        sae: Autoencoder,
-        x_BD: Float[Tensor, "batch d_vit"],
-        pre_BS: Float[Tensor, "batch d_sae"],
-        f_BS: Float[Tensor, "batch d_sae"],
-        coeff: float,
-    ) -> Penalty:
+    def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float) -> Penalty:
         act = sae.activation
         l0 = step(pre_BS, act.threshold, act.bandwidth).sum(-1).mean()
         return Penalty(coeff * l0, torch.zeros((), device=x_BD.device))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from saev.nn.architectures.base import Architecture, Autoencoder, CoeffOption, Penalty
+from saev.nn.architectures.base import Architecture, Autoencoder, Codes, CoeffOption, Inputs, Penalty
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,14 +32,7 @@ class ReluArchitecture(Architecture):
     def module(self, act_cfg: Relu, d_sae: int) -> torch.nn.Module:
         return ReluActivation()
 
-    def penalty(
-        self,
-        sae: Autoencoder,
-        x_BD: Float[Tensor, "batch d_vit"],
-        pre_BS: Float[Tensor, "batch d_sae"],
-        f_BS: Float[Tensor, "batch d_sae"],
-        coeff: float,
-    ) -> Penalty:
+    def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float) -> Penalty:
         return Penalty(coeff * f_BS.sum(-1).mean(), torch.zeros((), device=x_BD.device))
 
 
