@@ -6,6 +6,8 @@ import pathlib
 
 import timm
 import torch
+import transformers
+from PIL import Image, ImageOps
 from safetensors.torch import save_file
 
 from saev.cli import main
@@ -88,3 +90,40 @@ def test_timm_vit(tmp_path, photos_dir, capsys):
     pages = list((tmp_path / "gallery" / "latents").glob("*.html"))
     assert len(latents) == 384 and 0 < len(pages) <= 4
     assert all(len(list((tmp_path / "gallery" / "thumbs" / p.stem).glob("*.jpg"))) > 0 for p in pages)
+
+
+def test_transformers_dinov2_with_registers_non_square(tmp_path, photos_dir, capsys):
+    """A Hugging Face DINOv2 with 4 registers and a 56x84 crop: a 4x6 grid, registers dropped, and
+    gallery thumbnails with the grid's aspect."""
+    torch.manual_seed(0)
+    config = transformers.Dinov2WithRegistersConfig(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        image_size=56,
+        patch_size=14,
+        num_register_tokens=4,
+    )
+    folder = tmp_path / "tiny-dinov2-reg"
+    transformers.Dinov2WithRegistersModel(config).save_pretrained(folder)
+    transformers.BitImageProcessorPil(
+        size={"shortest_edge": 96}, crop_size={"height": 56, "width": 84}
+    ).save_pretrained(folder)
+    # 24 patches an image: the photos and their mirror images give training enough full batches.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted(photos_dir.iterdir()):
+        with Image.open(path) as img:
+            img.save(photos / path.name)
+            ImageOps.mirror(img).save(photos / f"mirror-{path.name}")
+    store = run_pipeline(tmp_path, photos, capsys, "hf", str(folder))
+    layout = json.loads((store / "layout.json").read_text())
+    assert layout["grid"] == [4, 6] and layout["n_registers"] == 4
+    meta = json.loads((store / "metadata.json").read_text())
+    assert meta["n_patches_per_img"] == 24 and meta["d_vit"] == 32 and meta["n_imgs"] == 16
+    thumbs = list((tmp_path / "gallery" / "thumbs").glob("*/*.jpg"))
+    assert thumbs
+    for thumb in thumbs:
+        with Image.open(thumb) as img:
+            assert img.size == (224, 149)  # 224 px on the longer side, 6:4 like the grid

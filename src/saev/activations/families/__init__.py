@@ -7,7 +7,7 @@ register it below. The `--vit-family` choices, the commands' help and docs/vit-f
 
 import typing
 
-from saev.activations.families import builtin, dinov2, openclip, timm_vit
+from saev.activations.families import builtin, dinov2, hf, openclip, timm_vit
 from saev.activations.families.base import Family, Transform
 from saev.activations.vit import Vit
 from saev.errors import ModelError
@@ -20,6 +20,7 @@ FAMILIES: dict[str, Family] = {
         dinov2.FAMILY,
         builtin.FAMILY,
         timm_vit.FAMILY,
+        hf.FAMILY,
     )
 }
 
