@@ -221,3 +221,14 @@ def test_running_to_a_block_and_on_from_it_is_the_models_own_forward(request, fa
         assert not torch.allclose(vit.run_from(tokens * 1.5, -2), expected)
     with pytest.raises(ModelError, match="out of range"):
         vit.run_to(x, len(vit.blocks))
+
+
+def test_the_family_table_in_the_docs_is_the_registry():
+    import pathlib
+    import re
+
+    from saev.activations.families import markdown_table
+
+    docs = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "vit-families.md").read_text()
+    table = re.search(r"<!-- families:start -->\n(.*?)\n<!-- families:end -->", docs, re.S).group(1)
+    assert table == markdown_table()
