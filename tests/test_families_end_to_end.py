@@ -127,3 +127,11 @@ def test_transformers_dinov2_with_registers_non_square(tmp_path, photos_dir, cap
     for thumb in thumbs:
         with Image.open(thumb) as img:
             assert img.size == (224, 149)  # 224 px on the longer side, 6:4 like the grid
+    # `saev inspect` reads the family, checkpoint and layer from the SAE and draws the same grid.
+    [sae] = (tmp_path / "runs").glob("*/sae.safetensors")
+    main(["inspect", str(photos / "chelsea.jpg"), "--sae", str(sae), "--out", str(tmp_path / "inspect")])
+    report = json.loads((tmp_path / "inspect" / "chelsea.json").read_text())
+    assert report["vit"] == f"hf/{folder}" and report["layer"] == -2 and report["latents"]
+    assert all(0 <= p < 24 for latent in report["latents"] for p in latent["active_patches"])
+    with Image.open(tmp_path / "inspect" / "chelsea.png") as img:
+        assert img.height == 56 + 18  # the 84x56 crop the model saw, with its caption strip
