@@ -16,7 +16,7 @@ def quickstart(capsys, *args: str) -> list[str]:
 
 def test_reduced_quickstart_finds_concepts_and_builds_the_gallery(tmp_path, capsys):
     out = tmp_path / "qs"
-    lines = quickstart(capsys, "--out", str(out), "--n-images", "400")
+    lines = quickstart(capsys, "--out", str(out), "--n-images", "600", "--n-train", "600000")
 
     index = out / "gallery" / "index.html"
     assert lines[-1] == f"gallery: {index}"
@@ -39,6 +39,26 @@ def test_reduced_quickstart_finds_concepts_and_builds_the_gallery(tmp_path, caps
     assert "best detector of shape:" in index.read_text()
     with safe_open(out / "gallery" / "topk.safetensors", "pt") as f:
         assert f.get_tensor("values").shape[1] == 12
+
+    # Ground truth for steering: suppressing each concept's latent where it fires removes the concept
+    # from the patch head's predictions and little else; a random latent removes nothing.
+    patch = report["steering"]["builtin-patch"]["medians"]
+    assert patch["target"] >= 0.9 and patch["other"] <= 0.05 and patch["random_latent_target"] <= 0.1
+    assert "builtin-image" in report["steering"]  # measured and reported the same way
+    assert any(line.startswith("steering, builtin-patch:") for line in lines)
+    # The spliced SAE keeps what the heads need, against zero and mean ablation.
+    for head in ("builtin-patch", "builtin-image"):
+        assert (
+            report["splice"][head]["recovered_zero"] >= 0.95
+            and report["splice"][head]["recovered_mean"] >= 0.95
+        )
+    # Each concept's latent page shows a before/after steering example.
+    for row in report["concepts"]:
+        latent = row["latent"]["unit"]
+        assert (
+            f'src="../steering/{latent}.png"' in (out / "gallery" / "latents" / f"{latent}.html").read_text()
+        )
+        assert (out / "gallery" / "steering" / f"{latent}.png").exists()
 
 
 def test_rerun_reuses_finished_steps(tmp_path, capsys):

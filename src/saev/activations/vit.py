@@ -93,6 +93,10 @@ class Vit(torch.nn.Module):
         """Everything after the last block (final norm, pooling, projection or classifier)."""
         raise NotImplementedError(f"{self.family} does not split its forward pass")
 
+    def features(self, x_BTD: Float[Tensor, "batch tokens d_vit"]) -> Float[Tensor, "batch tokens d_vit"]:
+        """The last block's tokens after the model's final norm: what linear probes read."""
+        raise NotImplementedError(f"{self.family} does not expose its final norm")
+
     def run_to(
         self, x_B3HW: Float[Tensor, "batch 3 height width"], layer: int
     ) -> Float[Tensor, "batch tokens d_vit"]:
@@ -102,11 +106,17 @@ class Vit(torch.nn.Module):
             x_BTD = self.run_block(i, x_BTD)
         return x_BTD
 
-    def run_from(self, x_BTD: Float[Tensor, "batch tokens d_vit"], layer: int):
-        """The model's output given the residual stream after block `layer`."""
+    def blocks_from(
+        self, x_BTD: Float[Tensor, "batch tokens d_vit"], layer: int
+    ) -> Float[Tensor, "batch tokens d_vit"]:
+        """The last block's output given the residual stream after block `layer`."""
         for i in range(self.block_index(layer) + 1, len(self.blocks)):
             x_BTD = self.run_block(i, x_BTD)
-        return self.head(x_BTD)
+        return x_BTD
+
+    def run_from(self, x_BTD: Float[Tensor, "batch tokens d_vit"], layer: int):
+        """The model's output given the residual stream after block `layer`."""
+        return self.head(self.blocks_from(x_BTD, layer))
 
     def block_index(self, layer: int) -> int:
         n = len(self.blocks)

@@ -1,14 +1,27 @@
 """The commands layer: one module per `saev` command, each with its config, run function, result
 and report. It sits on top of the library, which never imports it (`make lint` checks this)."""
 
-from saev.commands import activations, inspect_images, normalize, quickstart, train, visuals
+from saev.commands import (
+    activations,
+    evaluate,
+    inspect_images,
+    normalize,
+    probe,
+    quickstart,
+    steer,
+    train,
+    visuals,
+)
 from saev.commands.base import Command
 
 COMMANDS: dict[str, Command] = {
     "activations": activations.COMMAND,
+    "evaluate": evaluate.COMMAND,
     "inspect": inspect_images.COMMAND,
     "normalize": normalize.COMMAND,
+    "probe": probe.COMMAND,
     "quickstart": quickstart.COMMAND,
+    "steer": steer.COMMAND,
     "train": train.COMMAND,
     "visuals": visuals.COMMAND,
 }

@@ -16,17 +16,27 @@ import time
 from typing import TextIO
 
 import numpy as np
+import torch
+from PIL import Image
 
 from saev import builtin, concepts, synthetic
-from saev.activations.families import FamilyName
+from saev.activations.families import FamilyName, make_img_transform, make_vit
 from saev.activations.recording import RecordConfig, record
+from saev.activations.transforms import visible_crop
 from saev.commands.base import Command
 from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError
 from saev.fileio import write_json
 from saev.nn import checkpoints
+from saev.steering import effects, inputs
+from saev.steering.edits import Edit
+from saev.steering.heads import builtin_head
+from saev.steering.reconstruction import evaluate_splice
+from saev.steering.splice import SplicedVit
 from saev.training import RunResult, TrainConfig, train
 from saev.visuals import VisualsConfig, make_visuals
+from saev.visuals.gallery import Figure
+from saev.visuals.heatmap import steering_panels
 
 logger = logging.getLogger("saev.quickstart")
 
@@ -71,6 +81,10 @@ class Result:
     report: pathlib.Path
     sae: pathlib.Path
     concepts: list[dict]
+    splice: dict[str, dict]
+    """Spliced evaluation per head (`saev evaluate`)."""
+    steering: dict[str, dict]
+    """Steering test per head (`saev steer --evaluate`)."""
 
 
 def run(cfg: Config) -> Result:
@@ -87,13 +101,18 @@ def run(cfg: Config) -> Result:
     store = _record(cfg, images, ckpt)
     run_result = _train(cfg, store.path)
     scores = _score_concepts(cfg, store, run_result) if synthetic_run else []
-    gallery = _visuals(cfg, store.path, run_result, scores)
+    splice, steering, figures = (
+        _splice_and_steer(cfg, store, run_result, scores, ckpt) if synthetic_run else ({}, {}, {})
+    )
+    gallery = _visuals(cfg, store.path, run_result, scores, figures)
     report = {
         "store": str(store.path),
         "sae": str(run_result.checkpoint),
         "gallery": str(gallery),
         "eval": run_result.eval.summary() if run_result.eval else None,
         "concepts": scores,
+        "splice": splice,
+        "steering": steering,
         "seconds": time.perf_counter() - started,
     }
     if scores:
@@ -102,7 +121,7 @@ def run(cfg: Config) -> Result:
             "neuron": statistics.median(r["neuron"]["f1"] for r in scores),
         }
     write_json(cfg.out / "report.json", report)
-    return Result(gallery, cfg.out / "report.json", run_result.checkpoint, scores)
+    return Result(gallery, cfg.out / "report.json", run_result.checkpoint, scores, splice, steering)
 
 
 def _generate(cfg: Config) -> str:
@@ -162,7 +181,82 @@ def _score_concepts(cfg: Config, store: ShardStore, run_result: RunResult) -> li
     return [score.to_dict() for score in scores]
 
 
-def _visuals(cfg: Config, shards: pathlib.Path, run_result: RunResult, scores: list[dict]) -> pathlib.Path:
+def _splice_and_steer(
+    cfg: Config, store: ShardStore, run_result: RunResult, scores: list[dict], ckpt: str
+) -> tuple[dict[str, dict], dict[str, dict], dict[int, list[Figure]]]:
+    """On the held-out images: the SAE spliced into the built-in ViT (both heads), and each concept's
+    best latent suppressed where it fires, scored on the images its latent was not chosen on; a
+    before/after picture per concept for the gallery."""
+    sae = checkpoints.load(run_result.checkpoint, device=cfg.device).eval()
+    vit = make_vit("builtin", ckpt).to(cfg.device)
+    spliced, transform = SplicedVit(vit, sae, cfg.layer), make_img_transform("builtin", ckpt)
+    heads = [builtin_head(vit, "patch"), builtin_head(vit, "image")]
+    root = pathlib.Path(store.image_source["root"])
+    n = len(store)
+    paths = [root / store.images[i]["path"] for i in range(n - max(2, int(np.ceil(0.1 * n))), n)]
+    labels = inputs.labels_for(paths, synthetic.CONCEPTS, vit.layout.grid)
+
+    def batches(chosen: list[pathlib.Path]):
+        return inputs.load_batches(chosen, transform, 64, {})
+
+    position = {path: i for i, path in enumerate(paths)}
+    splice = {}
+    for head in heads:
+        rows = labels.patch_NPC if head.kind == "patch" else labels.image_NC
+        labelled = ((b.x_B3HW, rows[[position[p] for p in b.paths]].float()) for b in batches(paths))
+        splice[head.name] = evaluate_splice(spliced, head, labelled).to_dict()
+    scoring = paths[1::2]  # detectors were chosen on the even held-out images
+    max_S = inputs.max_over(spliced, (b.x_B3HW for b in batches(paths)))
+    targets = [(c, row["latent"]["unit"]) for c, row in enumerate(scores)]
+    tests = effects.steering_test(
+        spliced, heads, (b.x_B3HW for b in batches(scoring)), targets, max_S, seed=cfg.seed
+    )
+    steering = {t.head: t.to_dict() for t in tests}
+    figures = _steering_figures(cfg, spliced, heads[0], transform, scoring, targets, max_S)
+    return splice, steering, figures
+
+
+def _steering_figures(cfg, spliced, head, transform, paths, targets, max_S) -> dict[int, list[Figure]]:
+    """For each concept's latent, the image where it fires most, before and after suppressing it."""
+    batches = inputs.load_batches(paths, transform, 64, {})
+    codes = torch.cat([spliced.prefix(b.x_B3HW).codes_BNS.amax(1).cpu() for b in batches])
+    folder = cfg.out / "gallery" / "steering"
+    folder.mkdir(parents=True, exist_ok=True)
+    figures: dict[int, list[Figure]] = {}
+    for c, latent in targets:
+        i = int(codes[:, latent].argmax())
+        img = Image.open(paths[i]).convert("RGB")
+        prefix = spliced.prefix(transform(img)[None])
+        edited = spliced.edit(prefix, [Edit(latent, "set", -1.0, relative=True)], where="active", max_S=max_S)
+        delta_P = spliced.decode_delta(prefix.codes_BNS, edited).norm(dim=-1)[0].cpu().numpy()
+        before = head.logits(spliced.finish(prefix.tokens_BTD))[0].cpu()
+        after = head.logits(spliced.finish(spliced.tokens_with(prefix, edited)))[0].cpu()
+        panels = steering_panels(
+            visible_crop(transform, img),
+            spliced.vit.layout.grid,
+            delta_P,
+            head.top_class(before).numpy(),
+            head.top_class(after).numpy(),
+            class_names=head.classes,
+        )
+        panels.save(folder / f"{latent}.png")
+        caption = (
+            f"{paths[i].name}: latent {latent} set to -1x its largest activation ({float(max_S[latent]):.3g}) where it "
+            f"fires; patch-head classes before and after (colours), and the patches whose classes changed."
+        )
+        figures.setdefault(latent, []).append(
+            Figure(f"steering/{latent}.png", f"Suppressing it ({synthetic.CONCEPTS[c]})", caption)
+        )
+    return figures
+
+
+def _visuals(
+    cfg: Config,
+    shards: pathlib.Path,
+    run_result: RunResult,
+    scores: list[dict],
+    figures: dict[int, list[Figure]],
+) -> pathlib.Path:
     notes: dict[int, str] = {}
     for row in scores:
         lat = row["latent"]
@@ -188,6 +282,7 @@ def _visuals(cfg: Config, shards: pathlib.Path, run_result: RunResult, scores: l
             device=cfg.device,
         ),
         notes,
+        figures,
     )
     return result.index
 
@@ -195,16 +290,19 @@ def _visuals(cfg: Config, shards: pathlib.Path, run_result: RunResult, scores: l
 def print_report(result: Result, file: TextIO | None = None) -> None:
     file = file or sys.stdout
     if result.concepts:
+        steer = {r["class"]: r["edit"] for r in result.steering.get("builtin-patch", {}).get("classes", [])}
         print(
-            f"{'concept':<18} {'best SAE latent':>15} {'F1':>5} {'prec':>5} {'rec':>5}   {'best ViT neuron':>15} {'F1':>5} {'prec':>5} {'rec':>5}",
+            f"{'concept':<18} {'best SAE latent':>15} {'F1':>5} {'prec':>5} {'rec':>5}   {'best ViT neuron':>15} {'F1':>5} {'prec':>5} {'rec':>5}   {'steer':>5} {'other':>5}",
             file=file,
         )
         for row in result.concepts:
             lat, neu = row["latent"], row["neuron"]
             neuron = f"{neu['unit']}{'+' if neu['sign'] > 0 else '-'}"
+            rates = steer.get(row["concept"], {})
             print(
                 f"{row['concept']:<18} {lat['unit']:>15} {lat['f1']:5.2f} {lat['precision']:5.2f} {lat['recall']:5.2f}   "
-                f"{neuron:>15} {neu['f1']:5.2f} {neu['precision']:5.2f} {neu['recall']:5.2f}",
+                f"{neuron:>15} {neu['f1']:5.2f} {neu['precision']:5.2f} {neu['recall']:5.2f}   "
+                f"{rates.get('target_rate', float('nan')):5.2f} {rates.get('other_rate', float('nan')):5.2f}",
                 file=file,
             )
         sae_f1 = [r["latent"]["f1"] for r in result.concepts]
@@ -214,6 +312,20 @@ def print_report(result: Result, file: TextIO | None = None) -> None:
             f"median F1: SAE latents {statistics.median(sae_f1):.2f}, ViT neurons {statistics.median(neuron_f1):.2f}; the SAE wins on {wins} of {len(sae_f1)} concepts",
             file=file,
         )
+        for head, test in result.steering.items():
+            m = test["medians"]
+            print(
+                f"steering, {head}: setting each concept's latent to -1x its max where it fires stops {m['target']:.0%} "
+                f"(median) of its predictions and changes {m['other']:.1%} of the other {'object patches' if 'patch' in head else 'images'}; a random latent "
+                f"stops {m['random_latent_target']:.0%}, a random direction {m['random_direction_target']:.0%}",
+                file=file,
+            )
+        for head, ev in result.splice.items():
+            print(
+                f"spliced SAE, {head}: recovers {ev['recovered_zero']:.3f} of the loss against zero ablation, "
+                f"{ev['recovered_mean']:.3f} against mean ablation (KL to clean {ev['scores']['spliced']['kl']:.4f})",
+                file=file,
+            )
     print(f"report: {result.report}", file=file)
     print(f"SAE: {result.sae}", file=file)
 

@@ -20,12 +20,12 @@ from saev.errors import ConfigError
 from saev.fileio import atomic_open, write_json
 from saev.nn import checkpoints
 from saev.nn.config import Provenance
+from saev.nn.evaluation import Accumulator, EvalResult
 from saev.nn.modeling import SparseAutoencoder
 from saev.nn.objectives import training_loss
 from saev.normalization import ActNorm
 from saev.training import schedules, sweep
 from saev.training.config import NOT_IDENTITY, TrainConfig
-from saev.training.evaluation import Accumulator, EvalResult
 
 logger = logging.getLogger("saev.training")
 EVAL_BATCH = 1024

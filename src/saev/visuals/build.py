@@ -67,8 +67,13 @@ class VisualsResult:
     n_missing_images: int
 
 
-def make_visuals(cfg: VisualsConfig, notes: dict[int, str] | None = None) -> VisualsResult:
-    """`notes` annotate latents in the index and on their pages (e.g. the concept a latent detects)."""
+def make_visuals(
+    cfg: VisualsConfig,
+    notes: dict[int, str] | None = None,
+    figures: dict[int, list[gallery.Figure]] | None = None,
+) -> VisualsResult:
+    """`notes` annotate latents in the index and on their pages (e.g. the concept a latent detects);
+    `figures` (files already in the output folder) are shown on their latents' pages."""
     if cfg.top_k < 1 or cfg.n_latents < 0:
         raise ConfigError(f"--top-k must be >= 1 and --n-latents >= 0 (got {cfg.top_k}, {cfg.n_latents}).")
     sae = checkpoints.load(cfg.sae)
@@ -88,7 +93,10 @@ def make_visuals(cfg: VisualsConfig, notes: dict[int, str] | None = None) -> Vis
     _save_data(cfg, top, chosen, lookup)
     grid = _grid(store)
     notes = notes or {}
-    pages = _render(cfg, top, chosen, lookup, store, grid, notes)
+    pages = [
+        dataclasses.replace(page, figures=(figures or {}).get(page.latent, []))
+        for page in _render(cfg, top, chosen, lookup, store, grid, notes)
+    ]
     rendered = set(chosen)
     rows = [
         row | {"page": row["latent"] in rendered, "note": notes.get(row["latent"], "")}

@@ -24,7 +24,7 @@ td:first-child,th:first-child{text-align:left}.dead{color:#999}
 .controls input[type=number]{width:5rem}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(232px,1fr));gap:12px}
 figure{margin:0;background:#fff;border:1px solid #ddd;padding:4px}
-figure img{max-width:224px;max-height:224px;display:block}
+figure img{max-width:224px;max-height:224px;display:block}figure.wide img{max-width:100%;max-height:none}
 figcaption{font-size:.75rem;word-break:break-all;margin-top:4px}
 .stats td{text-align:left}.nav{margin:.5rem 0}
 """
@@ -85,6 +85,16 @@ class TopImage:
 
 
 @dataclasses.dataclass(frozen=True)
+class Figure:
+    """An extra picture on a latent's page, e.g. what editing the latent does."""
+
+    src: str
+    """Path relative to the gallery folder."""
+    title: str
+    caption: str
+
+
+@dataclasses.dataclass(frozen=True)
 class LatentPage:
     latent: int
     note: str
@@ -95,6 +105,7 @@ class LatentPage:
     hist_counts: list[int]
     hist_edges: list[float]
     images: list[TopImage]
+    figures: list[Figure] = dataclasses.field(default_factory=list)
 
 
 def write_index(out: pathlib.Path, rows: list[dict[str, Any]], title: str, subtitle: str) -> pathlib.Path:
@@ -134,7 +145,7 @@ def write_latent_page(
     note = f"<p><strong>{html.escape(page.note)}</strong></p>" if page.note else ""
     body = f"""<div class="nav">{" | ".join(nav)}</div><h1>Latent {page.latent}</h1>{note}{stats}
 <h2>Activations when firing</h2>{histogram_svg(page.hist_counts, page.hist_edges)}
-<h2>Top {len(page.images)} images</h2><div class="grid">{figures}</div>"""
+<h2>Top {len(page.images)} images</h2><div class="grid">{figures}</div>{"".join(_extra(f) for f in page.figures)}"""
     _write(out / "latents" / f"{page.latent}.html", _page(f"Latent {page.latent}", body))
 
 
@@ -143,6 +154,13 @@ _RANKED_BY = {
     "img": "sum of activations over patches",
     "cls": "activation on the [CLS] token",
 }
+
+
+def _extra(fig: Figure) -> str:
+    return (
+        f'<h2>{html.escape(fig.title)}</h2><figure class="wide"><img src="../{html.escape(fig.src)}" alt="{html.escape(fig.title)}">'
+        f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>"
+    )
 
 
 def _figure(img: TopImage) -> str:

@@ -1,7 +1,9 @@
 """Per-patch heatmaps drawn over the exact crop a ViT saw."""
 
+from collections.abc import Sequence
+
 import numpy as np
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from PIL import Image, ImageDraw
 
 CMAP = "plasma"
@@ -61,3 +63,58 @@ def placeholder(size: tuple[int, int], text: str) -> Image.Image:
 def _wrap(text: str, width: int) -> list[str]:
     width = max(width, 8)
     return [text[i : i + width] for i in range(0, len(text), width)] or [""]
+
+
+def class_map(
+    crop: Image.Image, classes_P: Int[np.ndarray, " patches"], grid: tuple[int, int], alpha: float = 0.6
+) -> Image.Image:
+    """Colour each patch by its class index (tab20 colours, -1 left see-through)."""
+    import matplotlib  # 0.4 s to import: only commands that draw pay for it
+
+    gh, gw = grid
+    classes = np.asarray(classes_P).reshape(gh, gw)
+    rgba = matplotlib.colormaps["tab20"](np.where(classes >= 0, classes % 20, 0))
+    rgba[..., 3] = np.where(classes >= 0, alpha, 0.0)
+    patch_img = Image.fromarray((rgba * 255).astype(np.uint8), "RGBA").resize(crop.size, Image.NEAREST)
+    return Image.alpha_composite(crop.convert("RGBA"), patch_img).convert("RGB")
+
+
+def steering_panels(
+    crop: Image.Image,
+    grid: tuple[int, int],
+    edit_size_P: Float[np.ndarray, " patches"],
+    before_P: Int[np.ndarray, " patches"] | None = None,
+    after_P: Int[np.ndarray, " patches"] | None = None,
+    caption: str = "image",
+    class_names: Sequence[str] = (),
+) -> Image.Image:
+    """An edit at a glance: the crop, the size of the change per patch, and (for per-patch heads)
+    the class maps before and after (`class_map`, with a legend of `class_names`) and the patches
+    whose class changed."""
+    tiles = [labelled(crop, caption[:40]), labelled(overlay(crop, edit_size_P, grid), "edit size")]
+    if before_P is None or after_P is None:
+        return hstack(tiles)
+    tiles += [
+        labelled(class_map(crop, before_P, grid), "before"),
+        labelled(class_map(crop, after_P, grid), "after"),
+        labelled(overlay(crop, (before_P != after_P).astype(np.float32), grid), "changed"),
+    ]
+    present = sorted({int(c) for c in np.concatenate([before_P, after_P]) if c >= 0})
+    return _with_legend(
+        hstack(tiles), [(class_names[c] if c < len(class_names) else str(c), c) for c in present]
+    )
+
+
+def _with_legend(img: Image.Image, entries: list[tuple[str, int]], row: int = 16) -> Image.Image:
+    """`img` with one line per class underneath: its class-map colour and its name."""
+    import matplotlib  # 0.4 s to import: only commands that draw pay for it
+
+    out = Image.new("RGB", (img.width, img.height + row * len(entries) + 4), "white")
+    out.paste(img, (0, 0))
+    draw = ImageDraw.Draw(out)
+    for k, (name, c) in enumerate(entries):
+        y = img.height + 4 + row * k
+        colour = tuple(int(255 * v) for v in matplotlib.colormaps["tab20"](c % 20)[:3])
+        draw.rectangle((3, y, 13, y + 10), fill=colour)
+        draw.text((18, y), name, fill="black")
+    return out

@@ -14,7 +14,10 @@ class BuiltinVit(Vit):
         return self.model.embed(x_B3HW)
 
     def head(self, x_BTD: Float[Tensor, "batch tokens d_vit"]) -> Float[Tensor, "batch n_concepts"]:
-        return self.model.image_head(self.model.norm(x_BTD)[:, 0])
+        return self.model.image_head(self.features(x_BTD)[:, 0])
+
+    def features(self, x_BTD: Float[Tensor, "batch tokens d_vit"]) -> Float[Tensor, "batch tokens d_vit"]:
+        return self.model.norm(x_BTD)
 
 
 def build(ckpt: str, pretrained: bool) -> Vit:

@@ -349,9 +349,12 @@ class Dinov2Vit(HfVit):
     def embed(self, x_B3HW: Float[Tensor, "batch 3 height width"]) -> Float[Tensor, "batch tokens d_vit"]:
         return self.model.embeddings(x_B3HW)
 
+    def features(self, x_BTD: Float[Tensor, "batch tokens d_vit"]) -> Float[Tensor, "batch tokens d_vit"]:
+        return self.model.layernorm(x_BTD)
+
     def head(self, x_BTD: Float[Tensor, "batch tokens d_vit"]):
         """last_hidden_state: the final layernorm of every token; pooler_output: its [CLS]."""
-        tokens = self.model.layernorm(x_BTD)
+        tokens = self.features(x_BTD)
         return _output(tokens, tokens[:, 0, :])
 
 
@@ -382,9 +385,12 @@ class Dinov3Vit(HfVit):
         pixels = x_BTD.new_zeros(()).expand(1, 3, layout.grid[0] * patch_h, layout.grid[1] * patch_w)
         return self.model.rope_embeddings(pixels)
 
+    def features(self, x_BTD: Float[Tensor, "batch tokens d_vit"]) -> Float[Tensor, "batch tokens d_vit"]:
+        return self.model.norm(x_BTD)
+
     def head(self, x_BTD: Float[Tensor, "batch tokens d_vit"]):
         """last_hidden_state: the final norm of every token; pooler_output: its [CLS]."""
-        tokens = self.model.norm(x_BTD)
+        tokens = self.features(x_BTD)
         return _output(tokens, tokens[:, 0, :])
 
 
@@ -394,10 +400,13 @@ class SiglipVit(HfVit):
     def embed(self, x_B3HW: Float[Tensor, "batch 3 height width"]) -> Float[Tensor, "batch tokens d_vit"]:
         return self.model.embeddings(x_B3HW)
 
+    def features(self, x_BTD: Float[Tensor, "batch tokens d_vit"]) -> Float[Tensor, "batch tokens d_vit"]:
+        return self.model.post_layernorm(x_BTD)
+
     def head(self, x_BTD: Float[Tensor, "batch tokens d_vit"]):
         """last_hidden_state: post_layernorm of every token; pooler_output: the attention-pooling
         head on those (None, and so absent from the output, when the model has no head)."""
-        tokens = self.model.post_layernorm(x_BTD)
+        tokens = self.features(x_BTD)
         return _output(tokens, self.model.head(tokens) if self.model.use_head else None)
 
 
@@ -406,6 +415,10 @@ class ClipVit(HfVit):
 
     def embed(self, x_B3HW: Float[Tensor, "batch 3 height width"]) -> Float[Tensor, "batch tokens d_vit"]:
         return self.model.pre_layrnorm(self.model.embeddings(x_B3HW))
+
+    def features(self, x_BTD: Float[Tensor, "batch tokens d_vit"]) -> Float[Tensor, "batch tokens d_vit"]:
+        """Every token through post_layernorm (the model itself normalises only [CLS])."""
+        return self.model.post_layernorm(x_BTD)
 
     def head(self, x_BTD: Float[Tensor, "batch tokens d_vit"]):
         """last_hidden_state: the last block's output (not normalised); pooler_output:

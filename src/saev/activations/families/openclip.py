@@ -59,6 +59,12 @@ def create(ckpt: str, mode: Literal["weights", "random", "preprocess"]) -> torch
         raise ModelError(f"cannot build OpenCLIP model {ckpt!r}: {err}") from None
 
 
+def tokenizer(ckpt: str):
+    """The text tokenizer of the checkpoint's model (for zero-shot classification)."""
+    name, _ = parse(ckpt)
+    return _open_clip().get_tokenizer(name)
+
+
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
     root = logging.getLogger()
@@ -75,6 +81,9 @@ class OpenClipVit(Vit):
 
     def embed(self, x_B3HW: Float[Tensor, "batch 3 height width"]) -> Float[Tensor, "batch tokens d_vit"]:
         return self.model._embeds(x_B3HW)
+
+    def features(self, x_BTD: Float[Tensor, "batch tokens d_vit"]) -> Float[Tensor, "batch tokens d_vit"]:
+        return self.model.ln_post(x_BTD)
 
     def head(self, x_BTD: Float[Tensor, "batch tokens d_vit"]):
         visual = self.model

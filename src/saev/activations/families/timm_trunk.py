@@ -43,6 +43,9 @@ class TimmTrunkVit(Vit):
         t = self.trunk
         return t.norm_pre(t.patch_drop(t._pos_embed(t.patch_embed(x_B3HW))))
 
+    def features(self, x_BTD: Float[Tensor, "batch tokens d_vit"]) -> Float[Tensor, "batch tokens d_vit"]:
+        return self.trunk.norm(x_BTD)
+
     def head(self, x_BTD: Float[Tensor, "batch tokens d_vit"]):
-        out = self.trunk.forward_head(self.trunk.norm(x_BTD))
+        out = self.trunk.forward_head(self.features(x_BTD))
         return out if self.post_head is None else self.post_head(out)

@@ -1,4 +1,4 @@
-"""Held-out evaluation: reconstruction quality, sparsity, and every latent's firing statistics."""
+"""Evaluating an SAE on activations: reconstruction quality, sparsity, and every latent's firing statistics."""
 
 import dataclasses
 from typing import Any

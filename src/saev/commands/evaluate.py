@@ -1,0 +1,133 @@
+"""`saev evaluate`: spliced reconstruction. Replace an SAE's layer by its reconstruction and
+measure what the model's heads keep, beside zero and mean ablation."""
+
+import dataclasses
+import pathlib
+import sys
+from typing import Annotated
+
+import torch
+import tyro
+
+from saev.activations.families import FamilyName
+from saev.commands.base import Command
+from saev.data.layout import Tokens
+from saev.errors import ConfigError
+from saev.fileio import write_json
+from saev.nn import checkpoints
+from saev.steering import inputs
+from saev.steering.heads import DEFAULT_PROMPT, open_head
+from saev.steering.reconstruction import SpliceEvaluation, evaluate_splice
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Replace the SAE's layer by its reconstruction and score the model's heads (clean, spliced, zero- and mean-ablated)."""
+
+    images: Annotated[tuple[pathlib.Path, ...], tyro.conf.Positional]
+    """Image files or folders (searched recursively); class subfolders or a saev.synthetic folder give labels."""
+    sae: str
+    """SAE checkpoint: a path, hf://ORG/NAME or hf://ORG/NAME/FILE."""
+    head: tuple[str, ...]
+    """Heads to score: builtin-image, builtin-patch, PROBE.safetensors (saev probe) or clip-zero-shot:CLASSES.txt."""
+    out: pathlib.Path = pathlib.Path("evaluate")
+    """Folder for report.json."""
+    vit_family: FamilyName | None = None
+    """ViT family; defaults to the SAE's recorded provenance."""
+    vit_ckpt: str | None = None
+    """ViT checkpoint; defaults to the SAE's recorded provenance."""
+    layer: int | None = None
+    """Block after which the SAE is spliced in; defaults to the SAE's recorded layer."""
+    tokens: Tokens | None = None
+    """Tokens replaced by their reconstruction; defaults to those the SAE was trained on."""
+    force: bool = False
+    """Splice the SAE in at another layer than the one it was trained on."""
+    prompt: str = DEFAULT_PROMPT
+    """clip-zero-shot prompt template; {} is replaced by each class name."""
+    batch_size: int = 16
+    """Images per forward pass."""
+    device: str = "cpu"
+    """Torch device, e.g. cpu or cuda."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    report: pathlib.Path
+    evaluations: list[SpliceEvaluation]
+    skipped: dict[str, str]
+
+
+def run(cfg: Config) -> Result:
+    if not cfg.head:
+        raise ConfigError("give at least one --head.")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size must be positive, got {cfg.batch_size}.")
+    sae = checkpoints.load(cfg.sae, device=cfg.device).eval()
+    spliced, transform = inputs.spliced_model(
+        sae,
+        cfg.vit_family,
+        cfg.vit_ckpt,
+        cfg.layer,
+        cfg.tokens,
+        force=cfg.force,
+        device=cfg.device,
+        where=cfg.sae,
+    )
+    heads = [open_head(spec, spliced.vit, cfg.prompt) for spec in cfg.head]
+    paths = inputs.image_files(cfg.images)
+    skipped: dict[str, str] = {}
+    mean_D = sae.act_mean
+    if mean_D is None:
+        batches = (b.x_B3HW for b in inputs.load_batches(paths, transform, cfg.batch_size, {}))
+        mean_D = _mean_activation(spliced, batches)
+    evaluations = []
+    for head in heads:
+        labels = inputs.labels_for(paths, head.classes, spliced.vit.layout.grid)
+        evaluations.append(
+            evaluate_splice(
+                spliced, head, _labelled(paths, transform, cfg.batch_size, labels, head, skipped), mean_D
+            )
+        )
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    report = cfg.out / "report.json"
+    write_json(
+        report, {"sae": cfg.sae, "evaluations": [e.to_dict() for e in evaluations], "skipped": skipped}
+    )
+    return Result(report, evaluations, skipped)
+
+
+def _mean_activation(spliced, batches) -> torch.Tensor:
+    total, n = torch.zeros(spliced.vit.d_vit, dtype=torch.float64, device=spliced.device), 0
+    for x in batches:
+        read = spliced.prefix(x).tokens_BTD[:, spliced.index_N]
+        total += read.double().sum((0, 1))
+        n += read.shape[0] * read.shape[1]
+    return (total / max(n, 1)).float()
+
+
+def _labelled(paths, transform, batch_size, labels, head, skipped):
+    """Image batches with their labels in the head's terms, or None where the images have none."""
+    for batch in inputs.load_batches(paths, transform, batch_size, skipped):
+        idx = [paths.index(p) for p in batch.paths]
+        if labels is None or (head.kind == "patch" and labels.patch_NPC is None):
+            yield batch.x_B3HW, None
+            continue
+        rows = labels.patch_NPC[idx] if head.kind == "patch" else labels.image_NC[idx]
+        yield batch.x_B3HW, rows.float() if head.multilabel else rows.float().argmax(-1)
+
+
+def report(result: Result) -> None:
+    for ev in result.evaluations:
+        print(f"head {ev.head} ({ev.n_units} units, labels: {ev.labels})", file=sys.stderr)
+        print(ev.table(), file=sys.stderr)
+        print(
+            f"recovered: {ev.recovered_zero:.4f} against zero ablation, {ev.recovered_mean:.4f} against mean "
+            f"ablation; FVE {ev.fve:.4f}, L0 {ev.l0:.1f}",
+            file=sys.stderr,
+        )
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable image(s)", file=sys.stderr)
+    print(result.report)
+
+
+COMMAND = Command(Config, run, report)

@@ -1,0 +1,304 @@
+"""`saev steer`: change SAE latents inside the running ViT and compare its predictions before and
+after, image by image, or (`--evaluate`) measure per class whether suppressing a latent removes
+exactly that class."""
+
+import dataclasses
+import logging
+import pathlib
+import sys
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import tyro
+from PIL import Image
+
+from saev.activations.families import FamilyName
+from saev.activations.transforms import visible_crop
+from saev.commands.base import Command
+from saev.data.layout import Tokens
+from saev.errors import ConfigError
+from saev.fileio import write_json
+from saev.nn import checkpoints
+from saev.steering import effects, inputs
+from saev.steering.edits import Edit, Where, check_latents, parse_edit
+from saev.steering.heads import DEFAULT_PROMPT, Head, open_head
+from saev.steering.splice import SplicedVit
+from saev.visuals.heatmap import steering_panels
+
+logger = logging.getLogger("saev.steer")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Edit SAE latents inside the ViT and compare the head's predictions before and after."""
+
+    images: Annotated[tuple[pathlib.Path, ...], tyro.conf.Positional]
+    """Image files or folders (searched recursively)."""
+    sae: str
+    """SAE checkpoint: a path, hf://ORG/NAME or hf://ORG/NAME/FILE."""
+    head: tuple[str, ...]
+    """Heads to read: builtin-image, builtin-patch, PROBE.safetensors (saev probe) or clip-zero-shot:CLASSES.txt."""
+    edit: tuple[str, ...] = ()
+    """Edits: LATENT=V sets, LATENT=+V adds, LATENT=*V scales; Vx means V times the latent's largest activation (686=-1x suppresses 686)."""
+    where: Where = "all"
+    """Edit every token the SAE reads, or only where the latent fires (active)."""
+    patches: str | None = None
+    """Edit only these patches (comma-separated row-major indices, e.g. 10,11,26)."""
+    visuals: pathlib.Path | None = None
+    """A saev visuals output folder: its latents' largest activations give the x units (default: the largest over these images)."""
+    evaluate: bool = False
+    """Measure, for each class, the change rates of suppressing its latent beside a random latent and a random direction."""
+    latents: tuple[str, ...] = ()
+    """With --evaluate: CLASS=LATENT pairs (default: each class's best detecting latent on the images' labels)."""
+    value: float = -1.0
+    """With --evaluate: each latent is set to this multiple of its largest activation where it fires."""
+    out: pathlib.Path = pathlib.Path("steer")
+    """Folder for report.json and one PNG per image and head."""
+    vit_family: FamilyName | None = None
+    """ViT family; defaults to the SAE's recorded provenance."""
+    vit_ckpt: str | None = None
+    """ViT checkpoint; defaults to the SAE's recorded provenance."""
+    layer: int | None = None
+    """Block after which the SAE is spliced in; defaults to the SAE's recorded layer."""
+    tokens: Tokens | None = None
+    """Tokens the SAE reads and edits; defaults to those it was trained on."""
+    force: bool = False
+    """Splice the SAE in at another layer than the one it was trained on."""
+    prompt: str = DEFAULT_PROMPT
+    """clip-zero-shot prompt template; {} is replaced by each class name."""
+    top: int = 3
+    """Classes listed per image for classification heads."""
+    batch_size: int = 16
+    """Images per forward pass."""
+    seed: int = 0
+    """Seed of the random baselines (--evaluate)."""
+    device: str = "cpu"
+    """Torch device, e.g. cpu or cuda."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    report: pathlib.Path
+    lines: list[str]
+    """What the run prints: per image before/after, or the --evaluate tables."""
+    skipped: dict[str, str]
+
+
+def run(cfg: Config) -> Result:
+    edits = [parse_edit(e) for e in cfg.edit]
+    patches = _patch_list(cfg.patches)
+    _validate(cfg, edits)
+    sae = checkpoints.load(cfg.sae, device=cfg.device).eval()
+    check_latents(edits, sae.cfg.d_sae, cfg.sae)
+    spliced, transform = inputs.spliced_model(
+        sae,
+        cfg.vit_family,
+        cfg.vit_ckpt,
+        cfg.layer,
+        cfg.tokens,
+        force=cfg.force,
+        device=cfg.device,
+        where=cfg.sae,
+    )
+    spliced.eligible(patches)  # range check before any work
+    heads = [open_head(spec, spliced.vit, cfg.prompt) for spec in cfg.head]
+    paths = inputs.image_files(cfg.images)
+    skipped: dict[str, str] = {}
+    needs_max = cfg.evaluate or any(e.relative for e in edits)
+    max_S = _max_activations(cfg, spliced, transform, paths) if needs_max else None
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    if cfg.evaluate:
+        return _evaluate(cfg, spliced, transform, heads, paths, max_S, skipped)
+    records, lines = [], []
+    for batch in inputs.load_batches(paths, transform, cfg.batch_size, skipped):
+        prefix = spliced.prefix(batch.x_B3HW)
+        codes = spliced.edit(prefix, edits, where=cfg.where, patches=patches, max_S=max_S)
+        before = spliced.finish(prefix.tokens_BTD)
+        after = spliced.finish(spliced.tokens_with(prefix, codes))
+        delta_BN = spliced.decode_delta(prefix.codes_BNS, codes).norm(dim=-1).cpu()
+        for h in heads:
+            lb, la = h.logits(before).cpu(), h.logits(after).cpu()
+            for i, path in enumerate(batch.paths):
+                record, line = _compare(h, lb[i], la[i], cfg.top)
+                crop = visible_crop(transform, batch.images[i])
+                png = cfg.out / f"{path.stem}.{_slug(h.name)}.png"
+                _draw(h, crop, lb[i], la[i], delta_BN[i], spliced).save(png)
+                records.append({"image": str(path), "head": h.name, "png": str(png)} | record)
+                lines.append(f"{path.name} [{h.name}] {line}")
+    report = cfg.out / "report.json"
+    write_json(
+        report,
+        {
+            "sae": cfg.sae,
+            "edits": [str(e) for e in edits],
+            "where": cfg.where,
+            "patches": patches,
+            "images": records,
+            "skipped": skipped,
+        },
+    )
+    return Result(report, lines, skipped)
+
+
+def _validate(cfg: Config, edits: list[Edit]) -> None:
+    if not cfg.head:
+        raise ConfigError("give at least one --head.")
+    if not cfg.evaluate and not edits:
+        raise ConfigError("give at least one --edit (or --evaluate).")
+    if cfg.batch_size < 1 or cfg.top < 1:
+        raise ConfigError(f"--batch-size and --top must be positive (got {cfg.batch_size}, {cfg.top}).")
+    if not np.isfinite(cfg.value):
+        raise ConfigError(f"--value {cfg.value} is not finite.")
+
+
+def _patch_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(p) for p in text.replace(" ", "").split(",") if p]
+    except ValueError:
+        raise ConfigError(
+            f"--patches {text!r}: expected comma-separated patch indices, e.g. 10,11,26."
+        ) from None
+
+
+def _max_activations(cfg: Config, spliced: SplicedVit, transform, paths: list[pathlib.Path]) -> torch.Tensor:
+    if cfg.visuals is not None:
+        return inputs.max_from_visuals(cfg.visuals, spliced.sae.cfg.d_sae).to(spliced.device)
+    batches = (b.x_B3HW for b in inputs.load_batches(paths, transform, cfg.batch_size, {}))
+    return inputs.max_over(spliced, batches)
+
+
+def _compare(head: Head, before: torch.Tensor, after: torch.Tensor, top: int) -> tuple[dict[str, Any], str]:
+    """One image's predictions before and after, as a report record and a printed line."""
+    pb, pa = head.predict(before), head.predict(after)
+    if head.kind == "image":
+        tb, ta = _top(head, before, top), _top(head, after, top)
+        return {"before": tb, "after": ta, "changed": bool((pb != pa).any())}, f"{_fmt(tb)}  ->  {_fmt(ta)}"
+    changed = torch.nonzero((pb != pa).any(-1)).flatten().tolist()
+    rows = [{"patch": p, "before": _names(head, pb[p]), "after": _names(head, pa[p])} for p in changed]
+    shown = "; ".join(
+        f"{r['patch']}: {'+'.join(r['before']) or '-'} -> {'+'.join(r['after']) or '-'}" for r in rows[:6]
+    )
+    more = f" (and {len(rows) - 6} more)" if len(rows) > 6 else ""
+    return {"changed_patches": rows}, f"{len(rows)} patch(es) changed" + (f": {shown}{more}" if rows else "")
+
+
+def _fmt(top: list[tuple[str, float]]) -> str:
+    return ", ".join(f"{c} {p:.2f}" for c, p in top)
+
+
+def _names(head: Head, predicted_C: torch.Tensor) -> list[str]:
+    return [head.classes[c] for c in torch.nonzero(predicted_C).flatten().tolist()]
+
+
+def _top(head: Head, logits: torch.Tensor, top: int) -> list[tuple[str, float]]:
+    probs = head.probs(logits)
+    order = torch.argsort(probs, descending=True)[:top].tolist()
+    return [(head.classes[c], float(probs[c])) for c in order]
+
+
+def _draw(
+    head: Head, crop: Image.Image, before, after, delta_N: torch.Tensor, spliced: SplicedVit
+) -> Image.Image:
+    size_P = np.zeros(spliced.vit.layout.n_patches, dtype=np.float32)
+    at = (spliced.patch_N >= 0).cpu()
+    size_P[spliced.patch_N.cpu()[at].numpy()] = delta_N[at].numpy()
+    grid = spliced.vit.layout.grid
+    if head.kind == "patch":
+        return steering_panels(
+            crop,
+            grid,
+            size_P,
+            head.top_class(before).numpy(),
+            head.top_class(after).numpy(),
+            class_names=head.classes,
+        )
+    return steering_panels(
+        crop, grid, size_P, caption=f"{_top(head, before, 1)[0][0]} -> {_top(head, after, 1)[0][0]}"
+    )
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in pathlib.Path(name).stem)[:40]
+
+
+def _evaluate(cfg, spliced: SplicedVit, transform, heads: list[Head], paths, max_S, skipped) -> Result:
+    classes = heads[0].classes
+    if any(h.classes != classes for h in heads):
+        raise ConfigError("--evaluate with several heads needs heads over the same classes.")
+    targets = _targets(cfg, spliced, transform, heads, paths, classes)
+    batches = (b.x_B3HW for b in inputs.load_batches(paths, transform, cfg.batch_size, skipped))
+    tests = effects.steering_test(spliced, heads, batches, targets, max_S, value=cfg.value, seed=cfg.seed)
+    report = cfg.out / "report.json"
+    write_json(
+        report,
+        {
+            "sae": cfg.sae,
+            "n_images": len(paths) - len(skipped),
+            "tests": [t.to_dict() for t in tests],
+            "skipped": skipped,
+        },
+    )
+    lines = []
+    for t in tests:
+        m = t.medians()
+        lines += [f"head {t.head}: set each latent {t.edit}", t.table()]
+        lines.append(
+            f"median target change rate {m['target']:.3f}, other {m['other']:.3f}; random latent {m['random_latent_target']:.3f}; "
+            f"random direction {m['random_direction_target']:.3f}"
+        )
+    return Result(report, lines, skipped)
+
+
+def _targets(cfg, spliced: SplicedVit, transform, heads, paths, classes) -> list[tuple[int, int]]:
+    """(class index, latent) pairs: given by --latents, or each class's best detector on the labels."""
+    if cfg.latents:
+        pairs = []
+        for item in cfg.latents:
+            name, sep, latent = item.rpartition("=")
+            if not sep or name not in classes or not latent.isdigit():
+                raise ConfigError(
+                    f"--latents {item!r}: expected CLASS=LATENT with CLASS one of {', '.join(classes)}."
+                )
+            pairs.append((classes.index(name), int(latent)))
+        check_latents([Edit(s, "set", 0.0) for _, s in pairs], spliced.sae.cfg.d_sae, cfg.sae)
+        return pairs
+    labels = inputs.labels_for(paths, classes, spliced.vit.layout.grid)
+    if labels is None:
+        raise ConfigError(
+            "--evaluate needs each class's latent: give --latents CLASS=LATENT, or labelled images "
+            "(class subfolders named like the head's classes, or a saev.synthetic folder)."
+        )
+    per_patch = (
+        labels.patch_NPC is not None and any(h.kind == "patch" for h in heads) and spliced.tokens != "cls"
+    )
+    codes, rows = [], []
+    for batch in inputs.load_batches(paths, transform, cfg.batch_size, {}):
+        c = spliced.prefix(batch.x_B3HW).codes_BNS.cpu()
+        idx = [paths.index(p) for p in batch.paths]
+        if per_patch:
+            codes.append(c[:, spliced.patch_N >= 0].reshape(-1, c.shape[-1]))
+            rows.append(
+                labels.patch_NPC[idx][:, spliced.patch_N[spliced.patch_N >= 0].cpu()].reshape(
+                    -1, len(classes)
+                )
+            )
+        else:
+            codes.append(c.amax(1))
+            rows.append(labels.image_NC[idx])
+    labels_NC = torch.cat(rows)
+    latents = effects.pick_latents(torch.cat(codes), labels_NC, cfg.seed)
+    return [(c, s) for c, s in enumerate(latents) if labels_NC[:, c].any()]
+
+
+def report(result: Result) -> None:
+    for line in result.lines:
+        print(line, file=sys.stderr)
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable image(s)", file=sys.stderr)
+    print(result.report)
+
+
+COMMAND = Command(Config, run, report)

@@ -1,0 +1,194 @@
+"""The quantitative steering test: does suppressing a class's latent remove exactly that class?
+
+For each class (or concept) c and its chosen latent, the edit (by default: set the latent to -1x
+its largest activation where it fires) runs through the model and the head's predictions are
+compared with the clean ones:
+
+- target change rate: of the units (patches or images) predicted c before, the share no longer
+  predicted c after;
+- other change rate: of the other units (not predicted c before; for multi-label heads only those
+  predicted some class, i.e. object patches), the share whose predicted classes change at all.
+
+Two baselines take the same edit: a random live latent instead of the chosen one, and a random
+direction with the same norm as the edit's change, added on the same tokens.
+"""
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from saev.concepts import best_detectors
+from saev.steering.edits import Edit
+from saev.steering.heads import Head
+from saev.steering.splice import Prefix, SplicedVit
+
+
+@dataclasses.dataclass
+class Counts:
+    n_target: int = 0
+    target_changed: int = 0
+    n_other: int = 0
+    other_changed: int = 0
+
+    def add(
+        self, before_NC: Bool[Tensor, "n c"], after_NC: Bool[Tensor, "n c"], c: int, multilabel: bool
+    ) -> None:
+        target_N = before_NC[:, c]
+        other_N = ~target_N & (before_NC.any(1) if multilabel else True)
+        self.n_target += int(target_N.sum())
+        self.target_changed += int((target_N & ~after_NC[:, c]).sum())
+        self.n_other += int(other_N.sum())
+        self.other_changed += int((other_N & (before_NC != after_NC).any(1)).sum())
+
+    @property
+    def target(self) -> float:
+        return self.target_changed / self.n_target if self.n_target else float("nan")
+
+    @property
+    def other(self) -> float:
+        return self.other_changed / self.n_other if self.n_other else float("nan")
+
+    def to_dict(self) -> dict[str, float | int]:
+        return dataclasses.asdict(self) | {"target_rate": self.target, "other_rate": self.other}
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassResult:
+    cls: str
+    latent: int
+    random_latent: int
+    edit: Counts
+    random_latent_edit: Counts
+    random_direction: Counts
+
+    def to_dict(self) -> dict:
+        return {
+            "class": self.cls,
+            "latent": self.latent,
+            "random_latent": self.random_latent,
+            "edit": self.edit.to_dict(),
+            "random_latent_edit": self.random_latent_edit.to_dict(),
+            "random_direction": self.random_direction.to_dict(),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class SteeringTest:
+    head: str
+    edit: str
+    """The edit applied to each chosen latent, e.g. `=-1x where active`."""
+    results: list[ClassResult]
+
+    def medians(self) -> dict[str, float]:
+        def med(values: Iterable[float]) -> float:
+            finite = [v for v in values if np.isfinite(v)]
+            return float(np.median(finite)) if finite else float("nan")
+
+        return {
+            "target": med(r.edit.target for r in self.results),
+            "other": med(r.edit.other for r in self.results),
+            "random_latent_target": med(r.random_latent_edit.target for r in self.results),
+            "random_latent_other": med(r.random_latent_edit.other for r in self.results),
+            "random_direction_target": med(r.random_direction.target for r in self.results),
+            "random_direction_other": med(r.random_direction.other for r in self.results),
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "head": self.head,
+            "edit": self.edit,
+            "medians": self.medians(),
+            "classes": [r.to_dict() for r in self.results],
+        }
+
+    def table(self) -> str:
+        rows = [
+            "| class | latent | target | other | random latent | target | other | random direction target | other |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in self.results:
+            rows.append(
+                f"| {r.cls} | {r.latent} | {r.edit.target:.3f} | {r.edit.other:.3f} | {r.random_latent} | "
+                f"{r.random_latent_edit.target:.3f} | {r.random_latent_edit.other:.3f} | "
+                f"{r.random_direction.target:.3f} | {r.random_direction.other:.3f} |"
+            )
+        m = self.medians()
+        rows.append(
+            f"| median | | {m['target']:.3f} | {m['other']:.3f} | | {m['random_latent_target']:.3f} | "
+            f"{m['random_latent_other']:.3f} | {m['random_direction_target']:.3f} | {m['random_direction_other']:.3f} |"
+        )
+        return "\n".join(rows)
+
+
+def steering_test(
+    spliced: SplicedVit,
+    heads: Sequence[Head],
+    batches: Iterable[Float[Tensor, "batch 3 height width"]],
+    targets: Sequence[tuple[int, int]],
+    max_S: Float[Tensor, " d_sae"],
+    *,
+    value: float = -1.0,
+    seed: int = 0,
+) -> list[SteeringTest]:
+    """Run the test for (class index, latent) pairs over image batches; one result per head.
+
+    The edit sets each latent to `value` times its largest activation where it fires.
+    """
+    rng = np.random.default_rng(seed)
+    live = torch.nonzero(max_S > 0).flatten().tolist()
+    randoms = [int(rng.choice([s for s in live if s != latent])) for _, latent in targets]
+    g = torch.Generator().manual_seed(seed)
+    directions_KD = F.normalize(torch.randn(len(targets), spliced.vit.d_vit, generator=g), dim=-1).to(
+        spliced.device
+    )
+    counts = {(h.name, k, kind): Counts() for h in heads for k in range(len(targets)) for kind in range(3)}
+    for x in batches:
+        prefix = spliced.prefix(x)
+        before = {h.name: _predict(h, spliced.finish(prefix.tokens_BTD)) for h in heads}
+        for k, (c, latent) in enumerate(targets):
+            real, delta_BND = _edited(spliced, prefix, latent, value, max_S)
+            random, _ = _edited(spliced, prefix, randoms[k], value, max_S)
+            norm_BN1 = delta_BND.norm(dim=-1, keepdim=True)
+            direction = spliced.finish(spliced.add_to_read(prefix, norm_BN1 * directions_KD[k]))
+            for h in heads:
+                for kind, final in enumerate((real, random, direction)):
+                    counts[h.name, k, kind].add(before[h.name], _predict(h, final), c, h.multilabel)
+    return [
+        SteeringTest(
+            h.name,
+            f"={value:g}x where active",
+            [
+                ClassResult(h.classes[c], latent, randoms[k], *(counts[h.name, k, kind] for kind in range(3)))
+                for k, (c, latent) in enumerate(targets)
+            ],
+        )
+        for h in heads
+    ]
+
+
+def _edited(
+    spliced: SplicedVit, prefix: Prefix, latent: int, value: float, max_S: Tensor
+) -> tuple[Tensor, Float[Tensor, "batch n d_vit"]]:
+    codes = spliced.edit(prefix, [Edit(latent, "set", value, relative=True)], where="active", max_S=max_S)
+    delta_BND = spliced.decode_delta(prefix.codes_BNS, codes)
+    return spliced.finish(spliced.add_to_read(prefix, delta_BND)), delta_BND
+
+
+def _predict(head: Head, final_BTD: Tensor) -> Bool[Tensor, "n c"]:
+    pred = head.predict(head.logits(final_BTD))
+    return pred.reshape(-1, pred.shape[-1])
+
+
+def pick_latents(
+    codes_NS: Float[Tensor, "n d_sae"], labels_NC: Bool[Tensor, "n classes"], seed: int = 0
+) -> list[int]:
+    """Each class's best detecting latent: chosen (latent and threshold, by F1) on a random half of
+    the units, so a class with too few examples still gets the latent that fires with it most."""
+    g = torch.Generator().manual_seed(seed)
+    select_N = torch.rand(len(codes_NS), generator=g) < 0.5
+    return [d.unit for d in best_detectors(codes_NS, labels_NC, select_N, signed=False, include_zero=True)]

@@ -1,0 +1,158 @@
+"""What the steering and evaluation commands read: the spliced model named by an SAE's provenance,
+image files, their labels, and each latent's largest activation."""
+
+import dataclasses
+import logging
+import pathlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float
+from PIL import Image
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+from saev import synthetic
+from saev.activations.families import Transform, make_img_transform, make_vit
+from saev.data.images import load_rgb
+from saev.data.layout import Tokens
+from saev.data.sources import EXTENSIONS
+from saev.errors import ConfigError, ImageError
+from saev.nn.modeling import SparseAutoencoder
+from saev.steering.splice import SplicedVit
+
+logger = logging.getLogger("saev.steering")
+
+
+def spliced_model(
+    sae: SparseAutoencoder,
+    vit_family: str | None,
+    vit_ckpt: str | None,
+    layer: int | None,
+    tokens: Tokens | None,
+    *,
+    force: bool = False,
+    device: str = "cpu",
+    where: str = "the SAE",
+) -> tuple[SplicedVit, Transform]:
+    """The ViT the SAE was trained on (or the one given) with the SAE spliced in, and its transform."""
+    prov = sae.provenance
+    family, ckpt = vit_family or prov.vit_family, vit_ckpt or prov.vit_ckpt
+    missing = [n for n, v in (("--vit-family", family), ("--vit-ckpt", ckpt)) if v is None]
+    if layer is None and prov.layer is None:
+        missing.append("--layer")
+    if missing:
+        raise ConfigError(f"{where} does not record which ViT it reads; pass {', '.join(missing)}.")
+    vit = make_vit(family, ckpt).to(device)
+    return SplicedVit(vit, sae.to(device).eval(), layer, tokens, force=force), make_img_transform(
+        family, ckpt
+    )
+
+
+def image_files(paths: Sequence[pathlib.Path]) -> list[pathlib.Path]:
+    """Files as given, folders walked recursively for image extensions, in sorted order."""
+    out = []
+    for path in paths:
+        if path.is_dir():
+            out += sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+        else:
+            out.append(path)
+    if not out:
+        raise ConfigError(f"no image files in {', '.join(map(str, paths))}.")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    paths: list[pathlib.Path]
+    images: list[Image.Image]
+    x_B3HW: Float[Tensor, "batch 3 height width"]
+
+
+def load_batches(
+    paths: Sequence[pathlib.Path], transform: Transform, batch_size: int, skipped: dict[str, str]
+) -> Iterator[Loaded]:
+    """Readable images in batches; unreadable ones are logged and recorded in `skipped`."""
+    for start in range(0, len(paths), batch_size):
+        ok, images = [], []
+        for path in paths[start : start + batch_size]:
+            try:
+                images.append(load_rgb(path))
+                ok.append(path)
+            except ImageError as err:
+                logger.warning("skipped %s", err)
+                skipped[str(path)] = str(err)
+        if ok:
+            yield Loaded(ok, images, torch.stack([transform(img) for img in images]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Labels:
+    """Known classes of each image (multi-hot over `classes`) and, when known, of each patch."""
+
+    classes: tuple[str, ...]
+    image_NC: Bool[Tensor, "n classes"]
+    patch_NPC: Bool[Tensor, "n patches classes"] | None
+
+
+def labels_for(paths: Sequence[pathlib.Path], classes: Sequence[str], grid: tuple[int, int]) -> Labels | None:
+    """Labels from a `saev.synthetic` folder (labels.json beside images/: image and patch concepts)
+    or from class subfolders (an image's folder name is its class); None when neither applies."""
+    root = _synthetic_root(paths)
+    if root is not None:
+        records = {(root / r.file).resolve(): r for r in synthetic.load(root).records}
+        chosen = [records[p.resolve()] for p in paths]
+        index = [synthetic.CONCEPTS.index(c) if c in synthetic.CONCEPTS else None for c in classes]
+        if all(i is None for i in index):
+            return None
+        image = np.stack([synthetic.image_concepts(r) for r in chosen])
+        patch = np.stack([synthetic.patch_rows(r, grid) for r in chosen])
+
+        def pick(per_concept: np.ndarray) -> np.ndarray:
+            """The concept columns in `classes` order; classes that are no concept are never present."""
+            absent = np.zeros(per_concept.shape[:-1], dtype=bool)
+            return np.stack([per_concept[..., i] if i is not None else absent for i in index], -1)
+
+        return Labels(tuple(classes), torch.from_numpy(pick(image)), torch.from_numpy(pick(patch)))
+    names = [p.parent.name for p in paths]
+    if not set(names) & set(classes):
+        return None
+    image = torch.tensor([[n == c for c in classes] for n in names], dtype=torch.bool)
+    return Labels(tuple(classes), image, None)
+
+
+def _synthetic_root(paths: Sequence[pathlib.Path]) -> pathlib.Path | None:
+    roots = {p.resolve().parent.parent for p in paths}
+    if len(roots) == 1:
+        root = roots.pop()
+        if (root / "labels.json").is_file() and all(p.resolve().parent == root / "images" for p in paths):
+            return root
+    return None
+
+
+def max_from_visuals(folder: pathlib.Path, d_sae: int) -> Float[Tensor, " d_sae"]:
+    """Each latent's largest activation from a `saev visuals` output folder (its topk.safetensors)."""
+    path = folder / "topk.safetensors"
+    try:
+        with safe_open(str(path), "pt") as f:
+            max_S = f.get_tensor("max")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"--visuals {folder}: no topk.safetensors (the output folder of saev visuals)."
+        ) from None
+    except (SafetensorError, OSError) as err:
+        raise ConfigError(f"{path}: cannot read the latents' maxima ({err}).") from None
+    if max_S.shape != (d_sae,):
+        raise ConfigError(f"{path}: maxima of {max_S.shape[0]} latents, but the SAE has {d_sae}.")
+    return max_S.float()
+
+
+def max_over(
+    spliced: SplicedVit, batches: Iterator[Float[Tensor, "batch 3 height width"]]
+) -> Float[Tensor, " d_sae"]:
+    """Each latent's largest activation over images."""
+    max_S = torch.zeros(spliced.sae.cfg.d_sae, device=spliced.device)
+    for x in batches:
+        max_S = torch.maximum(max_S, spliced.prefix(x).codes_BNS.amax((0, 1)))
+    return max_S

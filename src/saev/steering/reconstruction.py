@@ -1,0 +1,152 @@
+"""Spliced evaluation: how much of the model's behaviour the SAE's reconstruction keeps.
+
+The tokens the SAE reads at block L are replaced by (1) nothing (clean), (2) the SAE's
+reconstruction (spliced), (3) zeros, (4) the mean activation (the SAE's normalisation mean, the
+mean of its training data, or the mean over these images for SAEs without one), and the rest of
+the model and the head run on. For each: the head's loss against the labels (or against the
+clean predictions when there are none), its accuracy (F1 for multi-label heads) and the KL
+divergence from the clean output, averaged over units (images or patches). Then
+`recovered = (L_ablated - L_spliced) / (L_ablated - L_clean)`, a ratio of dataset means, and the
+SAE's FVE and L0 on these tokens.
+"""
+
+import dataclasses
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from saev.nn.evaluation import Accumulator
+from saev.steering.heads import Head
+from saev.steering.splice import SplicedVit
+
+CONDITIONS = ("clean", "spliced", "zero", "mean")
+
+
+@dataclasses.dataclass
+class _Sums:
+    n: int = 0
+    loss: float = 0.0
+    kl: float = 0.0
+    tp: float = 0.0
+    fp: float = 0.0
+    fn: float = 0.0
+    correct: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    loss: float
+    accuracy: float
+    """Share of units whose class is right; for multi-label heads, the micro F1."""
+    kl: float
+    """Mean KL divergence from the clean output."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SpliceEvaluation:
+    head: str
+    n_units: int
+    labels: str
+    """"given" or "clean predictions" (what the loss and accuracy compare against)."""
+    scores: dict[str, Scores]
+    recovered_zero: float
+    recovered_mean: float
+    fve: float
+    l0: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def table(self) -> str:
+        rows = ["| condition | loss | accuracy/F1 | KL to clean |", "|---|---|---|---|"]
+        rows += [f"| {c} | {s.loss:.4f} | {s.accuracy:.4f} | {s.kl:.4f} |" for c, s in self.scores.items()]
+        return "\n".join(rows)
+
+
+def evaluate_splice(
+    spliced: SplicedVit,
+    head: Head,
+    batches: Iterable[tuple[Float[Tensor, "batch 3 height width"], Tensor | None]],
+    mean_D: Float[Tensor, " d_vit"] | None = None,
+) -> SpliceEvaluation:
+    """`batches` yield images and their labels (multi-hot [B, C] or [B, P, C] for multi-label heads,
+    class indices [B] or [B, P] otherwise), or None to score against the clean predictions."""
+    sae = spliced.sae
+    mean_D = sae.act_mean if mean_D is None else mean_D
+    if mean_D is None:
+        raise ValueError("the SAE has no normalisation mean: pass mean_D (the mean activation at its layer).")
+    sums = {c: _Sums() for c in CONDITIONS}
+    acc = Accumulator(sae)
+    given = None
+    for x, labels in batches:
+        prefix = spliced.prefix(x)
+        read_BND = prefix.tokens_BTD[:, spliced.index_N]
+        with torch.inference_mode():
+            acc.add(sae.normalize(read_BND).reshape(-1, sae.cfg.d_vit))
+            tokens = {
+                "clean": prefix.tokens_BTD,
+                "spliced": spliced.tokens_with(prefix, mode="replace"),
+                "zero": spliced.replace_read(prefix, torch.zeros_like(read_BND)),
+                "mean": spliced.replace_read(prefix, mean_D.expand_as(read_BND)),
+            }
+            logits = {c: head.logits(spliced.finish(t)) for c, t in tokens.items()}
+        given = labels is not None if given is None else given
+        target = (
+            labels.to(logits["clean"].device) if labels is not None else _clean_target(head, logits["clean"])
+        )
+        for c in CONDITIONS:
+            _accumulate(sums[c], head, logits[c], logits["clean"], target)
+    scores = {c: _scores(s, head.multilabel) for c, s in sums.items()}
+    ev = acc.result()
+
+    def recovered(ablated: str) -> float:
+        gap = scores[ablated].loss - scores["clean"].loss
+        return (scores[ablated].loss - scores["spliced"].loss) / gap if gap else float("nan")
+
+    return SpliceEvaluation(
+        head.name,
+        sums["clean"].n,
+        "given" if given else "clean predictions",
+        scores,
+        recovered("zero"),
+        recovered("mean"),
+        ev.fve,
+        ev.l0,
+    )
+
+
+def _clean_target(head: Head, logits: Tensor) -> Tensor:
+    return (logits > 0).float() if head.multilabel else logits.argmax(-1)
+
+
+def _accumulate(s: _Sums, head: Head, logits: Tensor, clean: Tensor, target: Tensor) -> None:
+    n_classes = logits.shape[-1]
+    logits, clean = logits.reshape(-1, n_classes).float(), clean.reshape(-1, n_classes).float()
+    s.n += len(logits)
+    if head.multilabel:
+        target = target.reshape(-1, n_classes).float()
+        s.loss += float(F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1).sum())
+        p, q = clean.sigmoid(), logits.sigmoid()
+        kl = p * (F.logsigmoid(clean) - F.logsigmoid(logits)) + (1 - p) * (
+            F.logsigmoid(-clean) - F.logsigmoid(-logits)
+        )
+        s.kl += float(kl.mean(1).sum())
+        pred = q > 0.5
+        s.tp += float((pred & (target > 0)).sum())
+        s.fp += float((pred & (target == 0)).sum())
+        s.fn += float((~pred & (target > 0)).sum())
+    else:
+        target = target.reshape(-1).long()
+        s.loss += float(F.cross_entropy(logits, target, reduction="sum"))
+        kl = (clean.softmax(-1) * (clean.log_softmax(-1) - logits.log_softmax(-1))).sum(-1)
+        s.kl += float(kl.sum())
+        s.correct += float((logits.argmax(-1) == target).sum())
+
+
+def _scores(s: _Sums, multilabel: bool) -> Scores:
+    n = max(s.n, 1)
+    accuracy = 2 * s.tp / max(2 * s.tp + s.fp + s.fn, 1) if multilabel else s.correct / n
+    return Scores(s.loss / n, accuracy, s.kl / n)
