@@ -5,6 +5,10 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from saev.activations.families import FamilyName
+from saev.data.layout import Tokens
+from saev.steering.heads import DEFAULT_PROMPT
+
 
 @dataclasses.dataclass(frozen=True)
 class Command:
@@ -16,3 +20,25 @@ class Command:
     """Prints the result: paths a script would read on stdout, summaries on stderr."""
     description: str | None = None
     """The command's help text (default: the config's docstring)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SplicedOptions:
+    """Options of the commands that splice an SAE into its ViT (steer, evaluate)."""
+
+    vit_family: FamilyName | None = None
+    """ViT family; defaults to the SAE's recorded provenance."""
+    vit_ckpt: str | None = None
+    """ViT checkpoint; defaults to the SAE's recorded provenance."""
+    layer: int | None = None
+    """Block after which the SAE is spliced in; defaults to the SAE's recorded layer."""
+    tokens: Tokens | None = None
+    """Tokens the SAE reads (and edits); defaults to those it was trained on."""
+    force: bool = False
+    """Splice the SAE in at another layer than the one it was trained on."""
+    prompt: str = DEFAULT_PROMPT
+    """clip-zero-shot prompt template; {} is replaced by each class name."""
+    batch_size: int = 16
+    """Images per forward pass."""
+    device: str = "cpu"
+    """Torch device, e.g. cpu or cuda."""

@@ -9,19 +9,17 @@ from typing import Annotated
 import torch
 import tyro
 
-from saev.activations.families import FamilyName
-from saev.commands.base import Command
-from saev.data.layout import Tokens
+from saev.commands.base import Command, SplicedOptions
 from saev.errors import ConfigError
 from saev.fileio import write_json
 from saev.nn import checkpoints
 from saev.steering import inputs
-from saev.steering.heads import DEFAULT_PROMPT, open_head
+from saev.steering.heads import open_head
 from saev.steering.reconstruction import SpliceEvaluation, evaluate_splice
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(SplicedOptions):
     """Replace the SAE's layer by its reconstruction and score the model's heads (clean, spliced, zero- and mean-ablated)."""
 
     images: Annotated[tuple[pathlib.Path, ...], tyro.conf.Positional]
@@ -32,22 +30,6 @@ class Config:
     """Heads to score: builtin-image, builtin-patch, PROBE.safetensors (saev probe) or clip-zero-shot:CLASSES.txt."""
     out: pathlib.Path = pathlib.Path("evaluate")
     """Folder for report.json."""
-    vit_family: FamilyName | None = None
-    """ViT family; defaults to the SAE's recorded provenance."""
-    vit_ckpt: str | None = None
-    """ViT checkpoint; defaults to the SAE's recorded provenance."""
-    layer: int | None = None
-    """Block after which the SAE is spliced in; defaults to the SAE's recorded layer."""
-    tokens: Tokens | None = None
-    """Tokens replaced by their reconstruction; defaults to those the SAE was trained on."""
-    force: bool = False
-    """Splice the SAE in at another layer than the one it was trained on."""
-    prompt: str = DEFAULT_PROMPT
-    """clip-zero-shot prompt template; {} is replaced by each class name."""
-    batch_size: int = 16
-    """Images per forward pass."""
-    device: str = "cpu"
-    """Torch device, e.g. cpu or cuda."""
 
 
 @dataclasses.dataclass(frozen=True)

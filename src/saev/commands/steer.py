@@ -13,16 +13,14 @@ import torch
 import tyro
 from PIL import Image
 
-from saev.activations.families import FamilyName
 from saev.activations.transforms import visible_crop
-from saev.commands.base import Command
-from saev.data.layout import Tokens
+from saev.commands.base import Command, SplicedOptions
 from saev.errors import ConfigError
 from saev.fileio import write_json
 from saev.nn import checkpoints
 from saev.steering import effects, inputs
 from saev.steering.edits import Edit, Where, check_latents, parse_edit
-from saev.steering.heads import DEFAULT_PROMPT, Head, open_head
+from saev.steering.heads import Head, open_head
 from saev.steering.splice import SplicedVit
 from saev.visuals.heatmap import steering_panels
 
@@ -30,7 +28,7 @@ logger = logging.getLogger("saev.steer")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(SplicedOptions):
     """Edit SAE latents inside the ViT and compare the head's predictions before and after."""
 
     images: Annotated[tuple[pathlib.Path, ...], tyro.conf.Positional]
@@ -55,26 +53,10 @@ class Config:
     """With --evaluate: each latent is set to this multiple of its largest activation where it fires."""
     out: pathlib.Path = pathlib.Path("steer")
     """Folder for report.json and one PNG per image and head."""
-    vit_family: FamilyName | None = None
-    """ViT family; defaults to the SAE's recorded provenance."""
-    vit_ckpt: str | None = None
-    """ViT checkpoint; defaults to the SAE's recorded provenance."""
-    layer: int | None = None
-    """Block after which the SAE is spliced in; defaults to the SAE's recorded layer."""
-    tokens: Tokens | None = None
-    """Tokens the SAE reads and edits; defaults to those it was trained on."""
-    force: bool = False
-    """Splice the SAE in at another layer than the one it was trained on."""
-    prompt: str = DEFAULT_PROMPT
-    """clip-zero-shot prompt template; {} is replaced by each class name."""
     top: int = 3
     """Classes listed per image for classification heads."""
-    batch_size: int = 16
-    """Images per forward pass."""
     seed: int = 0
     """Seed of the random baselines (--evaluate)."""
-    device: str = "cpu"
-    """Torch device, e.g. cpu or cuda."""
 
 
 @dataclasses.dataclass(frozen=True)
