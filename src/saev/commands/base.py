@@ -5,9 +5,13 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from saev.activations.families import FamilyName
+from saev.activations.families import FamilyName, Transform
 from saev.data.layout import Tokens
-from saev.steering.heads import DEFAULT_PROMPT
+from saev.errors import ConfigError
+from saev.nn import checkpoints
+from saev.steering import inputs
+from saev.steering.heads import DEFAULT_PROMPT, Head, open_head
+from saev.steering.splice import SplicedVit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +30,10 @@ class Command:
 class SplicedOptions:
     """Options of the commands that splice an SAE into its ViT (steer, evaluate)."""
 
+    sae: str
+    """SAE checkpoint: a path, hf://ORG/NAME or hf://ORG/NAME/FILE."""
+    head: tuple[str, ...]
+    """Heads to read: builtin-image, builtin-patch, PROBE.safetensors (saev probe) or clip-zero-shot:CLASSES.txt."""
     vit_family: FamilyName | None = None
     """ViT family; defaults to the SAE's recorded provenance."""
     vit_ckpt: str | None = None
@@ -42,3 +50,22 @@ class SplicedOptions:
     """Images per forward pass."""
     device: str = "cpu"
     """Torch device, e.g. cpu or cuda."""
+
+    def spliced(self) -> tuple[SplicedVit, Transform, list[Head]]:
+        """The SAE spliced into its ViT, the ViT's transform, and the heads; bad options fail here."""
+        if not self.head:
+            raise ConfigError("give at least one --head.")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be positive, got {self.batch_size}.")
+        sae = checkpoints.load(self.sae, device=self.device).eval()
+        spliced, transform = inputs.spliced_model(
+            sae,
+            self.vit_family,
+            self.vit_ckpt,
+            self.layer,
+            self.tokens,
+            force=self.force,
+            device=self.device,
+            where=self.sae,
+        )
+        return spliced, transform, [open_head(spec, spliced.vit, self.prompt) for spec in self.head]

@@ -10,11 +10,8 @@ import torch
 import tyro
 
 from saev.commands.base import Command, SplicedOptions
-from saev.errors import ConfigError
 from saev.fileio import write_json
-from saev.nn import checkpoints
 from saev.steering import inputs
-from saev.steering.heads import open_head
 from saev.steering.reconstruction import SpliceEvaluation, evaluate_splice
 
 
@@ -24,10 +21,6 @@ class Config(SplicedOptions):
 
     images: Annotated[tuple[pathlib.Path, ...], tyro.conf.Positional]
     """Image files or folders (searched recursively); class subfolders or a saev.synthetic folder give labels."""
-    sae: str
-    """SAE checkpoint: a path, hf://ORG/NAME or hf://ORG/NAME/FILE."""
-    head: tuple[str, ...]
-    """Heads to score: builtin-image, builtin-patch, PROBE.safetensors (saev probe) or clip-zero-shot:CLASSES.txt."""
     out: pathlib.Path = pathlib.Path("evaluate")
     """Folder for report.json."""
 
@@ -40,22 +33,8 @@ class Result:
 
 
 def run(cfg: Config) -> Result:
-    if not cfg.head:
-        raise ConfigError("give at least one --head.")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"--batch-size must be positive, got {cfg.batch_size}.")
-    sae = checkpoints.load(cfg.sae, device=cfg.device).eval()
-    spliced, transform = inputs.spliced_model(
-        sae,
-        cfg.vit_family,
-        cfg.vit_ckpt,
-        cfg.layer,
-        cfg.tokens,
-        force=cfg.force,
-        device=cfg.device,
-        where=cfg.sae,
-    )
-    heads = [open_head(spec, spliced.vit, cfg.prompt) for spec in cfg.head]
+    spliced, transform, heads = cfg.spliced()
+    sae = spliced.sae
     paths = inputs.image_files(cfg.images)
     skipped: dict[str, str] = {}
     mean_D = sae.act_mean

@@ -17,10 +17,9 @@ from saev.activations.transforms import visible_crop
 from saev.commands.base import Command, SplicedOptions
 from saev.errors import ConfigError
 from saev.fileio import write_json
-from saev.nn import checkpoints
 from saev.steering import effects, inputs
 from saev.steering.edits import Edit, Where, check_latents, parse_edit
-from saev.steering.heads import Head, open_head
+from saev.steering.heads import Head
 from saev.steering.splice import SplicedVit
 from saev.visuals.heatmap import steering_panels
 
@@ -33,10 +32,6 @@ class Config(SplicedOptions):
 
     images: Annotated[tuple[pathlib.Path, ...], tyro.conf.Positional]
     """Image files or folders (searched recursively)."""
-    sae: str
-    """SAE checkpoint: a path, hf://ORG/NAME or hf://ORG/NAME/FILE."""
-    head: tuple[str, ...]
-    """Heads to read: builtin-image, builtin-patch, PROBE.safetensors (saev probe) or clip-zero-shot:CLASSES.txt."""
     edit: tuple[str, ...] = ()
     """Edits: LATENT=V sets, LATENT=+V adds, LATENT=*V scales; Vx means V times the latent's largest activation (686=-1x suppresses 686)."""
     where: Where = "all"
@@ -71,20 +66,9 @@ def run(cfg: Config) -> Result:
     edits = [parse_edit(e) for e in cfg.edit]
     patches = _patch_list(cfg.patches)
     _validate(cfg, edits)
-    sae = checkpoints.load(cfg.sae, device=cfg.device).eval()
-    check_latents(edits, sae.cfg.d_sae, cfg.sae)
-    spliced, transform = inputs.spliced_model(
-        sae,
-        cfg.vit_family,
-        cfg.vit_ckpt,
-        cfg.layer,
-        cfg.tokens,
-        force=cfg.force,
-        device=cfg.device,
-        where=cfg.sae,
-    )
+    spliced, transform, heads = cfg.spliced()
+    check_latents(edits, spliced.sae.cfg.d_sae, cfg.sae)
     spliced.eligible(patches)  # range check before any work
-    heads = [open_head(spec, spliced.vit, cfg.prompt) for spec in cfg.head]
     paths = inputs.image_files(cfg.images)
     skipped: dict[str, str] = {}
     needs_max = cfg.evaluate or any(e.relative for e in edits)
@@ -124,12 +108,10 @@ def run(cfg: Config) -> Result:
 
 
 def _validate(cfg: Config, edits: list[Edit]) -> None:
-    if not cfg.head:
-        raise ConfigError("give at least one --head.")
     if not cfg.evaluate and not edits:
         raise ConfigError("give at least one --edit (or --evaluate).")
-    if cfg.batch_size < 1 or cfg.top < 1:
-        raise ConfigError(f"--batch-size and --top must be positive (got {cfg.batch_size}, {cfg.top}).")
+    if cfg.top < 1:
+        raise ConfigError(f"--top must be positive, got {cfg.top}.")
     if not np.isfinite(cfg.value):
         raise ConfigError(f"--value {cfg.value} is not finite.")
 

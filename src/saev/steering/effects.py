@@ -128,14 +128,14 @@ class SteeringTest:
 def steering_test(
     spliced: SplicedVit,
     heads: Sequence[Head],
-    batches: Iterable[Float[Tensor, "batch 3 height width"]],
+    batches: Iterable[Tensor],
     targets: Sequence[tuple[int, int]],
     max_S: Float[Tensor, " d_sae"],
     *,
     value: float = -1.0,
     seed: int = 0,
 ) -> list[SteeringTest]:
-    """Run the test for (class index, latent) pairs over image batches; one result per head.
+    """Run the test for (class index, latent) pairs over image batches ([B, 3, H, W]); one result per head.
 
     The edit sets each latent to `value` times its largest activation where it fires.
     """

@@ -148,9 +148,7 @@ def max_from_visuals(folder: pathlib.Path, d_sae: int) -> Float[Tensor, " d_sae"
     return max_S.float()
 
 
-def max_over(
-    spliced: SplicedVit, batches: Iterator[Float[Tensor, "batch 3 height width"]]
-) -> Float[Tensor, " d_sae"]:
+def max_over(spliced: SplicedVit, batches: Iterator[Tensor]) -> Float[Tensor, " d_sae"]:
     """Each latent's largest activation over images."""
     max_S = torch.zeros(spliced.sae.cfg.d_sae, device=spliced.device)
     for x in batches:

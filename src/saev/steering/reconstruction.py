@@ -69,10 +69,10 @@ class SpliceEvaluation:
 def evaluate_splice(
     spliced: SplicedVit,
     head: Head,
-    batches: Iterable[tuple[Float[Tensor, "batch 3 height width"], Tensor | None]],
+    batches: Iterable[tuple[Tensor, Tensor | None]],
     mean_D: Float[Tensor, " d_vit"] | None = None,
 ) -> SpliceEvaluation:
-    """`batches` yield images and their labels (multi-hot [B, C] or [B, P, C] for multi-label heads,
+    """`batches` yield images [B, 3, H, W] and their labels (multi-hot [B, C] or [B, P, C] for multi-label heads,
     class indices [B] or [B, P] otherwise), or None to score against the clean predictions."""
     sae = spliced.sae
     mean_D = sae.act_mean if mean_D is None else mean_D
