@@ -332,7 +332,15 @@ def print_report(result: Result, file: TextIO | None = None) -> None:
 
 def report(result: Result) -> None:
     print_report(result)
+    if result.concepts:  # the built-in ViT and its generated images
+        print(f"explore: {serve_command(result)}")
     print(f"gallery: {result.gallery}")
+
+
+def serve_command(result: Result) -> str:
+    """The `saev serve` line that explores this run with the built-in ViT and its patch head; its
+    concept latents fire on up to a quarter of the patches, so the dense cut-off is raised."""
+    return f"saev serve --sae {result.sae} --visuals {result.gallery.parent} --head builtin-patch --dense-freq 0.25"
 
 
 COMMAND = Command(Config, run, report)

@@ -90,9 +90,9 @@ def make_visuals(
     top = top_activations(sae, store, cfg.layer, cfg.top_k, cfg.sort_by, device=cfg.device)
     chosen = _choose(cfg, top)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    _save_data(cfg, top, chosen, lookup)
-    grid = _grid(store)
     notes = notes or {}
+    _save_data(cfg, top, chosen, lookup, notes)
+    grid = _grid(store)
     pages = [
         dataclasses.replace(page, figures=(figures or {}).get(page.latent, []))
         for page in _render(cfg, top, chosen, lookup, store, grid, notes)
@@ -125,7 +125,9 @@ def _choose(cfg: VisualsConfig, top: TopActivations) -> list[int]:
     return sorted(int(s) for s in live)
 
 
-def _save_data(cfg: VisualsConfig, top: TopActivations, chosen: list[int], lookup: ImageLookup) -> None:
+def _save_data(
+    cfg: VisualsConfig, top: TopActivations, chosen: list[int], lookup: ImageLookup, notes: dict[int, str]
+) -> None:
     mapped = list(range(top.values_SK.shape[0])) if cfg.all_maps else chosen
     tensors = {
         "values": top.values_SK.float(),
@@ -157,7 +159,7 @@ def _save_data(cfg: VisualsConfig, top: TopActivations, chosen: list[int], looku
             for i, v in ranked
             if i >= 0
         ]
-        latents.append(row | {"rendered": s in rendered, "top": images})
+        latents.append(row | {"rendered": s in rendered, "note": notes.get(s, ""), "top": images})
     write_json(
         cfg.out / "latents.json",
         {"sort_by": cfg.sort_by, "n_tokens": top.stats.n_tokens, "latents": latents},

@@ -1,0 +1,164 @@
+"""`saev serve`: the interactive explorer, a local web app over an SAE spliced into its ViT."""
+
+import dataclasses
+import ipaddress
+import logging
+import pathlib
+import sys
+
+from safetensors import safe_open
+
+from saev.activations.families import FamilyName
+from saev.commands.base import Command
+from saev.data.layout import Tokens
+from saev.data.sources import scan_folder
+from saev.data.store import open_shards
+from saev.errors import ConfigError, ImageError
+from saev.explorer.session import Explorer, ImageSet, LatentInfo, Limits
+from saev.nn import checkpoints
+from saev.steering import inputs
+from saev.steering.heads import DEFAULT_PROMPT, open_head
+from saev.visuals.lookup import ImageLookup
+
+logger = logging.getLogger("saev.serve")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Explore an SAE in the browser: pick an image, select patches, see their latents, edit them, compare predictions."""
+
+    sae: str
+    """SAE checkpoint: a path, hf://ORG/NAME or hf://ORG/NAME/FILE."""
+    visuals: pathlib.Path
+    """The saev visuals output of this SAE: latents' largest activations, frequencies, notes, top images and gallery pages."""
+    head: str | None = None
+    """builtin-image, builtin-patch (the default for the built-in ViT), PROBE.safetensors (saev probe) or clip-zero-shot:CLASSES.txt."""
+    images: pathlib.Path | None = None
+    """A folder of images to explore (default: the images of the store the visuals were made from)."""
+    shards: pathlib.Path | None = None
+    """A store whose images to explore (default: the one the visuals were made from)."""
+    vit_family: FamilyName | None = None
+    """ViT family; defaults to the SAE's recorded provenance."""
+    vit_ckpt: str | None = None
+    """ViT checkpoint; defaults to the SAE's recorded provenance."""
+    layer: int | None = None
+    """Block after which the SAE is spliced in; defaults to the SAE's recorded layer."""
+    tokens: Tokens | None = None
+    """Tokens the SAE reads and edits; defaults to those it was trained on."""
+    force: bool = False
+    """Splice the SAE in at another layer than the one it was trained on."""
+    prompt: str = DEFAULT_PROMPT
+    """clip-zero-shot prompt template; {} is replaced by each class name."""
+    host: str = "127.0.0.1"
+    """Address to listen on; anything but loopback exposes the explorer to the network."""
+    port: int = 8000
+    """Port to listen on."""
+    cache_images: int = 64
+    """Images whose prefix (activations, codes, predictions) is kept in memory."""
+    upload_mb: float = 10.0
+    """Largest upload accepted, in MB."""
+    dense_freq: float = 0.01
+    """Latents firing on more than this fraction of all tokens are listed only when asked for."""
+    device: str = "cpu"
+    """Torch device, e.g. cpu or cuda."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    url: str
+
+
+def build(cfg: Config):
+    """The explorer's web app for `cfg` (checked before any server starts)."""
+    try:
+        from saev.explorer import (
+            app as web,
+        )  # FastAPI: the optional `serve` extra, needed by this command only
+    except ImportError as err:
+        raise ConfigError(
+            f"saev serve needs the serve extra ({err.name} is missing): pip install -e '.[serve]'."
+        ) from None
+    if cfg.cache_images < 1 or cfg.upload_mb <= 0 or not 0 < cfg.port < 65536:
+        raise ConfigError("--cache-images and --upload-mb must be positive, --port in 1..65535.")
+    sae = checkpoints.load(cfg.sae, device=cfg.device).eval()
+    spliced, transform = inputs.spliced_model(
+        sae,
+        cfg.vit_family,
+        cfg.vit_ckpt,
+        cfg.layer,
+        cfg.tokens,
+        force=cfg.force,
+        device=cfg.device,
+        where=cfg.sae,
+    )
+    head_spec = cfg.head or ("builtin-patch" if spliced.vit.family == "builtin" else None)
+    if head_spec is None:
+        raise ConfigError(
+            "give --head: a probe (saev probe), clip-zero-shot:CLASSES.txt, or builtin-* for the built-in ViT."
+        )
+    head = open_head(head_spec, spliced.vit, cfg.prompt)
+    latents = LatentInfo.from_visuals(cfg.visuals, sae.cfg.d_sae)
+    if not 0 < cfg.dense_freq <= 1:
+        raise ConfigError(f"--dense-freq is a fraction of tokens in (0, 1], got {cfg.dense_freq}.")
+    limits = Limits(
+        cache_images=cfg.cache_images, upload_bytes=int(cfg.upload_mb * 2**20), dense_freq=cfg.dense_freq
+    )
+    explorer = Explorer(spliced, transform, head, _images(cfg), latents, limits, title=cfg.sae)
+    return web.create_app(explorer, cfg.visuals), explorer
+
+
+def _images(cfg: Config) -> ImageSet:
+    if cfg.images is not None:
+        folder = scan_folder(cfg.images)
+        return ImageSet(
+            folder.files, [folder.record(i)["label"] for i in range(len(folder))], _loader(folder.load)
+        )
+    shards = cfg.shards or _visuals_store(cfg.visuals)
+    lookup = ImageLookup(open_shards(shards))
+    n = len(lookup.records) if lookup.records else len(lookup.source)
+    names = [pathlib.PurePath(lookup.path(i)).name for i in range(n)]
+    return ImageSet(names, [lookup.describe(i).get("label") for i in range(n)], lookup.load)
+
+
+def _loader(load):
+    def safe(i: int):
+        try:
+            return load(i)
+        except ImageError:
+            return None
+
+    return safe
+
+
+def _visuals_store(visuals: pathlib.Path) -> pathlib.Path:
+    try:
+        with safe_open(str(visuals / "topk.safetensors"), "pt") as f:
+            return pathlib.Path((f.metadata() or {})["shards"])
+    except (FileNotFoundError, OSError, KeyError) as err:
+        raise ConfigError(
+            f"--visuals {visuals}: cannot find the store it was made from ({err}); give --shards or --images."
+        ) from None
+
+
+def run(cfg: Config) -> Result:
+    import uvicorn  # the optional `serve` extra
+
+    app, _ = build(cfg)
+    if not _loopback(cfg.host):
+        logger.warning("listening on %s: anyone who can reach this machine can use the explorer", cfg.host)
+    url = f"http://{cfg.host if ':' not in cfg.host else f'[{cfg.host}]'}:{cfg.port}/"
+    print(f"saev explorer: {url}", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    return Result(url)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+COMMAND = Command(Config, run, lambda result: None)

@@ -1,0 +1,330 @@
+"""The explorer's state and computations, independent of the web server.
+
+An `Explorer` holds one spliced model, one head, the images the page can pick (a store's or a
+folder's) plus uploads, and what `saev visuals` wrote about the latents (their largest activation,
+firing frequency, notes and top images). Each image's prefix (the blocks up to the SAE's layer,
+the codes and the clean predictions) is computed once and kept in a bounded LRU cache, so a slider
+move runs only the decoder change, the blocks after the layer and the head.
+"""
+
+import collections
+import dataclasses
+import hashlib
+import io
+import json
+import pathlib
+import threading
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import safe_open
+from torch import Tensor
+
+from saev.activations.families.base import Transform
+from saev.activations.transforms import visible_crop
+from saev.data.images import to_rgb
+from saev.errors import ConfigError, ImageError
+from saev.steering.edits import Edit
+from saev.steering.heads import Head
+from saev.steering.splice import Prefix, SplicedVit
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    cache_images: int = 64
+    """Images whose prefix (activations, codes, clean predictions) stays in memory."""
+    upload_bytes: int = 10 * 2**20
+    upload_pixels: int = 40_000_000
+    max_uploads: int = 64
+    dense_freq: float = 0.01
+    """Latents firing on more than this fraction of tokens are left out of the list unless asked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentInfo:
+    """What `saev visuals` wrote about every latent (or what is known without it)."""
+
+    max_S: Tensor
+    freq_S: Tensor | None
+    notes: dict[int, str]
+    top: dict[int, list[dict[str, Any]]]
+    """Each latent's top images: image index in the store, value."""
+    rendered: set[int]
+    """Latents with a gallery page."""
+
+    @classmethod
+    def from_visuals(cls, folder: pathlib.Path, d_sae: int) -> "LatentInfo":
+        try:
+            with safe_open(str(folder / "topk.safetensors"), "pt") as f:
+                max_S, freq_S = f.get_tensor("max").float(), f.get_tensor("freq").float()
+            rows = json.loads((folder / "latents.json").read_text())["latents"]
+        except (FileNotFoundError, OSError, KeyError, ValueError) as err:
+            raise ConfigError(f"--visuals {folder}: not a saev visuals output folder ({err}).") from None
+        if max_S.shape != (d_sae,):
+            raise ConfigError(
+                f"--visuals {folder}: describes {max_S.shape[0]} latents, but the SAE has {d_sae}."
+            )
+        return cls(
+            max_S,
+            freq_S,
+            {r["latent"]: r["note"] for r in rows if r.get("note")},
+            {r["latent"]: [{"image_i": t["image_i"], "value": t["value"]} for t in r["top"]] for r in rows},
+            {r["latent"] for r in rows if r.get("rendered")},
+        )
+
+
+class ImageSet:
+    """The images the page can pick: named, labelled, loaded on demand."""
+
+    def __init__(self, names: Sequence[str], labels: Sequence[str | None], loader):
+        self.names, self.labels, self._load = list(names), list(labels), loader
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, i: int) -> Image.Image:
+        img = self._load(i)
+        if img is None:
+            raise ImageError(f"image {i} ({self.names[i]}) cannot be read")
+        return img
+
+
+@dataclasses.dataclass
+class _Entry:
+    crop: Image.Image
+    prefix: Prefix
+    before: Tensor
+    """Clean head logits: [classes] or [patches, classes]."""
+
+
+class Explorer:
+    def __init__(
+        self,
+        spliced: SplicedVit,
+        transform: Transform,
+        head: Head,
+        images: ImageSet,
+        latents: LatentInfo,
+        limits: Limits = Limits(),
+        *,
+        title: str = "",
+    ):
+        self.spliced, self.transform, self.head, self.images, self.info_latents = (
+            spliced,
+            transform,
+            head,
+            images,
+            latents,
+        )
+        self.limits, self.title = limits, title
+        self._cache: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
+        self._uploads: collections.OrderedDict[str, Image.Image] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        """One computation at a time: the model is shared, and CPU cores are few."""
+
+    # What the page shows
+
+    def info(self) -> dict[str, Any]:
+        layout = self.spliced.vit.layout
+        sae = self.spliced.sae
+        return {
+            "title": self.title,
+            "vit": self.spliced.vit.name,
+            "layer": self.spliced.layer,
+            "tokens": self.spliced.tokens,
+            "grid": list(layout.grid),
+            "n_patches": layout.n_patches,
+            "d_sae": sae.cfg.d_sae,
+            "head": {
+                "name": self.head.name,
+                "kind": self.head.kind,
+                "multilabel": self.head.multilabel,
+                "classes": list(self.head.classes),
+            },
+            "n_images": len(self.images),
+            "dense_freq": self.limits.dense_freq,
+            "slider": {"min": -10, "max": 10, "suppress": -1},
+        }
+
+    def image_list(self, offset: int, limit: int) -> dict[str, Any]:
+        stop = min(len(self.images), offset + limit)
+        return {
+            "total": len(self.images),
+            "images": [
+                {"id": f"s{i}", "name": self.images.names[i], "label": self.images.labels[i]}
+                for i in range(offset, stop)
+            ],
+        }
+
+    def crop_png(self, image_id: str) -> bytes:
+        buf = io.BytesIO()
+        self._entry(image_id).crop.save(buf, "PNG")
+        return buf.getvalue()
+
+    def thumb_jpeg(self, image_id: str, size: int = 112) -> bytes:
+        """A small picture of the crop, without running the model."""
+        crop = visible_crop(self.transform, self._image(image_id))
+        crop.thumbnail((size, size))
+        buf = io.BytesIO()
+        crop.save(buf, "JPEG", quality=85)
+        return buf.getvalue()
+
+    def upload(self, data: bytes) -> str:
+        """Keep an uploaded image (bounded in bytes, pixels and count); returns its id."""
+        limits = self.limits
+        if len(data) > limits.upload_bytes:
+            raise ConfigError(f"upload of {len(data)} bytes is over the {limits.upload_bytes}-byte limit.")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))
+                if img.width * img.height > limits.upload_pixels:
+                    raise ConfigError(
+                        f"upload of {img.width}x{img.height} pixels is over the {limits.upload_pixels}-pixel limit."
+                    )
+                img.load()
+        except ConfigError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ConfigError("upload refused: over Pillow's decompression-bomb limit.") from None
+        except Exception as err:  # Pillow raises many types for undecodable bytes
+            raise ConfigError(f"upload is not an image Pillow can decode ({type(err).__name__}).") from None
+        image_id = "u" + hashlib.sha256(data).hexdigest()[:16]
+        with self._lock:
+            self._uploads[image_id] = to_rgb(img)
+            self._uploads.move_to_end(image_id)
+            while len(self._uploads) > limits.max_uploads:
+                self._uploads.popitem(last=False)
+        return image_id
+
+    def latents(self, image_id: str, patches: Sequence[int], top: int, include_dense: bool) -> dict[str, Any]:
+        """The latents most active on the selected patches (sum of codes), each with its codes on
+        every patch of the image, its note and top images."""
+        entry = self._entry(image_id)
+        codes_PS = self._patch_codes(entry)
+        selected = self._check_patches(patches) or list(range(codes_PS.shape[0]))
+        score_S = codes_PS[selected].sum(0)
+        info = self.info_latents
+        if not include_dense and info.freq_S is not None:
+            score_S = torch.where(info.freq_S.to(score_S.device) > self.limits.dense_freq, 0.0, score_S)
+        order = [int(s) for s in torch.argsort(score_S, descending=True)[:top] if score_S[s] > 0]
+        return {
+            "image": image_id,
+            "patches": selected,
+            "latents": [self._latent_row(s, codes_PS, score_S) for s in order],
+        }
+
+    def latent(self, image_id: str, latent: int) -> dict[str, Any]:
+        """One latent (added by id), as it appears in the list."""
+        self._check_latent(latent)
+        entry = self._entry(image_id)
+        codes_PS = self._patch_codes(entry)
+        return self._latent_row(latent, codes_PS, codes_PS.sum(0))
+
+    def predict(
+        self, image_id: str, edits: Sequence[tuple[int, float]], patches: Sequence[int] | None
+    ) -> dict[str, Any]:
+        """The head's predictions before and after setting each latent to `value` times its largest
+        activation where it fires (on the selected patches only, when given)."""
+        for latent, value in edits:
+            self._check_latent(latent)
+            if not np.isfinite(value) or abs(value) > 1000:
+                raise ConfigError(
+                    f"edit of latent {latent}: value {value} must be a finite multiple of its maximum."
+                )
+        selection = self._check_patches(patches) if patches else None
+        entry = self._entry(image_id)
+        with self._lock:
+            after = entry.before
+            if edits:
+                spliced = self.spliced
+                plan = [Edit(latent, "set", float(value), relative=True) for latent, value in edits]
+                codes = spliced.edit(
+                    entry.prefix, plan, where="active", patches=selection, max_S=self.info_latents.max_S
+                )
+                after = self.head.logits(spliced.finish(spliced.tokens_with(entry.prefix, codes)))[0].cpu()
+        return {
+            "image": image_id,
+            "before": self._predictions(entry.before),
+            "after": self._predictions(after),
+            "changed": self._changed(entry.before, after),
+        }
+
+    # Internals
+
+    def _entry(self, image_id: str) -> _Entry:
+        with self._lock:
+            if image_id in self._cache:
+                self._cache.move_to_end(image_id)
+                return self._cache[image_id]
+            img = self._image(image_id)
+            crop = visible_crop(self.transform, img)
+            prefix = self.spliced.prefix(self.transform(img)[None])
+            before = self.head.logits(self.spliced.finish(prefix.tokens_BTD))[0].cpu()
+            entry = _Entry(crop, prefix, before)
+            self._cache[image_id] = entry
+            while len(self._cache) > self.limits.cache_images:
+                self._cache.popitem(last=False)
+            return entry
+
+    def _image(self, image_id: str) -> Image.Image:
+        if image_id.startswith("u") and image_id in self._uploads:
+            return self._uploads[image_id]
+        if image_id.startswith("s") and image_id[1:].isdigit() and int(image_id[1:]) < len(self.images):
+            return self.images.load(int(image_id[1:]))
+        raise KeyError(image_id)
+
+    def _patch_codes(self, entry: _Entry) -> Tensor:
+        """[patches, d_sae]: the codes of the patch tokens, in patch order."""
+        at = self.spliced.patch_N >= 0
+        codes_PS = torch.zeros(self.spliced.vit.layout.n_patches, self.spliced.sae.cfg.d_sae)
+        codes_PS[self.spliced.patch_N[at].cpu()] = entry.prefix.codes_BNS[0, at].cpu()
+        return codes_PS
+
+    def _latent_row(self, s: int, codes_PS: Tensor, score_S: Tensor) -> dict[str, Any]:
+        info = self.info_latents
+        return {
+            "latent": s,
+            "score": float(score_S[s]),
+            "max": float(info.max_S[s]),
+            "freq": float(info.freq_S[s]) if info.freq_S is not None else None,
+            "note": info.notes.get(s, ""),
+            "codes": [round(float(v), 4) for v in codes_PS[:, s]],
+            "top": info.top.get(s, [])[:6],
+            "page": s in info.rendered,
+        }
+
+    def _predictions(self, logits: Tensor) -> dict[str, Any]:
+        head = self.head
+        predicted = head.predict(logits)
+        if head.kind == "image":
+            return {
+                "probs": [round(float(p), 4) for p in head.probs(logits)],
+                "predicted": predicted.tolist(),
+            }
+        return {
+            "classes": [torch.nonzero(row).flatten().tolist() for row in predicted],
+            "top": head.top_class(logits).tolist(),
+        }
+
+    def _changed(self, before: Tensor, after: Tensor) -> list[int]:
+        diff = self.head.predict(before) != self.head.predict(after)
+        if self.head.kind == "image":
+            return torch.nonzero(diff).flatten().tolist()
+        return torch.nonzero(diff.any(-1)).flatten().tolist()
+
+    def _check_latent(self, latent: int) -> None:
+        d_sae = self.spliced.sae.cfg.d_sae
+        if not 0 <= latent < d_sae:
+            raise ConfigError(f"latent {latent} out of range: the SAE has {d_sae} latents (0..{d_sae - 1}).")
+
+    def _check_patches(self, patches: Sequence[int]) -> list[int]:
+        n = self.spliced.vit.layout.n_patches
+        bad = sorted({p for p in patches if not 0 <= p < n})
+        if bad:
+            raise ConfigError(f"patches {bad[:10]} out of range: the model has {n} patches (0..{n - 1}).")
+        return sorted(set(patches))
