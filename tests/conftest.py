@@ -132,3 +132,21 @@ def photos_dir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def photos(photos_dir) -> list[pathlib.Path]:
     return sorted(photos_dir.iterdir())
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (CI installs it); this browser test is skipped"
+)
+
+
+def launch_chromium(playwright):
+    """The system Chromium, headless, with nothing that would reach the network on its own."""
+    flags = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+    ]
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=flags)

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import pathlib
-import shutil
 import socket
 import threading
 import time
@@ -19,11 +18,11 @@ from saev import synthetic
 from saev.cli import main
 from saev.commands import serve
 from saev.explorer.app import Coalescer
+from tests.conftest import launch_chromium, needs_chromium
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SQUARE = synthetic.CONCEPTS.index("shape:square")
 
 
@@ -224,24 +223,14 @@ def server(run):
     thread.join(5)
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="Chromium is not installed (CI installs it); the explorer browser test is skipped",
-)
+@needs_chromium
 def test_the_page_in_a_real_browser(run, server, tmp_path):
     from playwright.sync_api import sync_playwright
 
     out, _, square_latent, _ = run
     image, patches = square_image(out)
-    flags = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-    ]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1500, "height": 950})
         errors, requests = [], []
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

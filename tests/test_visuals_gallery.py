@@ -13,9 +13,8 @@ import saev.data
 import saev.nn
 from saev.cli import main
 from saev.visuals.topk import top_activations
+from tests.conftest import launch_chromium, needs_chromium
 from tests.test_recording import cli_args
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -93,23 +92,13 @@ def test_missing_images_become_placeholders(gallery, capsys):
     assert abs(arr.mean() - 200) < 20  # the grey placeholder tile
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="Chromium is not installed (CI installs it); the gallery browser check is skipped",
-)
+@needs_chromium
 def test_gallery_opens_from_file_urls_without_errors(gallery, tmp_path):
     from playwright.sync_api import sync_playwright
 
     out = gallery[0] / "out"
-    flags = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-    ]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         errors, requests = [], []
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
