@@ -201,8 +201,13 @@ def test_the_patch_grid_comes_from_layout_json_or_a_square(tmp_path, tiny_clip, 
         "grid": [14, 14],
         "n_registers": 0,
         "patch_order": "row-major",
+        "n_blocks": 4,
     }
     assert store.grid == (14, 14) and set(store.metadata) == PROTOCOL_KEYS  # metadata.json untouched
+    # The store knows the model's depth, so block -2 of 4 can also be called 2.
+    assert store.layer_label(2) == -2 and store.layer_index(2) == store.layer_index(-2) == 0
+    with pytest.raises(StoreError, match=r"layer 1 is not in this store; it holds layers \[-2\]"):
+        store.layer_index(1)
 
     acts = np.zeros((3, 1, 1 + 6, 4), dtype=np.float32)
     old = saev.data.open_shards(write_store(tmp_path / "old", acts[:, :, :5], per_shard=2))

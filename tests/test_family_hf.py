@@ -326,5 +326,5 @@ def test_clear_errors(folders, tmp_path, monkeypatch):
         make_vit("hf", wrong_size, pretrained=False)
 
     monkeypatch.setitem(sys.modules, "transformers", None)
-    with pytest.raises(ModelError, match="needs transformers: pip install 'saev\\[hf\\]'"):
+    with pytest.raises(ModelError, match="needs transformers: pip install -e '\\.\\[hf\\]'"):
         make_vit("hf", folders["dinov2"])

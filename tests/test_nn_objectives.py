@@ -88,6 +88,17 @@ def test_batchtopk_sparse_and_dense_agree_and_learn_a_threshold():
     torch.testing.assert_close(alone, together)
 
 
+def test_batchtopk_threshold_keeps_up_with_shrinking_activations():
+    # Early in a run the pre-activations shrink fast; the inference threshold must follow them
+    # within a few dozen steps, or a short run encodes with L0 far below k.
+    act = saev.nn.architectures.batchtopk.BatchTopKActivation(k=4).train()
+    pre = torch.rand(256, S, generator=torch.Generator().manual_seed(0))
+    for step in range(60):
+        act.select(pre * (2.0 - step / 60))
+    last = float((pre * (2.0 - 59 / 60)).flatten().topk(4 * 256).values.min())
+    assert float(act.threshold) == pytest.approx(last, rel=0.05)
+
+
 def test_relu_l1_objective_is_the_reference_one():
     sae = make(saev.nn.Relu())
     x = torch.randn(30, D)

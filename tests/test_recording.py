@@ -369,7 +369,7 @@ def test_hugging_face_dataset_source(tmp_path, tiny_clip, photos_dir):
 
 def test_missing_datasets_package_is_a_clear_error(tmp_path, tiny_clip, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
-    with pytest.raises(ConfigError, match=r"pip install 'saev\[hf\]'"):
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[hf\]'"):
         record(
             RecordConfig(
                 vit_family="clip",

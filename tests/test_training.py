@@ -212,10 +212,19 @@ def test_relu_runs_export_to_the_reference_format(dictionary, tmp_path):
         (dict(n_train=-5), "--n-train must be positive"),
         (dict(matryoshka_prefixes=(8, 4)), "increasing"),
         (dict(holdout=1.0), "--holdout"),
-        (dict(batch_size=10**6), "no full batch"),
+        (
+            dict(batch_size=10**6),
+            "has 19,000 training tokens .* fewer than one batch of --batch-size 1000000",
+        ),
+        (dict(n_train=100), "--n-train 100 is less than one batch of --batch-size 500"),
+        (dict(lr=float("nan")), "--lr must be a positive number"),
+        (dict(out=None), "inside the run folder"),
     ],
 )
 def test_bad_configurations_fail_before_any_work(dictionary, tmp_path, change, message):
+    if "out" in change:  # an --out inside an existing run folder
+        [done] = train(base(dictionary, tmp_path / "first", n_train=5_000))
+        change = {"out": done.path / "nested"}
     with pytest.raises(ConfigError, match=message):
         train(base(dictionary, tmp_path, exp_factor=4, **change))
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("metrics.jsonl"))
@@ -239,7 +248,7 @@ def test_unknown_sweep_keys_and_conflicting_run_dirs(dictionary, tmp_path):
 
 def test_wandb_is_optional(dictionary, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)
-    with pytest.raises(ConfigError, match="pip install 'saev\\[wandb\\]'"):
+    with pytest.raises(ConfigError, match="pip install -e '\\.\\[wandb\\]'"):
         train(base(dictionary, tmp_path, wandb_project="p"))
     logged = []
 

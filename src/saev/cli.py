@@ -1,24 +1,49 @@
 """The `saev` command: parse a command's config dataclass, run it, report its result."""
 
-import logging
-import sys
-from typing import Annotated, Any, Union
+import os
 
-import tyro
+# Idle OpenMP threads must sleep, not spin, or a busy neighbour process slows every command
+# tenfold (see saev.runtime); the runtime reads this once, when torch loads just below.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from saev.commands import COMMANDS
-from saev.errors import SaevError
+import logging  # noqa: E402
+import sys  # noqa: E402
+from typing import Annotated, Any, Union  # noqa: E402
+
+import torch  # noqa: E402
+import tyro  # noqa: E402
+
+import saev  # noqa: E402
+from saev import runtime  # noqa: E402
+from saev.commands import COMMANDS  # noqa: E402
+from saev.errors import SaevError  # noqa: E402
+
+DESCRIPTION = (
+    "Sparse autoencoders for vision transformers. Compute uses one thread per idle core; "
+    f"set {runtime.ENV}=N to choose."
+)
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("saev").setLevel(logging.INFO)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] in (["--version"], ["-V"]):
+        print(f"saev {saev.__version__}")
+        return
+    try:
+        choice = runtime.system_choice()
+    except ValueError as err:
+        print(f"saev: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    torch.set_num_threads(choice.threads)
+    logging.getLogger("saev").debug("%d compute threads (%s)", choice.threads, choice.reason)
     choices = tuple(
         Annotated[Any, tyro.conf.subcommand(name, constructor=cmd.config, description=cmd.description)]
         for name, cmd in COMMANDS.items()
     )
     one_of = Union[choices]  # noqa: UP007 (a union built at run time)
-    cfg = tyro.cli(one_of, prog="saev", description="Sparse autoencoders for vision transformers.", args=argv)
+    cfg = tyro.cli(one_of, prog="saev", description=DESCRIPTION, args=args)
     command = next(cmd for cmd in COMMANDS.values() if isinstance(cfg, cmd.config))
     try:
         command.report(command.run(cfg))

@@ -62,7 +62,7 @@ def score_store(
     records = {pathlib.PurePath(r.file).name: r for r in dataset.records}
     n = len(store)
     held_out = range(n - max(2, int(np.ceil(holdout * n))), n)
-    layer_i, cls = store.meta.layer_index(layer), int(store.meta.cls_token)
+    layer_i, cls = store.layer_index(layer), int(store.meta.cls_token)
     acts, labels = [], []
     for i in held_out:
         acts.append(torch.from_numpy(store.acts(i)[layer_i, cls:]))

@@ -115,7 +115,7 @@ def record(cfg: RecordConfig) -> RecordResult:
         data=source.describe(),
         dtype=cfg.dtype,
     )
-    layout = md.PatchLayout(vit.layout.grid, vit.layout.n_registers)
+    layout = md.PatchLayout(vit.layout.grid, vit.layout.n_registers, n_blocks)
     writer = ShardWriter(cfg.dump_to, planned, source.fingerprint(), source.describe(), layout)
     if writer.complete:
         logger.info("store already complete, nothing to do: %s", writer.root)

@@ -42,6 +42,8 @@ class Config:
     """ViT checkpoint; defaults to the SAE's recorded provenance."""
     layer: int | None = None
     """Transformer block the SAE reads; defaults to the SAE's recorded provenance."""
+    force: bool = False
+    """Read another block than the one the SAE was trained on."""
     top: int = 5
     """Number of latents drawn per image."""
     batch_size: int = 16
@@ -60,8 +62,8 @@ class Result:
 def run(cfg: Config) -> Result:
     if not cfg.images:
         raise ConfigError("give at least one image to inspect.")
-    if cfg.top < 1:
-        raise ConfigError(f"--top must be at least 1, got {cfg.top}.")
+    if cfg.top < 1 or cfg.batch_size < 1:
+        raise ConfigError(f"--top and --batch-size must be at least 1, got {cfg.top} and {cfg.batch_size}.")
     sae = checkpoints.load(cfg.sae, device=cfg.device).eval()
     family, ckpt, layer = _model_from(cfg, sae)
     if sae.normalization is None:
@@ -71,6 +73,12 @@ def run(cfg: Config) -> Result:
             cfg.sae,
         )
     vit = families.make_vit(family, ckpt).to(cfg.device)
+    trained = sae.provenance.layer
+    if trained is not None and vit.block_index(trained) != vit.block_index(layer) and not cfg.force:
+        raise ConfigError(
+            f"{cfg.sae} was trained on block {trained} but --layer {layer} is another block of {vit.name}; "
+            "its latents mean nothing there (--force to do it anyway)."
+        )
     transform = families.make_img_transform(family, ckpt)
     recorder = RecordedVisionTransformer(vit, vit.layout.n_patches, False, [layer]).to(cfg.device)
     if vit.d_vit != sae.cfg.d_vit:
@@ -119,6 +127,10 @@ def run(cfg: Config) -> Result:
             written.append(stem.with_suffix(".png"))
             bar.update(1)
     bar.close()
+    if not written:
+        raise ImageError(
+            f"none of the {len(cfg.images)} image(s) could be read: {'; '.join(skipped.values())}"
+        )
     return Result(written, skipped)
 
 

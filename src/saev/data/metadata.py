@@ -66,11 +66,6 @@ class Metadata:
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode("utf-8")
         return hashlib.sha256(blob).hexdigest()
 
-    def layer_index(self, layer: int) -> int:
-        if layer not in self.layers:
-            raise StoreError(f"layer {layer} is not in this store; it holds layers {list(self.layers)}.")
-        return self.layers.index(layer)
-
 
 def parse(dct: dict[str, Any], source: str = "metadata.json") -> Metadata:
     """Read metadata from any era: vit_*, model_family/model_ckpt, model_org/model_ckpt; either shard budget name."""
@@ -130,15 +125,23 @@ class PatchLayout:
     """Patch rows and columns; patches are stored in row-major order."""
     n_registers: int = 0
     """Register tokens the model has (never stored: recordings keep [CLS] and patches only)."""
+    n_blocks: int | None = None
+    """The model's depth, so a layer can be named from either end (2 and -2 of 4 blocks)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"grid": list(self.grid), "n_registers": self.n_registers, "patch_order": "row-major"}
+        dct = {"grid": list(self.grid), "n_registers": self.n_registers, "patch_order": "row-major"}
+        return dct if self.n_blocks is None else dct | {"n_blocks": self.n_blocks}
 
 
 def read_layout(path: pathlib.Path, meta: Metadata) -> PatchLayout:
     try:
         dct = json.loads(path.read_text())
-        layout = PatchLayout((int(dct["grid"][0]), int(dct["grid"][1])), int(dct.get("n_registers", 0)))
+        n_blocks = dct.get("n_blocks")
+        layout = PatchLayout(
+            (int(dct["grid"][0]), int(dct["grid"][1])),
+            int(dct.get("n_registers", 0)),
+            None if n_blocks is None else int(n_blocks),
+        )
     except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as err:
         raise StoreError(f"{path}: expected {{'grid': [rows, columns], 'n_registers': n}} ({err}).") from None
     rows, cols = layout.grid

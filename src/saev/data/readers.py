@@ -50,7 +50,7 @@ def iter_batches(
     store = path if isinstance(path, ShardStore) else open_shards(path)
     if batch_size < 1:
         raise StoreError(f"batch_size must be positive, got {batch_size}.")
-    layer_i = store.meta.layer_index(layer)
+    layer_i = store.layer_index(layer)
     view = store.token_view(tokens)
     images = range(len(store)) if images is None else images
     if images.step != 1 or images.start < 0 or images.stop > len(store):

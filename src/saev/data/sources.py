@@ -101,10 +101,10 @@ class HfSource:
 
     def __post_init__(self):
         try:
-            import datasets  # optional extra (saev[hf]), and 1 s to import
+            import datasets  # optional extra .[hf], and 1 s to import
         except ImportError:
             raise ConfigError(
-                "hf: image sources need the `datasets` package: pip install 'saev[hf]'."
+                "hf: image sources need the `datasets` package: pip install -e '.[hf]'."
             ) from None
         try:
             self.ds = datasets.load_dataset(self.name, split=self.split)

@@ -32,7 +32,7 @@ def sample_examples(
     store: ShardStore, layer: int, tokens: Tokens, n_samples: int = N_SAMPLES
 ) -> Float[torch.Tensor, "n d_vit"]:
     """The reference's sample of a store's examples, float32 [n, d_vit], read in one sequential pass."""
-    layer_i = store.meta.layer_index(layer)
+    layer_i = store.layer_index(layer)
     view = store.token_view(tokens)
     wanted = reference_sample(len(store) * view.n, n_samples)
     out = np.empty((len(wanted), store.d_vit), dtype=np.float32)
@@ -50,7 +50,7 @@ def sample_examples(
 
 
 def cache_path(store: ShardStore, layer: int, tokens: Tokens) -> pathlib.Path:
-    return store.path / f"normalization_layer{layer}_{tokens}.json"
+    return store.path / f"normalization_layer{store.layer_label(layer)}_{tokens}.json"
 
 
 def store_normalization(store: ShardStore, layer: int, tokens: Tokens) -> ActNorm:

@@ -131,6 +131,24 @@ class ShardStore:
             )
         return md.PatchLayout((side, side))
 
+    def layer_label(self, layer: int) -> int:
+        """The store's own name of `layer`: as recorded, or the same block counted from the other
+        end when layout.json gives the model's depth."""
+        if layer in self.meta.layers:
+            return layer
+        n_blocks = self.layout.n_blocks if (self.path / md.LAYOUT_FILE).exists() else None
+        if n_blocks is not None and -n_blocks <= layer < n_blocks:
+            for label in self.meta.layers:
+                if label % n_blocks == layer % n_blocks:
+                    return label
+        raise StoreError(
+            f"{self.path}: layer {layer} is not in this store; it holds layers {list(self.meta.layers)}."
+        )
+
+    def layer_index(self, layer: int) -> int:
+        """Position of `layer` (either sign, see `layer_label`) on the shards' layer axis."""
+        return self.meta.layers.index(self.layer_label(layer))
+
     @property
     def grid(self) -> tuple[int, int]:
         """(rows, columns) of the patch grid; patches are stored in row-major order."""

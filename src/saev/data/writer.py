@@ -115,9 +115,13 @@ class ShardWriter:
         self._thread.join()
         self._raise_pending()
         skipped = sorted(self.skips, key=lambda s: s.index)
-        write_json(self.root / "skipped.json", [dataclasses.asdict(s) for s in skipped])
         if not self.images:
-            raise StoreError(f"no image could be read; reasons are in {self.root / 'skipped.json'}.")
+            self._remove()
+            reasons = "; ".join(s.reason for s in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+            raise StoreError(
+                f"no image could be read ({len(skipped)} tried), so no store was written: {reasons}"
+            )
+        write_json(self.root / "skipped.json", [dataclasses.asdict(s) for s in skipped])
         write_json(self.root / "images.json", {"source": self.source, "images": self.images}, indent=None)
         if self.layout is not None:
             write_json(self.root / md.LAYOUT_FILE, self.layout.to_dict())
@@ -176,6 +180,13 @@ class ShardWriter:
         }
         write_json(self.root / STATE_FILE, self.state, indent=None)
         write_json(self.root / "shards.json", shards)
+
+    def _remove(self) -> None:
+        """Delete the store folder this writer made, which holds no image (never a user's files)."""
+        for path in [self.root / STATE_FILE, self.root / "shards.json", *self.root.glob("acts*.bin*")]:
+            path.unlink(missing_ok=True)
+        if not any(self.root.iterdir()):
+            self.root.rmdir()
 
     def _partial(self, shard_i: int) -> pathlib.Path:
         return self.root / f"acts{shard_i:06d}.bin.partial"

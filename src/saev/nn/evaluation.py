@@ -11,6 +11,14 @@ from saev.nn.modeling import SparseAutoencoder
 
 DENSE_FREQ = 0.1
 """A latent firing on more than this fraction of tokens counts as dense."""
+DEAD_DEFINITION = "dead: a latent that fires on none of the tokens counted"
+DENSE_DEFINITION = f"dense: one that fires on more than {DENSE_FREQ:.0%} of them"
+
+
+def dead_and_dense(freq_S: Tensor) -> tuple[Tensor, Tensor]:
+    """The one definition of dead and dense latents, from each latent's firing frequency over the
+    tokens counted (held-out tokens in training, a store's tokens in the gallery)."""
+    return freq_S == 0, freq_S > DENSE_FREQ
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +39,11 @@ class EvalResult:
     """Per latent: mean activation when firing (0 if never)."""
 
     def summary(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("freq", "mean_act")}
+        """The scalar metrics, and what dead and dense mean for them."""
+        scalars = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("freq", "mean_act")}
+        return scalars | {
+            "definitions": f"{DEAD_DEFINITION} (the {self.n_tokens:,} tokens evaluated); {DENSE_DEFINITION}"
+        }
 
 
 class Accumulator:
@@ -68,8 +80,8 @@ class Accumulator:
             mse=self.sse / (n * d),
             fve=1 - self.sse / sst if sst > 0 else float("nan"),
             l0=self.l0 / n,
-            n_dead=int((self.fires == 0).sum()),
-            n_dense=int((freq > DENSE_FREQ).sum()),
+            n_dead=int(dead_and_dense(freq)[0].sum()),
+            n_dense=int(dead_and_dense(freq)[1].sum()),
             freq=freq.float().tolist(),
             mean_act=mean_act.float().tolist(),
         )

@@ -3,11 +3,14 @@
 import dataclasses
 import hashlib
 import json
+import math
 import pathlib
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from saev.data.layout import Tokens
-from saev.errors import ConfigError
+from saev.data.store import ShardStore
+from saev.errors import ConfigError, StoreError
 from saev.nn import architectures
 from saev.nn import config as nn_config
 from saev.nn.architectures import Activation, Architecture, ArchName
@@ -15,6 +18,8 @@ from saev.nn.objectives import Decoder, Objective
 
 STREAM_FIELDS = ("shards", "layer", "tokens", "n_train", "batch_size", "data_seed", "holdout", "device")
 """Runs that agree on these read the same batches in the same order, so they train in one pass."""
+WARMUP_FRACTION = 0.05
+"""The default learning-rate warm-up, as a fraction of the run's steps."""
 NOT_IDENTITY = ("out", "sweep", "resume", "device", "log_every", "ckpt_every", "wandb_project")
 """Fields that do not change what a run learns (excluded from its id)."""
 
@@ -41,14 +46,14 @@ class RunSettings:
     """Training tokens (several passes over the store if it is smaller)."""
     batch_size: int = 4096
     """Tokens per step."""
-    lr: float = 4e-4
-    """Adam learning rate."""
-    lr_warmup: int = 500
-    """Steps of linear learning-rate warm-up."""
+    lr: float | None = None
+    """Adam learning rate (default: 2e-4 / sqrt(d_sae / 16384), lower for wider SAEs, as sparsify scales it)."""
+    lr_warmup: int | None = None
+    """Steps of linear learning-rate warm-up (default: 5% of the run's steps)."""
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """After warm-up: constant, or cosine decay to zero."""
-    sparsity_warmup: int = 0
-    """Steps over which the sparsity coefficient rises linearly from 0."""
+    sparsity_warmup: int | None = None
+    """Steps over which the sparsity coefficient rises linearly from 0 (default: 5% of the run's steps)."""
     aux_k: int | None = None
     """Dead latents in the AuxK loss per token (architectures that use it: topk, batchtopk); default d_vit/2, 0 disables."""
     aux_coeff: float = 1 / 32
@@ -82,7 +87,7 @@ class RunSettings:
     sweep: pathlib.Path | None = None
     """TOML file of values per key; lists expand to their Cartesian product."""
     wandb_project: str | None = None
-    """Log to this Weights & Biases project (needs `pip install 'saev[wandb]'`)."""
+    """Log to this Weights & Biases project (needs `pip install -e '.[wandb]'`)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -105,11 +110,29 @@ class TrainConfig(*architectures.option_classes(), RunSettings):
             d_sae=d_vit * self.exp_factor,
             activation=self.activation(),
             subtract_b_dec=False,
-            sparsity_coeff=self.sparsity_coeff,
+            sparsity_coeff=self.coefficient(),
             normalize_w_dec=self.normalize_w_dec,
             remove_parallel_grads=self.remove_parallel_grads,
             seed=self.seed,
         )
+
+    def learning_rate(self, d_vit: int) -> float:
+        """`lr`, or the default for this width: 2e-4 at 16,384 latents, scaled by 1/sqrt(d_sae)."""
+        if self.lr is not None:
+            return self.lr
+        return 2e-4 / math.sqrt(d_vit * self.exp_factor / 2**14)
+
+    def warmup_steps(self, n_steps: int) -> int:
+        """`lr_warmup`, or 5% of the run, so that short runs leave their warm-up early too."""
+        return self.lr_warmup if self.lr_warmup is not None else max(1, round(WARMUP_FRACTION * n_steps))
+
+    def sparsity_warmup_steps(self, n_steps: int) -> int:
+        """`sparsity_warmup`, or 5% of the run."""
+        return self.sparsity_warmup if self.sparsity_warmup is not None else round(WARMUP_FRACTION * n_steps)
+
+    def coefficient(self) -> float:
+        """`sparsity_coeff`, or the architecture's default."""
+        return self.sparsity_coeff if self.sparsity_coeff is not None else self.architecture.default_coeff
 
     def objective(self, d_vit: int) -> Objective:
         aux_k = (d_vit // 2 if self.aux_k is None else self.aux_k) if self.architecture.auxk else 0
@@ -122,7 +145,8 @@ class TrainConfig(*architectures.option_classes(), RunSettings):
     def run_id(self) -> str:
         identity = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
-        return f"{self.arch}-x{self.exp_factor}-{self.architecture.tag(self)}-lr{self.lr:g}-{digest}"
+        lr = "auto" if self.lr is None else f"{self.lr:g}"
+        return f"{self.arch}-x{self.exp_factor}-{self.architecture.tag(self)}-lr{lr}-{digest}"
 
     @property
     def stream(self) -> tuple:
@@ -134,27 +158,40 @@ class TrainConfig(*architectures.option_classes(), RunSettings):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{_flag(name)} must be positive, got {getattr(self, name)}.")
         for name in ("lr_warmup", "sparsity_warmup", "sparsity_coeff", "aux_coeff"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}.")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}.")
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ConfigError(f"--{_flag(name)} must be >= 0, got {value}.")
+        if self.lr is not None and not 0 < self.lr < math.inf:
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}.")
         if not 0 <= self.holdout < 1:
             raise ConfigError(f"--holdout must be in [0, 1), got {self.holdout}.")
         prefixes = self.matryoshka_prefixes
         if any(p <= 0 for p in prefixes) or list(prefixes) != sorted(set(prefixes)):
             raise ConfigError(f"--matryoshka-prefixes must be positive and increasing, got {list(prefixes)}.")
 
-    def validate_against(self, d_vit: int, store_layers: tuple[int, ...], has_cls: bool, where: str) -> None:
-        d_sae = d_vit * self.exp_factor
-        if self.layer not in store_layers:
-            raise ConfigError(f"--layer {self.layer}: {where} holds layers {list(store_layers)}.")
-        if self.tokens == "cls" and not has_cls:
-            raise ConfigError(f"--tokens cls: {where} has no [CLS] token.")
+    def validate_against(self, store: ShardStore) -> None:
+        d_sae = store.d_vit * self.exp_factor
+        try:
+            store.layer_label(self.layer)
+        except StoreError:
+            raise ConfigError(
+                f"--layer {self.layer}: {store.path} holds layers {list(store.layers)}."
+            ) from None
+        if self.tokens == "cls" and not store.meta.cls_token:
+            raise ConfigError(f"--tokens cls: {store.path} has no [CLS] token.")
         self.architecture.check(self, d_sae)
         if self.matryoshka_prefixes and self.matryoshka_prefixes[-1] >= d_sae:
             raise ConfigError(
                 f"--matryoshka-prefixes must be below d_sae = {d_sae}, got {list(self.matryoshka_prefixes)}."
             )
+
+
+def varying_settings(configs: Sequence[TrainConfig]) -> list[str]:
+    """The config keys whose values differ between runs, in field order."""
+    settings = [c.to_dict() for c in configs]
+    if not settings:
+        return []
+    return [k for k in settings[0] if len({json.dumps(s[k]) for s in settings}) > 1]
 
 
 def _flag(name: str) -> str:

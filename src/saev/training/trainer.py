@@ -20,12 +20,12 @@ from saev.errors import ConfigError
 from saev.fileio import atomic_open, write_json
 from saev.nn import checkpoints
 from saev.nn.config import Provenance
-from saev.nn.evaluation import Accumulator, EvalResult
+from saev.nn.evaluation import DEAD_DEFINITION, DENSE_DEFINITION, Accumulator, EvalResult
 from saev.nn.modeling import SparseAutoencoder
 from saev.nn.objectives import training_loss
 from saev.normalization import ActNorm
 from saev.training import schedules, sweep
-from saev.training.config import NOT_IDENTITY, TrainConfig
+from saev.training.config import NOT_IDENTITY, TrainConfig, varying_settings
 
 logger = logging.getLogger("saev.training")
 EVAL_BATCH = 1024
@@ -35,6 +35,8 @@ EVAL_BATCH = 1024
 class RunResult:
     config: TrainConfig
     eval: EvalResult | None
+    warnings: tuple[str, ...] = ()
+    """What went wrong in a run that finished: see `run_warnings`."""
 
     @property
     def run_id(self) -> str:
@@ -51,14 +53,42 @@ class RunResult:
         return self.path / "sae.safetensors"
 
 
+DEAD_SHARE = 0.5
+"""A run whose held-out dead latents exceed this share of its latents is flagged."""
+
+
+def run_warnings(
+    cfg: TrainConfig, result: EvalResult | None, n_steps: int, warmup: int, d_sae: int
+) -> tuple[str, ...]:
+    """Signs that a finished run learned little, each naming its likely cause."""
+    out = []
+    if warmup >= n_steps:
+        out.append(
+            f"the run ended inside its learning-rate warm-up ({n_steps} steps, warm-up {warmup}): the learning "
+            "rate never reached its value; give more --n-train or a shorter --lr-warmup"
+        )
+    if result is not None and result.fve < 0:
+        out.append(
+            f"held-out FVE is {result.fve:.3f}: the SAE reconstructs worse than the mean activation; train longer "
+            "(--n-train), or check the learning rate and sparsity settings"
+        )
+    if result is not None and result.n_dead > DEAD_SHARE * d_sae:
+        out.append(
+            f"{result.n_dead} of {d_sae} latents ({result.n_dead / d_sae:.0%}) are dead (fire on none of the "
+            f"{result.n_tokens:,} held-out tokens): lower the sparsity penalty, raise --aux-k, or train longer"
+        )
+    return tuple(out)
+
+
 def train(base: TrainConfig) -> list[RunResult]:
     """Train every configuration of `base` (expanded by its sweep file); checks everything first."""
+    _check_out(base.out)
     cfgs = sweep.load(base)
     stores: dict[pathlib.Path, ShardStore] = {}
     for cfg in cfgs:
         cfg.validate()
         store = stores.setdefault(cfg.shards, open_shards(cfg.shards))
-        cfg.validate_against(store.d_vit, store.layers, store.meta.cls_token, str(store.path))
+        cfg.validate_against(store)
         _split(cfg, store)
         _check_run_dir(cfg)
     if any(cfg.wandb_project for cfg in cfgs):
@@ -77,6 +107,19 @@ def train(base: TrainConfig) -> list[RunResult]:
     for group in groups.values():
         results += _train_group(group, stores[group[0].shards])
     return results
+
+
+def _check_out(out: pathlib.Path) -> None:
+    """Refuse an --out inside an existing run folder, which would nest a run in a run."""
+    for folder in [out, *out.resolve().parents]:
+        try:
+            data = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and "run_id" in data and "config" in data:
+            raise ConfigError(
+                f"--out {out} is inside the run folder {folder}; give the folder that holds the runs, e.g. {folder.parent}."
+            )
 
 
 def _split(cfg: TrainConfig, store: ShardStore) -> tuple[range, range]:
@@ -107,7 +150,7 @@ def _require_wandb() -> None:
     try:
         import wandb  # noqa: F401  # optional extra: checked only when asked for
     except ImportError:
-        raise ConfigError("--wandb-project needs Weights & Biases: pip install 'saev[wandb]'.") from None
+        raise ConfigError("--wandb-project needs Weights & Biases: pip install -e '.[wandb]'.") from None
 
 
 class _Run:
@@ -128,7 +171,11 @@ class _Run:
         self.sae = SparseAutoencoder(cfg.sae_config(d_vit), prov).to(cfg.device)
         self.sae.set_normalization(norm.to(cfg.device))
         self.objective = cfg.objective(d_vit)
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr)
+        self.lr = cfg.learning_rate(d_vit)
+        self.warmup = cfg.warmup_steps(n_steps)
+        self.sparsity_warmup = cfg.sparsity_warmup_steps(n_steps)
+        self.coeff = cfg.coefficient()
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.lr)
         self.last_fired = torch.zeros(self.sae.cfg.d_sae, dtype=torch.int64, device=cfg.device)
         self.step = 0
         self.done = (self.dir / "sae.safetensors").exists() and (self.dir / "eval.json").exists()
@@ -171,10 +218,10 @@ class _Run:
         if self.step == 0 and cfg.init_b_dec:
             with torch.no_grad():
                 self.sae.b_dec.copy_(x_n.mean(0))
-        lr = schedules.lr_at(self.step, cfg.lr, cfg.lr_warmup, self.n_steps, cfg.lr_schedule)
+        lr = schedules.lr_at(self.step, self.lr, self.warmup, self.n_steps, cfg.lr_schedule)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        coeff = schedules.coeff_at(self.step, cfg.sparsity_coeff, cfg.sparsity_warmup)
+        coeff = schedules.coeff_at(self.step, self.coeff, self.sparsity_warmup)
         dead = (self.step - self.last_fired) * cfg.batch_size >= cfg.dead_tokens
         per_token = self.step < int(cfg.architecture.per_token_warmup(cfg) * self.n_steps)
         with torch.autocast(x_n.device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
@@ -236,7 +283,13 @@ class _Run:
         if self.wandb is not None:
             self.wandb.summary.update(summary or {})
             self.wandb.finish()
-        return RunResult(self.cfg, result)
+        return self.result(result)
+
+    def result(self, result: EvalResult | None) -> RunResult:
+        warnings = run_warnings(self.cfg, result, self.n_steps, self.warmup, self.sae.cfg.d_sae)
+        for warning in warnings:
+            logger.warning("%s: %s", self.cfg.run_id, warning)
+        return RunResult(self.cfg, result, warnings)
 
 
 def _train_group(cfgs: list[TrainConfig], store: ShardStore) -> list[RunResult]:
@@ -244,9 +297,15 @@ def _train_group(cfgs: list[TrainConfig], store: ShardStore) -> list[RunResult]:
     train_imgs, eval_imgs = _split(first, store)
     n_steps = first.n_train // first.batch_size
     n_examples = len(train_imgs) * _tokens_per_img(store, first.tokens)
-    if n_steps < 1 or n_examples < first.batch_size:
+    if n_examples < first.batch_size:
         raise ConfigError(
-            f"--n-train {first.n_train} and --batch-size {first.batch_size} give no full batch ({n_examples} training tokens)."
+            f"{store.path} has {n_examples:,} training tokens ({len(train_imgs)} images x "
+            f"{_tokens_per_img(store, first.tokens)} {first.tokens} tokens, the held-out images left out), fewer "
+            f"than one batch of --batch-size {first.batch_size}: use a smaller --batch-size or record more images."
+        )
+    if n_steps < 1:
+        raise ConfigError(
+            f"--n-train {first.n_train} is less than one batch of --batch-size {first.batch_size}."
         )
     norm = store_normalization(store, first.layer, first.tokens)
     runs = [_Run(cfg, store, norm, n_steps) for cfg in cfgs]
@@ -267,6 +326,8 @@ def _train_group(cfgs: list[TrainConfig], store: ShardStore) -> list[RunResult]:
             dynamic_ncols=True,
         )
         device_norm = norm.to(first.device)
+        # The bar's dead latents fire on none of the last --dead-tokens training tokens (AuxK's window).
+        dead_label = f"dead (silent for {first.dead_tokens:,} tok)"
         step = start
         for batch in _stream(store, first, train_imgs, start, n_steps):
             x_n = device_norm.apply(batch["act"].to(first.device, non_blocking=True))
@@ -278,7 +339,8 @@ def _train_group(cfgs: list[TrainConfig], store: ShardStore) -> list[RunResult]:
             if active[0].last:
                 m = active[0].last
                 bar.set_postfix(
-                    mse=f"{m['mse']:.4g}", l0=f"{m['l0']:.1f}", dead=f"{m['dead_frac']:.1%}", refresh=False
+                    {"mse": f"{m['mse']:.4g}", "l0": f"{m['l0']:.1f}", dead_label: f"{m['dead_frac']:.1%}"},
+                    refresh=False,
                 )
         bar.close()
     results = _evaluate(runs, store, first, eval_imgs, norm)
@@ -289,7 +351,7 @@ def _train_group(cfgs: list[TrainConfig], store: ShardStore) -> list[RunResult]:
 
 def _finished(run: _Run) -> RunResult:
     data = json.loads((run.dir / "eval.json").read_text())
-    return RunResult(run.cfg, EvalResult(**data) if data else None)
+    return run.result(EvalResult(**data) if data else None)
 
 
 def _tokens_per_img(store: ShardStore, tokens: str) -> int:
@@ -347,9 +409,10 @@ def _truncate_metrics(path: pathlib.Path, step: int) -> None:
 
 
 def results_table(results: list[RunResult]) -> str:
-    """Held-out metrics per run, with a column for every setting that differs between the runs."""
+    """Held-out metrics per run, with a column for every setting that differs between the runs,
+    what dead and dense mean, and each run's warnings."""
     settings = [r.config.to_dict() for r in results]
-    varying = [k for k in settings[0] if len({json.dumps(s[k]) for s in settings}) > 1] if settings else []
+    varying = varying_settings([r.config for r in results])
     headers = ["run", *varying, "MSE", "FVE", "L0", "dead", "dense"]
     rows = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r, setting in zip(results, settings, strict=True):
@@ -360,4 +423,8 @@ def results_table(results: list[RunResult]) -> str:
         rows.append(
             "| " + " | ".join(str(v) for v in [r.run_id, *(setting[k] for k in varying), *metrics]) + " |"
         )
+    n_tokens = next((r.eval.n_tokens for r in results if r.eval is not None), None)
+    if n_tokens is not None:
+        rows.append(f"{DEAD_DEFINITION} (here the {n_tokens:,} held-out tokens); {DENSE_DEFINITION}.")
+    rows += [f"warning, {r.run_id}: {w}" for r in results for w in r.warnings]
     return "\n".join(rows)

@@ -1,9 +1,11 @@
 """`saev visuals`: top-k images per latent, saved as data and as a browsable static gallery."""
 
 import dataclasses
+import html
 import logging
 import math
 import pathlib
+import shlex
 from collections import defaultdict
 from typing import Literal
 
@@ -19,8 +21,9 @@ from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError, ModelError, StoreError
 from saev.fileio import atomic_open, write_json
 from saev.nn import checkpoints
+from saev.nn.evaluation import DEAD_DEFINITION, DENSE_DEFINITION, dead_and_dense
 from saev.visuals import gallery
-from saev.visuals.heatmap import overlay, placeholder
+from saev.visuals.heatmap import placeholder, spotlight
 from saev.visuals.lookup import ImageLookup
 from saev.visuals.topk import HIST_EDGES, TopActivations, log_freq, top_activations
 
@@ -97,9 +100,14 @@ def make_visuals(
         dataclasses.replace(page, figures=(figures or {}).get(page.latent, []))
         for page in _render(cfg, top, chosen, lookup, store, grid, notes)
     ]
-    rendered = set(chosen)
+    n_images = {page.latent: len(page.images) for page in pages}
     rows = [
-        row | {"page": row["latent"] in rendered, "note": notes.get(row["latent"], "")}
+        row
+        | {
+            "page": row["latent"] in n_images,
+            "note": notes.get(row["latent"], ""),
+            "n_images": n_images.get(row["latent"], 0),
+        }
         for row in _stat_rows(top)
     ]
     for i, page in enumerate(pages):
@@ -107,11 +115,54 @@ def make_visuals(
         next_id = pages[i + 1].latent if i + 1 < len(pages) else None
         gallery.write_latent_page(cfg.out, page, prev_id, next_id, cfg.sort_by)
     meta = store.meta
-    subtitle = f"{cfg.sae} on {meta.vit_family}/{meta.vit_ckpt} layer {cfg.layer}, {len(store):,} images; {len(chosen)} latents rendered, {sum(r['dead'] for r in rows)} dead."
-    index = gallery.write_index(cfg.out, rows, "SAE latents", subtitle)
+    subtitle = f"{cfg.sae} on {meta.vit_family}/{meta.vit_ckpt} layer {cfg.layer}, {len(store):,} images."
+    about = _about(cfg, rows, chosen, notes, top.stats.n_tokens)
+    index = gallery.write_index(cfg.out, rows, "SAE latents", subtitle, about, thumb_size(grid))
     if lookup.missing:
         logger.warning("%d image(s) could not be found or read; drawn as placeholders", len(lookup.missing))
     return VisualsResult(index, chosen, len(lookup.missing))
+
+
+def _about(
+    cfg: VisualsConfig, rows: list[dict], chosen: list[int], notes: dict[int, str], n_tokens: int
+) -> str:
+    """HTML for the index: which latents have pages, why, and the command that renders others."""
+    live = [r["latent"] for r in rows if not r["dead"]]
+    if cfg.latents:
+        noted = sum(s in notes for s in chosen)
+        why = "the latents asked for with <code>--latents</code>" + (
+            f", {noted} of them annotated (shown first)" if noted else ""
+        )
+    else:
+        lo, hi = cfg.log_freq_range
+        in_range = sum(lo <= r["log10_freq"] <= hi for r in rows if not r["dead"])
+        span = "" if (lo, hi) == (-math.inf, 0.0) else f" with log10 frequency in [{lo:g}, {hi:g}]"
+        why = (
+            f"all {in_range:,} live latents{span}"
+            if len(chosen) == in_range
+            else f"a random sample (<code>--n-latents {cfg.n_latents}</code>, <code>--seed {cfg.seed}</code>) of the {in_range:,} live latents{span}"
+        )
+    rendered = set(chosen)
+    example = [s for s in live if s not in rendered][:2] or [0]
+    flags = {"sae": cfg.sae, "shards": cfg.shards, "layer": cfg.layer, "out": cfg.out}
+    # Options that change the pages are repeated when not at their defaults, so the new pages match.
+    flags |= {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(cfg)
+        if f.name in ("top_k", "sort_by", "images") and getattr(cfg, f.name) != f.default
+    }
+    words = [w for name, value in flags.items() for w in (f"--{name.replace('_', '-')}", str(value))]
+    command = html.escape(shlex.join(["saev", "visuals", *words, "--latents", *map(str, example)]))
+    n_dead, n_dense = len(rows) - len(live), sum(r["dense"] for r in rows)
+    dead = (
+        f" {n_dead:,} dead and {n_dense:,} dense ({DEAD_DEFINITION} (here all {n_tokens:,} tokens of the store); "
+        f"{DENSE_DEFINITION}); dead latents have no page."
+    )
+    return (
+        f"<p><strong>{len(chosen):,} of {len(rows):,} latents have pages</strong>: {why}. They are listed first.{dead}</p>"
+        f'<p>Render others with</p><code class="cmd">{command}</code><p>listing every latent you want a page for, '
+        "or with <code>--n-latents N</code> in place of <code>--latents</code> for a larger random sample of live latents.</p>"
+    )
 
 
 def _choose(cfg: VisualsConfig, top: TopActivations) -> list[int]:
@@ -224,16 +275,20 @@ def _render(
     vmax = {s: float(top.patch_maps_SKP[s].max()) for s in chosen}
     for s in chosen:
         (cfg.out / "thumbs" / str(s)).mkdir(parents=True, exist_ok=True)
+    heatmaps = cfg.sort_by != "cls"  # ranked by [CLS], the images have no per-patch map to draw
     for i in tqdm.tqdm(sorted(by_image), unit="img", desc="drawing", dynamic_ncols=True):
         img = lookup.load(i)
         base = crop(img) if img is not None else placeholder(size, f"missing: {lookup.path(i)}")
         for s, r in by_image[i]:
+            folder = cfg.out / "thumbs" / str(s)
+            # <r>.jpg is what the index cards show: the heatmap when there is one, else the crop.
             tile = (
                 base
-                if img is None or cfg.sort_by == "cls"
-                else overlay(base, top.patch_maps_SKP[s, r].numpy(), grid, vmax[s])
+                if img is None or not heatmaps
+                else spotlight(base, top.patch_maps_SKP[s, r].numpy(), grid, vmax[s])
             )
-            tile.save(cfg.out / "thumbs" / str(s) / f"{r}.jpg", quality=82, optimize=True)
+            tile.save(folder / f"{r}.jpg", quality=82, optimize=True)
+            base.save(folder / f"{r}.orig.jpg", quality=82, optimize=True)
     edges = HIST_EDGES.tolist()
     pages = []
     for s in chosen:
@@ -242,7 +297,8 @@ def _render(
                 r,
                 i,
                 float(top.values_SK[s, r]),
-                f"thumbs/{s}/{r}.jpg",
+                f"thumbs/{s}/{r}.orig.jpg",
+                f"thumbs/{s}/{r}.jpg" if heatmaps and i not in lookup.missing else None,
                 size,
                 lookup.path(i),
                 lookup.describe(i).get("label"),
@@ -263,6 +319,7 @@ def _render(
                 st.hist_SB[s].tolist(),
                 edges,
                 images,
+                vmax[s] if heatmaps else None,
             )
         )
     return pages
@@ -271,6 +328,7 @@ def _render(
 def _stat_rows(top: TopActivations) -> list[dict]:
     """Each latent's statistics, as listed in latents.json and the gallery index."""
     lf = log_freq(top.stats.freq_S)
+    dead_S, dense_S = dead_and_dense(top.stats.freq_S)
     return [
         {
             "latent": s,
@@ -278,7 +336,8 @@ def _stat_rows(top: TopActivations) -> list[dict]:
             "log10_freq": float(lf[s]) if np.isfinite(lf[s]) else None,
             "mean": float(top.stats.mean_S[s]),
             "max": float(top.stats.max_S[s]),
-            "dead": bool(top.stats.freq_S[s] == 0),
+            "dead": bool(dead_S[s]),
+            "dense": bool(dense_S[s]),
         }
         for s in range(top.values_SK.shape[0])
     ]

@@ -68,7 +68,7 @@ def top_activations(
         raise ConfigError(
             f"the SAE reads {sae.cfg.d_vit}-dim activations; {store.path} holds {meta.d_vit}-dim ones."
         )
-    layer_i = meta.layer_index(layer)
+    layer_i = store.layer_index(layer)
     n_sae, n_patch, cls = sae.cfg.d_sae, meta.n_patches_per_img, int(meta.cls_token)
     tracker = _Tracker(n_sae, top_k, n_patch, device)
     stats = _StatsAccumulator(n_sae, device)

@@ -74,7 +74,7 @@ def _transformers(ckpt: str) -> types.ModuleType:
         import transformers  # 3 s to import and an optional extra: only the hf family needs it
     except ImportError:
         raise ModelError(
-            f"hf checkpoint {ckpt!r}: the hf ViT family needs transformers: pip install 'saev[hf]'"
+            f"hf checkpoint {ckpt!r}: the hf ViT family needs transformers: pip install -e '.[hf]'"
         ) from None
     return transformers
 

@@ -58,8 +58,8 @@ class KOption:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CoeffOption:
-    sparsity_coeff: float = 4e-4
-    """Weight of the sparsity penalty: L1 of the codes (relu, gated) or their L0 (jumprelu)."""
+    sparsity_coeff: float | None = None
+    """Weight of the sparsity penalty: L1 of the codes (relu, gated) or their L0 (jumprelu); default: the architecture's own (relu 0.05, jumprelu 0.01, gated 0.15, for normalised activations)."""
 
 
 class Architecture:
@@ -73,6 +73,8 @@ class Architecture:
     """Training options (frozen, keyword-only dataclass); fields become `saev train` flags."""
     auxk: ClassVar[bool] = False
     """Whether the AuxK loss (dead latents reconstruct the residual) applies."""
+    default_coeff: ClassVar[float] = 0.0
+    """The sparsity coefficient when `--sparsity-coeff` is not given (normalised activations)."""
 
     def build(self, opts: Any) -> Any:
         """The architecture's config from the training options (a `TrainConfig`)."""
@@ -84,7 +86,7 @@ class Architecture:
 
     def tag(self, opts: Any) -> str:
         """The run-id part naming the sparsity setting, e.g. `k32` or `c0.0004`."""
-        return f"c{opts.sparsity_coeff:g}"
+        return f"c{opts.coefficient():g}"
 
     def check(self, opts: Any, d_sae: int) -> None:
         """Raise ConfigError for options that cannot work with `d_sae` latents."""

@@ -45,6 +45,7 @@ class GatedArchitecture(Architecture):
     name = "gated"
     config = Gated
     options = CoeffOption
+    default_coeff = 0.15
 
     def build(self, opts: CoeffOption) -> Gated:
         return Gated()

@@ -94,6 +94,7 @@ class JumpReluArchitecture(Architecture):
     name = "jumprelu"
     config = JumpRelu
     options = JumpReluOptions
+    default_coeff = 0.01
 
     def build(self, opts: JumpReluOptions) -> JumpRelu:
         return JumpRelu(init_threshold=opts.jumprelu_threshold, bandwidth=opts.jumprelu_bandwidth)

@@ -25,6 +25,7 @@ class ReluArchitecture(Architecture):
     name = "relu"
     config = Relu
     options = CoeffOption
+    default_coeff = 0.05
 
     def build(self, opts: CoeffOption) -> Relu:
         return Relu()

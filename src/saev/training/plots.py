@@ -1,0 +1,285 @@
+"""Pictures of training: one run's curves and a sweep's sparsity/fidelity frontier, as PNG files."""
+
+import json
+import math
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+from saev.fileio import atomic_open
+from saev.training.config import TrainConfig, varying_settings
+from saev.training.trainer import RunResult
+
+CURVES = "curves.png"
+"""A run's training curves, in its folder."""
+SWEEP = "sweep.png"
+"""A sweep's frontier, in its parent folder (`--out`)."""
+CURVE_PANELS = (
+    ("loss", "training loss"),
+    ("mse", "MSE (normalised)"),
+    ("l0", "L0 (active latents per token)"),
+    ("dead_frac", "dead fraction of latents"),
+)
+MAX_LABELS = 20
+"""Sweeps with more runs label only their frontier points, so the labels stay readable."""
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The lines of a metrics.jsonl; a partly written last line (a killed run) is skipped."""
+    rows = []
+    for line in pathlib.Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))  # json reads the NaN and Infinity that json.dumps writes
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def write_run_plots(run_dir: str | os.PathLike) -> pathlib.Path:
+    """Loss, MSE, L0 and dead fraction against training tokens, from RUN_DIR/metrics.jsonl, as RUN_DIR/curves.png.
+
+    Non-finite values are left out of the lines and counted in the title.
+    """
+    from matplotlib.figure import Figure  # 0.4 s to import: only commands that draw pay for it
+
+    run_dir = pathlib.Path(run_dir)
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    x = [_number(row.get("tokens")) for row in rows]
+    fig = Figure(figsize=(11, 7.5), dpi=100, layout="constrained")
+    axes = fig.subplots(2, 2)
+    not_finite = {}
+    use_log_x = _log_scale([v for v in x if math.isfinite(v)])
+    for ax, (key, title) in zip(axes.flat, CURVE_PANELS, strict=True):
+        y = [_number(row.get(key)) for row in rows]
+        pairs = [(a, b) for a, b in zip(x, y, strict=True) if math.isfinite(a) and math.isfinite(b)]
+        missing = len(rows) - len(pairs)
+        if missing:
+            not_finite[key] = missing
+        if key == "dead_frac":
+            pairs = [(a, 100 * b) for a, b in pairs]
+        xs, ys = [a for a, _ in pairs], [b for _, b in pairs]
+        # Few points: markers, so that one logged step is still visible (a line needs two).
+        ax.plot(xs, ys, color="tab:blue", linewidth=1.5, marker="o" if len(xs) <= 30 else None, markersize=4)
+        final = f"{ys[-1]:.4g}" + ("%" if key == "dead_frac" else "") if ys else "-"
+        ax.set_title(f"{title}: last {final}" + (f"\n{missing} not finite, not drawn" if missing else ""))
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("% of latents" if key == "dead_frac" else key)
+        ax.grid(True, which="major", alpha=0.3)
+        if use_log_x:
+            ax.set_xscale("log")
+        if key in ("loss", "mse") and _log_scale(ys):
+            ax.set_yscale("log")
+        if key == "dead_frac":
+            ax.set_ylim(-2, 102)
+        if not xs:
+            ax.text(0.5, 0.5, "no finite values logged", ha="center", va="center", transform=ax.transAxes)
+    run_id = _run_id(run_dir)
+    steps = f"{len(rows)} logged step{'s' if len(rows) != 1 else ''}"
+    if rows:
+        steps += f", {rows[-1].get('step', '?')} steps, {_tokens(rows[-1].get('tokens'))} tokens"
+    title = f"{run_id}\n{steps}"
+    if not_finite:
+        title += "\nsome values are not finite and are not drawn: " + ", ".join(
+            f"{k} ({n})" for k, n in not_finite.items()
+        )
+    fig.suptitle(title, color="firebrick" if not_finite else "black")
+    return _save(fig, run_dir / CURVES)
+
+
+def write_sweep_plot(results: Sequence[RunResult], out: str | os.PathLike) -> pathlib.Path | None:
+    """Held-out L0 against FVE and against MSE, one labelled point per run, Pareto frontier
+    highlighted, as OUT/sweep.png; None (and no file) for a single run or when no run has
+    held-out metrics."""
+    evaluated = [r for r in results if r.eval is not None]
+    if len(results) < 2 or not evaluated:
+        return None
+    from matplotlib.figure import Figure  # 0.4 s to import: only commands that draw pay for it
+
+    varying = varying_settings([r.config for r in results])
+    arches = sorted({r.config.arch for r in evaluated})
+    colours = {arch: f"C{i % 10}" for i, arch in enumerate(arches)}
+    fig = Figure(figsize=(14, 6.5), dpi=100, layout="constrained")
+    panels = (
+        ("fve", "FVE (fraction of variance explained; higher is better)", True),
+        ("mse", "MSE (normalised; lower is better)", False),
+    )
+    # One L0 scale for both panels, so that a run sits at the same x in each.
+    log_x = _log_scale([r.eval.l0 for r in evaluated if math.isfinite(r.eval.l0)])
+    for ax, (key, ylabel, maximize) in zip(fig.subplots(1, 2), panels, strict=True):
+        points = [
+            (r, r.eval.l0, getattr(r.eval, key))
+            for r in evaluated
+            if math.isfinite(r.eval.l0) and math.isfinite(getattr(r.eval, key))
+        ]
+        log_y = not maximize and _log_scale([y for _, _, y in points])
+        _frontier_panel(ax, points, maximize, varying, colours, log_x, log_y)
+        ax.set_xlabel("L0 (active latents per held-out token)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"L0 vs {key.upper()}" + _left_out(len(evaluated) - len(points), key))
+        ax.grid(True, alpha=0.3)
+        if log_x:
+            _log2_axis(ax.xaxis, ax.set_xscale)  # L0 sweeps usually double k: 1, 2, 4, 8...
+        if log_y:
+            ax.set_yscale("log")
+        ax.margins(x=0.2, y=0.12)  # room for the labels beside the points
+        ax.legend(fontsize=8, loc="best")
+        if not points:
+            ax.text(0.5, 0.5, f"no finite held-out {key}", ha="center", va="center", transform=ax.transAxes)
+    title = f"sparsity vs fidelity on held-out tokens: {len(evaluated)} runs in {pathlib.Path(out)}"
+    if len(evaluated) < len(results):
+        title += f"\n{len(results) - len(evaluated)} run(s) without held-out metrics not shown"
+    fig.suptitle(title)
+    return _save(fig, pathlib.Path(out) / SWEEP)
+
+
+def _frontier_panel(
+    ax: Any,
+    points: list[tuple[RunResult, float, float]],
+    maximize: bool,
+    varying: list[str],
+    colours: dict[str, str],
+    log_x: bool,
+    log_y: bool,
+) -> None:
+    """Each run as a point (filled on the Pareto frontier, hollow off it), labelled; the frontier dashed."""
+    front = set(pareto_front([(x, y) for _, x, y in points], maximize_y=maximize))
+    ordered = sorted(front, key=lambda i: points[i][1])
+    ax.plot(
+        [points[i][1] for i in ordered],
+        [points[i][2] for i in ordered],
+        color="black",
+        linestyle="--",
+        linewidth=1,
+        zorder=1,
+        label="Pareto frontier",
+    )
+    # Runs that land on the same point (a setting the architecture ignores) share one label.
+    groups: dict[tuple[float, float], list[int]] = {}
+    for i, (_, x, y) in enumerate(points):
+        groups.setdefault((x, y), []).append(i)
+    left = _label_sides(list(groups), log_x, log_y)
+    for ((x, y), members), on_left in zip(groups.items(), left, strict=True):
+        on_front = members[0] in front
+        colour = colours[points[members[0]][0].config.arch]
+        ax.scatter(
+            [x],
+            [y],
+            s=80 if on_front else 50,
+            color=colour if on_front else "white",
+            edgecolors=colour,
+            linewidths=1.5,
+            zorder=3,
+        )
+        if on_front or len(points) <= MAX_LABELS:
+            ax.annotate(
+                "\n".join(run_label(points[i][0].config, varying) for i in members),
+                (x, y),
+                xytext=(-7 if on_left else 7, 0),
+                textcoords="offset points",
+                ha="right" if on_left else "left",
+                va="center",
+                fontsize=8,
+                fontweight="bold" if on_front else "normal",
+            )
+    for arch in sorted(colours):
+        ax.scatter([], [], color=colours[arch], label=arch)
+    ax.scatter([], [], color="white", edgecolors="grey", label="hollow: off the frontier")
+
+
+def _label_sides(xy: list[tuple[float, float]], log_x: bool, log_y: bool) -> list[bool]:
+    """Which labels go left of their point: placed from right to left, a label goes left when it
+    would run into a point (and label) just to its right."""
+
+    def unit(values: list[float], log: bool) -> list[float]:
+        values = [math.log(v) if log else v for v in values]
+        lo, hi = min(values, default=0.0), max(values, default=0.0)
+        return [(v - lo) / (hi - lo) if hi > lo else 0.5 for v in values]
+
+    us, vs = unit([x for x, _ in xy], log_x), unit([y for _, y in xy], log_y)
+    left = [False] * len(xy)
+    right: list[int] = []
+    for i in sorted(range(len(xy)), key=lambda i: -us[i]):
+        left[i] = any(us[j] - us[i] < 0.3 and abs(vs[i] - vs[j]) < 0.08 for j in right)
+        if not left[i]:
+            right.append(i)
+    return left
+
+
+def run_label(config: TrainConfig, varying: Sequence[str]) -> str:
+    """The architecture and the settings that vary, e.g. "topk k=16"."""
+    values = config.to_dict()
+    parts = [config.arch] + [f"{k}={_value(values[k])}" for k in varying if k != "arch"]
+    return " ".join(parts)
+
+
+def pareto_front(points: Sequence[tuple[float, float]], *, maximize_y: bool = True) -> list[int]:
+    """Indices of the points no other point beats: x (L0) as small or smaller and y as good or better,
+    one of them strictly. Equal points are all kept. Points must be finite."""
+    sign = 1 if maximize_y else -1
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -sign * points[i][1]))
+    front: list[int] = []
+    best = -math.inf
+    for i in order:
+        y = sign * points[i][1]
+        if y > best or (front and points[i] == points[front[-1]]):
+            front.append(i)
+            best = max(best, y)
+    return sorted(front)
+
+
+def _save(fig: Any, path: pathlib.Path) -> pathlib.Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # 0.4 s to import, as above
+
+    FigureCanvasAgg(fig)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png")
+    return path
+
+
+def _left_out(n: int, key: str) -> str:
+    return f" ({n} run{'s' if n != 1 else ''} with non-finite L0 or {key.upper()} not shown)" if n else ""
+
+
+def _log2_axis(axis: Any, set_scale: Any) -> None:
+    from matplotlib import ticker  # 0.4 s to import, as above
+
+    set_scale("log", base=2)
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _run_id(run_dir: pathlib.Path) -> str:
+    try:
+        return json.loads((run_dir / "config.json").read_text())["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return run_dir.name  # the folder is named after the run
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+def _log_scale(values: Sequence[float]) -> bool:
+    """A log axis reads better when positive values span a factor of ten or more."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) >= 10
+
+
+def _tokens(n: Any) -> str:
+    n = _number(n)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:g}"
+
+
+def _value(v: Any) -> str:
+    if v is None:  # a setting left to its default (which may depend on the architecture)
+        return "default"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list | tuple):
+        return "/".join(str(x) for x in v) or "none"
+    return str(v)
