@@ -24,6 +24,7 @@ from saev.activations.families import FamilyName, make_img_transform, make_vit
 from saev.activations.recording import RecordConfig, record
 from saev.activations.transforms import visible_crop
 from saev.commands.base import Command
+from saev.commands.train import plot_runs
 from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError
 from saev.fileio import write_json
@@ -171,6 +172,7 @@ def _train(cfg: Config, shards: pathlib.Path) -> RunResult:
         resume=True,
     )
     [result] = train(train_cfg)
+    plot_runs([result])
     return result
 
 

@@ -24,20 +24,25 @@ class Result:
 
 def run(cfg: Config) -> Result:
     results = train(cfg)
-    # The checkpoints are written by now: a picture that cannot be drawn is a warning, so that
-    # their paths are still printed.
-    curves = []
-    for result in results:
-        try:
-            curves.append(plots.write_run_plots(result.path))
-        except (OSError, ValueError) as err:
-            logger.warning("%s: no training curves (%s)", result.run_id, err)
+    curves = plot_runs(results)
     try:
         frontier = plots.write_sweep_plot(results, cfg.out)
     except (OSError, ValueError) as err:
         logger.warning("no sweep plot (%s)", err)
         frontier = None
     return Result(results, curves, frontier)
+
+
+def plot_runs(results: list[RunResult]) -> list[pathlib.Path]:
+    """Each run's curves.png. The checkpoints are written by now: a picture that cannot be drawn
+    is a warning, so that their paths are still printed."""
+    curves = []
+    for result in results:
+        try:
+            curves.append(plots.write_run_plots(result.path))
+        except (OSError, ValueError) as err:
+            logger.warning("%s: no training curves (%s)", result.run_id, err)
+    return curves
 
 
 def report(result: Result) -> None:
