@@ -71,7 +71,11 @@ class Busy:
 def probe(config: str, seconds: float) -> tuple[int, float]:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "SAEV_THREADS")}
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, config, str(seconds)], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE, config, str(seconds)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     return int(out[0]), float(out[1])
 
@@ -99,10 +103,24 @@ def main() -> None:
         busy = {name: probe(cfg, args.seconds) for name, cfg in CONFIGS.items()}
     base = busy["torch default"][1]
     rows = [
-        [name, idle[name][0], f"{idle[name][1]:,.0f}", busy[name][0], f"{busy[name][1]:,.0f}", busy[name][1] / base]
+        [
+            name,
+            idle[name][0],
+            f"{idle[name][1]:,.0f}",
+            busy[name][0],
+            f"{busy[name][1]:,.0f}",
+            busy[name][1] / base,
+        ]
         for name in CONFIGS
     ]
-    headers = ["configuration", "threads idle", "tok/s idle", "threads busy", "tok/s busy", "busy vs torch default"]
+    headers = [
+        "configuration",
+        "threads idle",
+        "tok/s idle",
+        "threads busy",
+        "tok/s busy",
+        "busy vs torch default",
+    ]
     print(table(headers, rows))
 
     if args.quickstart:
@@ -110,7 +128,12 @@ def main() -> None:
         with Busy():
             t_busy = quickstart_seconds()
         print()
-        print(table(["saev quickstart", "idle s", "busy s", "busy / idle"], [["saev defaults", t_idle, t_busy, t_busy / t_idle]]))
+        print(
+            table(
+                ["saev quickstart", "idle s", "busy s", "busy / idle"],
+                [["saev defaults", t_idle, t_busy, t_busy / t_idle]],
+            )
+        )
 
 
 if __name__ == "__main__":

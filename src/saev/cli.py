@@ -6,9 +6,10 @@ import os
 # tenfold (see saev.runtime); the runtime reads this once, when torch loads just below.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import errno  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
-from typing import Annotated, Any, Union  # noqa: E402
+from typing import Annotated, Any, NoReturn, Union  # noqa: E402
 
 import torch  # noqa: E402
 import tyro  # noqa: E402
@@ -16,12 +17,35 @@ import tyro  # noqa: E402
 import saev  # noqa: E402
 from saev import runtime  # noqa: E402
 from saev.commands import COMMANDS  # noqa: E402
+from saev.commands.base import check_options  # noqa: E402
 from saev.errors import SaevError  # noqa: E402
 
 DESCRIPTION = (
     "Sparse autoencoders for vision transformers. Compute uses one thread per idle core; "
     f"set {runtime.ENV}=N to choose."
 )
+
+
+# OS errors that describe the user's files or machine rather than a bug in saev.
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+    errno.EMFILE,
+    errno.EIO,
+}
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"saev: error: {message}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,8 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         choice = runtime.system_choice()
     except ValueError as err:
-        print(f"saev: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(err))
     torch.set_num_threads(choice.threads)
     logging.getLogger("saev").debug("%d compute threads (%s)", choice.threads, choice.reason)
     choices = tuple(
@@ -46,10 +69,17 @@ def main(argv: list[str] | None = None) -> None:
     cfg = tyro.cli(one_of, prog="saev", description=DESCRIPTION, args=args)
     command = next(cmd for cmd in COMMANDS.values() if isinstance(cfg, cmd.config))
     try:
+        check_options(cfg)
         command.report(command.run(cfg))
     except SaevError as err:
-        print(f"saev: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(err))
+    except OSError as err:
+        if err.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        # A full disk or a read-only folder is the machine's state, not a bug: name the file.
+        _fail(f"{err.filename or 'writing output'}: {err.strerror}")
+    except (MemoryError, torch.OutOfMemoryError):
+        _fail("out of memory; try a smaller --batch-size (or --exp-factor for training).")
     except KeyboardInterrupt:
         print("saev: interrupted", file=sys.stderr)
         raise SystemExit(130) from None

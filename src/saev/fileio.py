@@ -1,12 +1,22 @@
 """Atomic file writes: write to a temporary name in the same folder, fsync, then rename."""
 
 import contextlib
+import glob
 import json
 import os
 import pathlib
+import re
 import secrets
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Annotated, Any
+
+
+class OutputFolderMark:
+    """Marks a config field that names a folder a command writes into: the CLI refuses an
+    existing file there before any work (saev.commands.base.check_options)."""
+
+
+OutputFolder = Annotated[pathlib.Path, OutputFolderMark()]
 
 
 @contextlib.contextmanager
@@ -32,6 +42,13 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> 
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=indent)
         f.write("\n")
+
+
+def temporaries(path: str | os.PathLike) -> list[pathlib.Path]:
+    """Temporaries that `atomic_open(path)` left beside `path`; only a process killed mid-write leaves one."""
+    path = pathlib.Path(path)
+    name = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{12}}\.tmp")  # as _create_temporary makes them
+    return [p for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp") if name.fullmatch(p.name)]
 
 
 def _create_temporary(path: pathlib.Path) -> tuple[int, pathlib.Path]:

@@ -67,5 +67,9 @@ def estimate_normalization(acts_ND: Float[Tensor, "n d_vit"], clamp: float = DEF
         raise ValueError(f"expected a non-empty [n, d_vit] tensor, got shape {tuple(acts_ND.shape)}.")
     x = acts_ND.to(torch.float64).clamp(-clamp, clamp)
     mean = x.mean(dim=0)
+    # The clamp tames infinities, but one NaN makes every statistic NaN (and the mean shows it).
+    if not torch.isfinite(mean).all():
+        row = int(torch.isnan(x).any(dim=1).nonzero()[0])
+        raise ValueError(f"activation row {row} (of {len(x)}) holds NaN; statistics need finite values.")
     scale = (x - mean).norm(dim=1).mean() / math.sqrt(x.shape[1])
     return ActNorm(mean.to(torch.float32), float(scale), clamp)

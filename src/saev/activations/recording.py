@@ -5,6 +5,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import typing
 from typing import Any, Literal
 
 import torch
@@ -17,6 +18,7 @@ from saev.data.sources import ImageSource, open_source
 from saev.data.store import to_stored
 from saev.data.writer import ShardWriter
 from saev.errors import ConfigError, ImageError
+from saev.fileio import OutputFolder
 
 logger = logging.getLogger("saev.activations")
 
@@ -31,7 +33,7 @@ class RecordConfig:
     """ViT checkpoint, named as its family expects (e.g. ViT-B-16/openai, dinov2_vitb14_reg)."""
     images: str
     """Image folder (recursive; first-level subfolders are labels) or hf:NAME:SPLIT."""
-    dump_to: pathlib.Path
+    dump_to: OutputFolder
     """Parent folder; the store goes to DUMP_TO/<hash>/."""
     layers: tuple[int, ...] = (-2,)
     """Transformer blocks to record (negative counts from the last)."""
@@ -58,7 +60,14 @@ class RecordResult:
     path: pathlib.Path
     metadata: md.Metadata
     n_skipped: int
+    """Images not recorded (listed in skipped.json): unreadable or with non-finite activations."""
     already_complete: bool
+    non_finite: tuple[str, ...] = ()
+    """Images skipped because the model gave NaN or inf activations for them (or float16 overflowed)."""
+
+
+NON_FINITE = "non-finite activations"
+"""How the reason of an image skipped for its activations starts in skipped.json."""
 
 
 class _Decoded(torch.utils.data.Dataset):
@@ -101,8 +110,14 @@ def record(cfg: RecordConfig) -> RecordResult:
     vit = make_vit(cfg.vit_family, cfg.vit_ckpt)
     n_blocks = len(vit.blocks)
     layers = _sorted_layers(cfg.layers, n_blocks)
-    n_patches = cfg.n_patches_per_img or vit.layout.n_patches
+    n_patches = vit.layout.n_patches if cfg.n_patches_per_img is None else cfg.n_patches_per_img
     recorder = RecordedVisionTransformer(vit, n_patches, cfg.cls_token, layers).to(cfg.device)
+    image_size = len(layers) * recorder.n_tokens
+    if cfg.n_patches_per_shard < image_size:
+        raise ConfigError(
+            f"--n-patches-per-shard {cfg.n_patches_per_shard} cannot hold one image "
+            f"({len(layers)} layer(s) x {recorder.n_tokens} tokens = {image_size})."
+        )
     planned = md.Metadata(
         vit_family=cfg.vit_family,
         vit_ckpt=cfg.vit_ckpt,
@@ -120,25 +135,33 @@ def record(cfg: RecordConfig) -> RecordResult:
     if writer.complete:
         logger.info("store already complete, nothing to do: %s", writer.root)
         return RecordResult(writer.root, md.read(writer.root / "metadata.json"), 0, True)
-    start = writer.next_source
-    if start:
-        logger.info(
-            "resuming after %d complete shard(s), at image %d of %d",
-            len(writer.state["shards"]),
-            start,
-            len(source),
-        )
-    writer.check_disk(len(source) - start)
     try:
+        start = writer.next_source
+        if start:
+            logger.info(
+                "resuming after %d complete shard(s), at image %d of %d",
+                len(writer.state["shards"]),
+                start,
+                len(source),
+            )
+        writer.check_disk(len(source) - start)
         _run(cfg, source, make_img_transform(cfg.vit_family, cfg.vit_ckpt), recorder, writer, start)
     except BaseException:
         writer.abort()
         raise
     final = writer.finish()
-    n_skipped = len(writer.skips)
-    if n_skipped:
-        logger.warning("skipped %d unreadable image(s); see %s", n_skipped, writer.root / "skipped.json")
-    return RecordResult(writer.root, final, n_skipped, False)
+    non_finite = tuple(s.source for s in writer.skips if s.reason.startswith(NON_FINITE))
+    n_unreadable = len(writer.skips) - len(non_finite)
+    if n_unreadable:
+        logger.warning("skipped %d unreadable image(s); see %s", n_unreadable, writer.root / "skipped.json")
+    if non_finite:
+        logger.warning(
+            "skipped %d image(s) whose activations are not finite (NaN or inf): %s; see %s",
+            len(non_finite),
+            ", ".join(non_finite[:5]) + (", ..." if len(non_finite) > 5 else ""),
+            writer.root / "skipped.json",
+        )
+    return RecordResult(writer.root, final, len(writer.skips), False, non_finite)
 
 
 def _run(
@@ -194,14 +217,41 @@ class _Staging:
 def _forward(
     pending: list, cfg: RecordConfig, recorder, writer: ShardWriter, source: ImageSource, staging: _Staging
 ) -> list:
-    """Record the first images of `pending` that fit in the current shard; returns the rest."""
+    """Record the first images of `pending` that fit in the current shard; returns the rest.
+
+    Images whose activations are not finite in the store's dtype are skipped like unreadable ones:
+    a NaN would poison every statistic and SAE trained on the store.
+    """
     n = min(cfg.batch_size, writer.room, len(pending))
     batch, rest = pending[:n], pending[n:]
     x = staging.stack([t for _, t in batch])
-    acts = recorder.record(x.to(cfg.device, non_blocking=True))
+    raw = recorder.record(x.to(cfg.device, non_blocking=True))
+    acts = raw.to(getattr(torch, cfg.dtype))
+    finite = torch.isfinite(acts).flatten(1).all(1).tolist()
     indices = [i for i, _ in batch]
-    writer.write(to_stored(acts, cfg.dtype), indices, [source.record(i) for i in indices])
+    if not all(finite):
+        for k in [k for k, ok in enumerate(finite) if not ok]:
+            name = _source_name(source, indices[k])
+            reason = _non_finite_reason(raw[k], recorder.layers, cfg.dtype)
+            logger.warning("skipped %s: %s", name, reason)
+            writer.skip(indices[k], name, reason)
+        keep = [k for k, ok in enumerate(finite) if ok]
+        acts, indices = acts[keep], [indices[k] for k in keep]
+    if indices:
+        writer.write(to_stored(acts, cfg.dtype), indices, [source.record(i) for i in indices])
     return rest
+
+
+def _non_finite_reason(raw: torch.Tensor, layers: list[int], dtype: str) -> str:
+    """Why one image's activations [layers, tokens, d_vit] cannot be stored."""
+    bad = [
+        layer
+        for layer, ok in zip(layers, torch.isfinite(raw).flatten(1).all(1).tolist(), strict=True)
+        if not ok
+    ]
+    if bad:
+        return f"{NON_FINITE} (NaN or inf) from the model at layer(s) {bad}"
+    return f"{NON_FINITE}: values beyond the range of {dtype}; record with --dtype float32 or bfloat16"
 
 
 def _autocast(cfg: RecordConfig):
@@ -228,10 +278,15 @@ def _sorted_layers(layers: tuple[int, ...], n_blocks: int) -> list[int]:
 
 
 def _validate(cfg: RecordConfig) -> None:
-    for name in ("batch_size", "n_patches_per_shard"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}.")
+    for name in ("batch_size", "n_patches_per_shard", "n_patches_per_img"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}.")
     if cfg.n_workers is not None and cfg.n_workers < 0:
         raise ConfigError(f"--n-workers must be >= 0, got {cfg.n_workers}.")
     if not cfg.layers:
         raise ConfigError("--layers needs at least one block index.")
+    for name in ("dtype", "autocast"):
+        choices = typing.get_args(typing.get_type_hints(RecordConfig)[name])
+        if getattr(cfg, name) not in choices:
+            raise ConfigError(f"--{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}.")

@@ -10,7 +10,7 @@ import torch
 import tyro
 
 from saev.commands.base import Command, SplicedOptions
-from saev.fileio import write_json
+from saev.fileio import OutputFolder, write_json
 from saev.steering import inputs
 from saev.steering.reconstruction import SpliceEvaluation, evaluate_splice
 
@@ -21,7 +21,7 @@ class Config(SplicedOptions):
 
     images: Annotated[tuple[pathlib.Path, ...], tyro.conf.Positional]
     """Image files or folders (searched recursively); class subfolders or a saev.synthetic folder give labels."""
-    out: pathlib.Path = pathlib.Path("evaluate")
+    out: OutputFolder = pathlib.Path("evaluate")
     """Folder for report.json."""
 
 

@@ -18,6 +18,7 @@ from saev.activations.transforms import visible_crop
 from saev.commands.base import Command
 from saev.data.images import load_rgb
 from saev.errors import ConfigError, ImageError
+from saev.fileio import OutputFolder
 from saev.nn import checkpoints
 from saev.nn.modeling import SparseAutoencoder
 from saev.visuals.heatmap import hstack, labelled, overlay
@@ -34,7 +35,7 @@ class Config:
     """Image files to inspect."""
     sae: str
     """SAE checkpoint: a path, hf://ORG/NAME or hf://ORG/NAME/FILE."""
-    out: pathlib.Path = pathlib.Path("inspect")
+    out: OutputFolder = pathlib.Path("inspect")
     """Folder for one PNG and one JSON per image."""
     vit_family: FamilyName | None = None
     """ViT family; defaults to the SAE's recorded provenance."""
@@ -114,8 +115,9 @@ def run(cfg: Config) -> Result:
                 )
                 for s in top
             ]
-            stem = cfg.out / names[path]
-            hstack(tiles).save(stem.with_suffix(".png"))
+            # Not with_suffix: a name like "x.1" keeps its dot (x.1.png, x.1.json).
+            png, meta = cfg.out / f"{names[path]}.png", cfg.out / f"{names[path]}.json"
+            hstack(tiles).save(png)
             record = {
                 "image": str(path),
                 "sae": cfg.sae,
@@ -123,8 +125,8 @@ def run(cfg: Config) -> Result:
                 "layer": layer,
                 "latents": [dataclasses.asdict(s) for s in top],
             }
-            stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-            written.append(stem.with_suffix(".png"))
+            meta.write_text(json.dumps(record, indent=2) + "\n")
+            written.append(png)
             bar.update(1)
     bar.close()
     if not written:

@@ -27,7 +27,7 @@ from saev.commands.base import Command
 from saev.commands.train import plot_runs
 from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError
-from saev.fileio import write_json
+from saev.fileio import OutputFolder, write_json
 from saev.nn import checkpoints
 from saev.steering import effects, inputs
 from saev.steering.edits import Edit
@@ -40,13 +40,14 @@ from saev.visuals.gallery import Figure
 from saev.visuals.heatmap import steering_panels
 
 logger = logging.getLogger("saev.quickstart")
+MIN_IMAGES = 100
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Run the whole pipeline offline: images, activations, a TopK SAE, the gallery and a concept report."""
 
-    out: pathlib.Path = pathlib.Path("quickstart")
+    out: OutputFolder = pathlib.Path("quickstart")
     """Folder for everything the run makes (reruns reuse finished steps)."""
     images: str | None = None
     """Your own images (folder or hf:NAME:SPLIT) instead of generated concept images."""
@@ -98,6 +99,7 @@ def run(cfg: Config) -> Result:
     ckpt = cfg.vit_ckpt or (builtin.DEFAULT if cfg.vit_family == "builtin" else None)
     if ckpt is None:
         raise ConfigError(f"--vit-family {cfg.vit_family} needs --vit-ckpt.")
+    _check(cfg)
     images = _generate(cfg) if synthetic_run else cfg.images
     store = _record(cfg, images, ckpt)
     run_result = _train(cfg, store.path)
@@ -154,7 +156,24 @@ def _record(cfg: Config, images: str, ckpt: str) -> ShardStore:
 
 
 def _train(cfg: Config, shards: pathlib.Path) -> RunResult:
-    train_cfg = TrainConfig(
+    [result] = train(_train_config(cfg, shards))
+    plot_runs([result])
+    return result
+
+
+def _check(cfg: Config) -> None:
+    """The options' checks, before images are generated or recorded."""
+    if cfg.images is None and cfg.n_images < MIN_IMAGES:
+        raise ConfigError(
+            f"--n-images must be at least {MIN_IMAGES} (10% are held out to score the concepts), got {cfg.n_images}."
+        )
+    if cfg.k < 1 or cfg.n_latents < 0:
+        raise ConfigError(f"--k must be positive and --n-latents >= 0, got {cfg.k} and {cfg.n_latents}.")
+    _train_config(cfg, cfg.out / "shards").validate()
+
+
+def _train_config(cfg: Config, shards: pathlib.Path) -> TrainConfig:
+    return TrainConfig(
         shards=shards,
         out=cfg.out / "runs",
         layer=cfg.layer,
@@ -171,9 +190,6 @@ def _train(cfg: Config, shards: pathlib.Path) -> RunResult:
         device=cfg.device,
         resume=True,
     )
-    [result] = train(train_cfg)
-    plot_runs([result])
-    return result
 
 
 def _score_concepts(cfg: Config, store: ShardStore, run_result: RunResult) -> list[dict]:

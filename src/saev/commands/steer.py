@@ -16,7 +16,7 @@ from PIL import Image
 from saev.activations.transforms import visible_crop
 from saev.commands.base import Command, SplicedOptions
 from saev.errors import ConfigError
-from saev.fileio import write_json
+from saev.fileio import OutputFolder, write_json
 from saev.steering import effects, inputs
 from saev.steering.edits import Edit, Where, check_latents, parse_edit
 from saev.steering.heads import Head
@@ -46,7 +46,7 @@ class Config(SplicedOptions):
     """With --evaluate: CLASS=LATENT pairs (default: each class's best detecting latent on the images' labels)."""
     value: float = -1.0
     """With --evaluate: each latent is set to this multiple of its largest activation where it fires."""
-    out: pathlib.Path = pathlib.Path("steer")
+    out: OutputFolder = pathlib.Path("steer")
     """Folder for report.json and one PNG per image and head."""
     top: int = 3
     """Classes listed per image for classification heads."""

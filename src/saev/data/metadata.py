@@ -31,6 +31,19 @@ class Metadata:
     protocol: str = PROTOCOL
 
     def __post_init__(self):
+        if (
+            min(self.d_vit, self.n_tokens, len(self.layers)) < 1
+            or min(self.n_patches_per_img, self.n_imgs) < 0
+        ):
+            raise StoreError(
+                f"d_vit={self.d_vit}, tokens per image ({self.n_tokens}) and layers ({len(self.layers)}) "
+                f"must be positive, n_patches_per_img={self.n_patches_per_img} and n_imgs={self.n_imgs} "
+                "not negative."
+            )
+        if len(set(self.layers)) != len(self.layers):
+            raise StoreError(
+                f"layers {list(self.layers)} name a layer twice; each is one slice of the shards."
+            )
         if self.dtype not in DTYPES:
             raise StoreError(f"unsupported store dtype {self.dtype!r}; saev reads {sorted(DTYPES)}.")
         if self.n_imgs_per_shard < 1:
@@ -63,26 +76,30 @@ class Metadata:
     @property
     def hash(self) -> str:
         """Directory name: sha256 of the compact, key-sorted JSON (protocol 1.0.0)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode("utf-8")
-        return hashlib.sha256(blob).hexdigest()
+        return dict_hash(self.to_dict())
+
+
+def dict_hash(dct: dict[str, Any], compact: bool = True) -> str:
+    """A store's directory name for its metadata.json: sha256 of the key-sorted JSON, with compact
+    separators (protocol 1.0.0) or json's defaults (older reference stores)."""
+    separators = (",", ":") if compact else None
+    return hashlib.sha256(json.dumps(dct, sort_keys=True, separators=separators).encode("utf-8")).hexdigest()
 
 
 def parse(dct: dict[str, Any], source: str = "metadata.json") -> Metadata:
     """Read metadata from any era: vit_*, model_family/model_ckpt, model_org/model_ckpt; either shard budget name."""
+    family = dct.get("vit_family", dct.get("model_family", dct.get("model_org")))
+    ckpt = dct.get("vit_ckpt", dct.get("model_ckpt"))
+    budget = dct.get("max_patches_per_shard", dct.get("n_patches_per_shard"))
+    missing = [
+        name
+        for name, value in (("vit_family", family), ("vit_ckpt", ckpt), ("max_patches_per_shard", budget))
+        if value is None
+    ]
+    missing += [k for k in ("layers", "n_patches_per_img", "cls_token", "d_vit", "n_imgs") if k not in dct]
+    if missing:
+        raise StoreError(f"{source}: missing keys {missing}.")
     try:
-        family = dct.get("vit_family", dct.get("model_family", dct.get("model_org")))
-        ckpt = dct.get("vit_ckpt", dct.get("model_ckpt"))
-        budget = dct.get("max_patches_per_shard", dct.get("n_patches_per_shard"))
-        missing = [
-            name
-            for name, value in (("vit_family", family), ("vit_ckpt", ckpt), ("max_patches_per_shard", budget))
-            if value is None
-        ]
-        missing += [
-            k for k in ("layers", "n_patches_per_img", "cls_token", "d_vit", "n_imgs") if k not in dct
-        ]
-        if missing:
-            raise StoreError(f"{source}: missing keys {missing}.")
         return Metadata(
             vit_family=family,
             vit_ckpt=ckpt,
@@ -98,6 +115,8 @@ def parse(dct: dict[str, Any], source: str = "metadata.json") -> Metadata:
         )
     except (TypeError, ValueError) as err:
         raise StoreError(f"{source}: invalid value ({err}).") from None
+    except StoreError as err:
+        raise StoreError(f"{source}: {err}") from None
 
 
 def read(path: pathlib.Path) -> Metadata:

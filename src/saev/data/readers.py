@@ -16,7 +16,7 @@ import torch
 
 from saev.data.layout import Run, Tokens, TokenView
 from saev.data.statistics import store_normalization
-from saev.data.store import ShardStore, open_shards
+from saev.data.store import ShardStore, nonfinite_rows, open_shards
 from saev.errors import StoreError
 from saev.normalization import ActNorm
 
@@ -52,9 +52,7 @@ def iter_batches(
         raise StoreError(f"batch_size must be positive, got {batch_size}.")
     layer_i = store.layer_index(layer)
     view = store.token_view(tokens)
-    images = range(len(store)) if images is None else images
-    if images.step != 1 or images.start < 0 or images.stop > len(store):
-        raise StoreError(f"images must be a contiguous range within [0, {len(store)}), got {images}.")
+    images = _image_range(store, images)
     norm = store_normalization(store, layer, tokens) if normalize else None
     row_bytes = view.n * store.d_vit * 4
     reader = _Reader(store, layer_i, view, norm)
@@ -64,6 +62,38 @@ def iter_batches(
     else:
         chunks = _ordered_chunks(reader, images, row_bytes, skip)
     yield from _batches(prefetch(chunks), batch_size, drop_last)
+
+
+def find_nonfinite(
+    path: str | os.PathLike | ShardStore,
+    layer: int = -2,
+    tokens: Tokens = "all",
+    *,
+    images: range | None = None,
+    limit: int = 10,
+) -> list[tuple[int, int]]:
+    """(image, token position) of the first `limit` examples that hold a NaN or an infinity, in store
+    order. One sequential pass over every selected example: for explaining a non-finite result (see
+    `ShardStore.nonfinite_error`), not for every batch."""
+    store = path if isinstance(path, ShardStore) else open_shards(path)
+    layer_i = store.layer_index(layer)
+    view = store.token_view(tokens)
+    hits: list[tuple[int, int]] = []
+    row_bytes = view.n * store.d_vit * 4
+    for run in store.runs(_image_range(store, images), max(1, int(32 * MiB // row_bytes))):
+        bad = nonfinite_rows(store.read(run.shard, run.local, layer_i, view.slice))
+        hits += [(run.start + int(i), view.start + int(t)) for i, t in bad[: limit - len(hits)]]
+        if len(hits) == limit:
+            break
+    return hits
+
+
+def _image_range(store: ShardStore, images: range | None) -> range:
+    if images is None:
+        return range(len(store))
+    if images.step != 1 or images.start < 0 or images.stop > len(store):
+        raise StoreError(f"images must be a contiguous range within [0, {len(store)}), got {images}.")
+    return images
 
 
 class _Reader:

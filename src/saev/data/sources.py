@@ -1,15 +1,20 @@
 """Image sources for recording: a folder tree (ImageFolder order and labels) or a Hugging Face dataset."""
 
 import dataclasses
+import errno
 import hashlib
+import logging
 import os
 import pathlib
+import stat
 from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
-from saev.data.images import load_rgb, to_rgb
+from saev.data.images import file_kind, load_rgb, to_rgb
 from saev.errors import ConfigError, ImageError
+
+logger = logging.getLogger("saev.data")
 
 EXTENSIONS = frozenset(ext.lower() for ext in Image.registered_extensions())
 
@@ -64,25 +69,125 @@ class FolderSource:
 
 
 def scan_folder(root: str | os.PathLike) -> FolderSource:
-    root = pathlib.Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise ConfigError(f"{root}: image folder not found.")
+    root = _image_folder(root)
+    scan = _Scan(root)
+    top_files, top_dirs = scan.listing("")
     files, ignored = [], 0
-    top = sorted(os.scandir(root), key=lambda e: e.name)
-    for entry in top:
-        if entry.is_file():
-            ignored += _keep(entry.name, entry.name, files)
-    for entry in top:
-        if entry.is_dir():
-            for dirpath, _, fnames in sorted(os.walk(entry.path, followlinks=True)):
-                rel_dir = pathlib.Path(dirpath).relative_to(root).as_posix()
-                for fname in sorted(fnames):
-                    ignored += _keep(fname, f"{rel_dir}/{fname}", files)
+    for name in top_files:
+        ignored += _keep(name, name, files)
+    for name in top_dirs:
+        # Sorted by path, as `sorted(os.walk(...))` did, so stores recorded before keep their order.
+        for rel_dir, fnames in sorted(scan.tree(name)):
+            for fname in fnames:
+                ignored += _keep(fname, f"{rel_dir}/{fname}", files)
     if not files:
         raise ConfigError(
             f"{root}: no image files found (looked for {', '.join(sorted(EXTENSIONS)[:8])}, ...)."
         )
     return FolderSource(root, tuple(files), ignored)
+
+
+def _image_folder(given: str | os.PathLike) -> pathlib.Path:
+    path = pathlib.Path(given).expanduser()
+    try:
+        root = path.resolve()
+        mode = os.stat(root).st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: image folder not found.") from None
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop, before Python 3.13
+        raise ConfigError(f"{path}: cannot open the image folder ({err}).") from None
+    if not stat.S_ISDIR(mode):
+        raise ConfigError(f"{root}: a {file_kind(mode)}, not an image folder.")
+    return root
+
+
+class _Scan:
+    """Lists an image folder, following directory symlinks but entering each real directory once.
+
+    A symlink to a directory inside the folder is not followed at all (that directory's files are
+    listed under their own path); one leading outside is followed the first time its target is
+    met. So symlink cycles end and no image is listed twice. Entries that cannot be image files
+    (broken links, links to themselves, FIFOs, sockets, devices) are skipped with a warning and
+    never opened.
+    """
+
+    def __init__(self, root: pathlib.Path):
+        self.root = root
+        st = os.stat(root)
+        self.seen = {(st.st_dev, st.st_ino): str(root)}
+        """Each real directory entered, by (device, inode), and the path it was entered by."""
+
+    def listing(self, rel: str) -> tuple[list[str], list[str]]:
+        """Names of the regular files and of the directories to enter in `rel`, in name order."""
+        path = self.root / rel
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError as err:
+            logger.warning("skipped %s: cannot list this folder (%s)", path, err.strerror)
+            return [], []
+        files, dirs = [], []
+        for entry in entries:
+            try:
+                kind = self._kind(entry)
+            except OSError as err:
+                logger.warning("skipped %s: %s", entry.path, _link_problem(entry.path, err))
+                continue
+            if kind == "file":
+                files.append(entry.name)
+            elif kind == "dir":
+                dirs.append(entry.name)
+            elif kind is not None:
+                logger.warning("skipped %s: a %s, not an image file", entry.path, kind)
+        return files, dirs
+
+    def tree(self, top: str) -> list[tuple[str, list[str]]]:
+        """(folder, file names) for `top` and every folder below it."""
+        out, stack = [], [top]
+        while stack:
+            rel = stack.pop()
+            files, dirs = self.listing(rel)
+            out.append((rel, files))
+            stack.extend(f"{rel}/{name}" for name in reversed(dirs))
+        return out
+
+    def _kind(self, entry: os.DirEntry) -> str | None:
+        """`file`, `dir` (a folder to enter), None (skipped and reported) or the kind of a special file."""
+        if entry.is_symlink():
+            st = os.stat(entry.path)
+            if stat.S_ISDIR(st.st_mode):
+                return self._enter(entry.path, st, link=True)
+        elif entry.is_dir(follow_symlinks=False):
+            return self._enter(entry.path, entry.stat(follow_symlinks=False), link=False)
+        elif entry.is_file(follow_symlinks=False):
+            return "file"  # the common case decides from the directory listing, without a stat call
+        else:
+            st = entry.stat(follow_symlinks=False)
+        return "file" if stat.S_ISREG(st.st_mode) else file_kind(st.st_mode)
+
+    def _enter(self, path: str, st: os.stat_result, link: bool) -> str | None:
+        key = (st.st_dev, st.st_ino)
+        if link:
+            target = os.path.realpath(path)
+            if os.path.commonpath([target, self.root]) == str(self.root):
+                logger.warning(
+                    "skipped %s: a symlink to %s, inside the image folder (scanned under its own path)",
+                    path,
+                    target,
+                )
+                return None
+        if key in self.seen:
+            logger.warning("skipped %s: the same folder as %s, already scanned", path, self.seen[key])
+            return None
+        self.seen[key] = path
+        return "dir"
+
+
+def _link_problem(path: str, err: OSError) -> str:
+    if err.errno == errno.ENOENT and os.path.islink(path):
+        return f"a broken symlink (to {os.readlink(path)})"
+    if err.errno == errno.ELOOP:
+        return f"a symlink that leads back to itself ({err.strerror})"
+    return err.strerror or str(err)
 
 
 def _keep(fname: str, rel: str, files: list[str]) -> int:

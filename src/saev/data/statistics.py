@@ -7,6 +7,7 @@ L2 distance to it over sqrt(d_vit). Here the sampled examples are gathered in on
 
 import json
 import logging
+import math
 import pathlib
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from jaxtyping import Float
 
 from saev.data.layout import Tokens
-from saev.data.store import ShardStore
+from saev.data.store import ShardStore, nonfinite_rows
 from saev.fileio import write_json
 from saev.normalization import DEFAULT_CLAMP, ActNorm, estimate_normalization
 
@@ -31,7 +32,8 @@ def reference_sample(n_examples: int, n_samples: int = N_SAMPLES) -> np.ndarray:
 def sample_examples(
     store: ShardStore, layer: int, tokens: Tokens, n_samples: int = N_SAMPLES
 ) -> Float[torch.Tensor, "n d_vit"]:
-    """The reference's sample of a store's examples, float32 [n, d_vit], read in one sequential pass."""
+    """The reference's sample of a store's examples, float32 [n, d_vit], read in one sequential pass.
+    A NaN or infinite value in the sample is a StoreError naming its image and token."""
     layer_i = store.layer_index(layer)
     view = store.token_view(tokens)
     wanted = reference_sample(len(store) * view.n, n_samples)
@@ -44,7 +46,14 @@ def sample_examples(
         local = wanted[lo:hi] - run.start * view.n
         imgs = local // view.n + run.local.start
         toks = local % view.n + view.start
-        store.read(run.shard, imgs, layer_i, toks, out=out[filled : filled + len(local)])
+        block = store.read(run.shard, imgs, layer_i, toks, out=out[filled : filled + len(local)])
+        bad = nonfinite_rows(block)
+        if len(bad):
+            row = int(bad[0, 0])
+            image_i = run.start + int(local[row]) // view.n
+            raise store.nonfinite_error(
+                image_i, int(toks[row]), layer, block[row], "computing normalisation statistics"
+            )
         filled += len(local)
     return torch.from_numpy(out)
 
@@ -54,11 +63,12 @@ def cache_path(store: ShardStore, layer: int, tokens: Tokens) -> pathlib.Path:
 
 
 def store_normalization(store: ShardStore, layer: int, tokens: Tokens) -> ActNorm:
-    """Statistics for (layer, tokens), read from the cache beside the store or computed and cached."""
+    """Statistics for (layer, tokens), read from the cache beside the store or computed and cached.
+    A cache written for other contents of the store (its `fingerprint`) is recomputed."""
     path = cache_path(store, layer, tokens)
-    if path.exists():
-        dct = json.loads(path.read_text())
-        return ActNorm(torch.tensor(dct["mean"], dtype=torch.float32), dct["scale"], dct["clamp"])
+    cached = _read_cache(path, store)
+    if cached is not None:
+        return cached
     logger.info("computing normalisation statistics for layer %d (%s) of %s", layer, tokens, store.path)
     norm = estimate_normalization(sample_examples(store, layer, tokens), clamp=DEFAULT_CLAMP)
     record = {
@@ -66,6 +76,7 @@ def store_normalization(store: ShardStore, layer: int, tokens: Tokens) -> ActNor
         "scale": norm.scale,
         "clamp": norm.clamp,
         "n_samples": min(N_SAMPLES, len(store) * store.token_view(tokens).n),
+        "store": store.fingerprint,
     }
     try:
         write_json(path, record, indent=None)
@@ -76,3 +87,22 @@ def store_normalization(store: ShardStore, layer: int, tokens: Tokens) -> ActNor
             err,
         )
     return norm
+
+
+def _read_cache(path: pathlib.Path, store: ShardStore) -> ActNorm | None:
+    """The cached statistics, or None when there are none or they cannot be trusted: written for
+    other contents of the store, not finite (older saev cached NaN), or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        dct = json.loads(path.read_text())
+        norm = ActNorm(
+            torch.tensor(dct["mean"], dtype=torch.float32), float(dct["scale"]), float(dct["clamp"])
+        )
+        fresh = dct.get("store") == store.fingerprint and norm.mean.shape == (store.d_vit,)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        fresh = False
+    if fresh and torch.isfinite(norm.mean).all() and math.isfinite(norm.scale):
+        return norm
+    logger.info("recomputing %s: it was written for other contents of the store, or is not finite", path)
+    return None

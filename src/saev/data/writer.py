@@ -2,15 +2,19 @@
 
 Each shard is appended to `actsNNNNNN.bin.partial`, padded to full size (sparsely), fsynced and
 renamed; only then is it listed in the state file and in `shards.json`. `metadata.json` is
-written last: its presence marks a finished store.
+written last: its presence marks a finished store. While a recording runs it holds a lock on
+`LOCK_FILE`, so a second recording into the same store fails at once instead of corrupting it.
 """
 
 import dataclasses
+import fcntl
 import json
+import logging
 import os
 import pathlib
 import queue
 import shutil
+import socket
 import threading
 from typing import Any
 
@@ -20,7 +24,15 @@ import torch
 from saev.data import metadata as md
 from saev.data.store import STATE_FILE, to_stored
 from saev.errors import StoreError
-from saev.fileio import write_json
+from saev.fileio import temporaries, write_json
+
+logger = logging.getLogger("saev.data")
+
+LOCK_FILE = ".saev-recording.lock"
+"""Locked by the recording that writes a store; removed when it finishes or fails."""
+
+JSON_FILES = ("metadata.json", "shards.json", "images.json", "skipped.json", md.LAYOUT_FILE, STATE_FILE)
+"""What a recording writes atomically, through temporaries that a killed run leaves behind."""
 
 
 @dataclasses.dataclass
@@ -51,13 +63,21 @@ class ShardWriter:
         self.root = pathlib.Path(dump_to) / planned.hash
         self.source = source
         self.per_shard = planned.n_imgs_per_shard
-        self.complete = (self.root / "metadata.json").exists()
+        self.complete = self._finished()
         if self.complete:
-            (self.root / STATE_FILE).unlink(missing_ok=True)
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.state = self._load_state(fingerprint)
-        self._clean_stray_files()
+        self._lock = StoreLock(self.root)
+        try:
+            # Another recording may have finished the store between the check above and the lock.
+            self.complete = self._finished()
+            if self.complete:
+                self._lock.release()
+                return
+            self.state = self._load_state(fingerprint)
+            self._clean_stray_files()
+        except BaseException:
+            self._lock.release()
+            raise
         self.images: list[dict[str, Any]] = list(self.state["images"])
         self.skips: list[Skip] = [Skip(**s) for s in self.state["skipped"]]
         self.filled = 0
@@ -113,7 +133,33 @@ class ShardWriter:
             self._queue.put(("commit", self._commit_info()))
         self._queue.put(("stop", None))
         self._thread.join()
-        self._raise_pending()
+        try:
+            self._raise_pending()
+            return self._write_store()
+        finally:
+            self._lock.release()
+
+    def abort(self) -> None:
+        """Stop the writer thread without committing the current shard."""
+        self._queue.put(("stop", None))
+        self._thread.join()
+        self._lock.release()
+
+    # Internals
+
+    def _finished(self) -> bool:
+        """Whether the store is complete; if so, drops what a run killed while finishing it left."""
+        if not (self.root / "metadata.json").exists():
+            return False
+        for path in [self.root / STATE_FILE, self.root / LOCK_FILE, *self._temporaries()]:
+            path.unlink(missing_ok=True)
+        return True
+
+    def _temporaries(self) -> list[pathlib.Path]:
+        # Only the recording's own: other commands cache files beside a finished store's.
+        return [tmp for name in JSON_FILES for tmp in temporaries(self.root / name)]
+
+    def _write_store(self) -> md.Metadata:
         skipped = sorted(self.skips, key=lambda s: s.index)
         if not self.images:
             self._remove()
@@ -130,13 +176,6 @@ class ShardWriter:
         (self.root / STATE_FILE).unlink(missing_ok=True)
         self.complete = True
         return final
-
-    def abort(self) -> None:
-        """Stop the writer thread without committing the current shard."""
-        self._queue.put(("stop", None))
-        self._thread.join()
-
-    # Internals
 
     def _commit_info(self) -> dict[str, Any]:
         """Snapshot for the writer thread: what the state file will say once this shard is on disk."""
@@ -185,6 +224,7 @@ class ShardWriter:
         """Delete the store folder this writer made, which holds no image (never a user's files)."""
         for path in [self.root / STATE_FILE, self.root / "shards.json", *self.root.glob("acts*.bin*")]:
             path.unlink(missing_ok=True)
+        self._lock.release()
         if not any(self.root.iterdir()):
             self.root.rmdir()
 
@@ -218,12 +258,93 @@ class ShardWriter:
         return state
 
     def _clean_stray_files(self) -> None:
-        """Partial shards and shards not yet listed in the state are redone on resume."""
+        """Partial shards and shards not yet listed in the state are redone on resume; temporaries
+        of JSON files a killed run was writing would otherwise survive into the finished store."""
         listed = {s["name"] for s in self.state["shards"]}
         for path in self.root.glob("acts*.bin*"):
             if path.name not in listed:
                 path.unlink()
+        for path in self._temporaries():
+            path.unlink()
         write_json(self.root / "shards.json", self.state["shards"])
+
+
+class StoreLock:
+    """An exclusive `flock` on a store's LOCK_FILE, which names its holder for the error message.
+
+    The kernel drops the lock when its process dies, so a killed recording never blocks the next
+    one; its unlocked file is simply reused.
+    """
+
+    def __init__(self, root: pathlib.Path):
+        self.path = root / LOCK_FILE
+        while True:
+            root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                raise StoreError(
+                    f"another saev activations ({holder}) is recording into {root}; wait for it or stop it."
+                ) from None
+            except OSError as err:
+                logger.warning(
+                    "cannot lock %s (%s); make sure no other recording writes into %s",
+                    self.path,
+                    err.strerror,
+                    root,
+                )
+                break
+            # A finishing recording removes the file just before unlocking it: lock the new one.
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        self.fd: int | None = fd
+        _HELD.add(fd)
+
+    def release(self) -> None:
+        """Remove the file, then unlock; a recording that opened it meanwhile sees it gone and retries."""
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        _HELD.discard(self.fd)
+        os.close(self.fd)
+        self.fd = None
+
+
+_HELD: set[int] = set()
+"""Descriptors of the locks this process holds."""
+
+
+def _close_held_locks() -> None:
+    # A forked image-decoding worker would share the lock, holding it past its parent's death.
+    for fd in _HELD:
+        os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_locks)
+
+
+def _holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0))
+        return f"pid {int(holder['pid'])} on host {holder['host']}"
+    except (ValueError, KeyError, TypeError):  # it has not written its name yet
+        return "pid unknown"
+
+
+def _same_file(fd: int, path: pathlib.Path) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _fmt(n_bytes: float) -> str:
@@ -266,10 +387,14 @@ def write_arrays(
     writer = ShardWriter(dump_to, planned, f"arrays:{n}", data, layout)
     if writer.complete:
         return writer.root
-    for start in range(0, n, writer.per_shard):
-        chunk = np.ascontiguousarray(acts_NLTD[start : start + writer.per_shard], dtype=np.float32)
-        stored = to_stored(torch.from_numpy(chunk), dtype)
-        indices = list(range(start, start + len(chunk)))
-        writer.write(stored, indices, [{"index": i, "label": None} for i in indices])
+    try:
+        for start in range(0, n, writer.per_shard):
+            chunk = np.ascontiguousarray(acts_NLTD[start : start + writer.per_shard], dtype=np.float32)
+            stored = to_stored(torch.from_numpy(chunk), dtype)
+            indices = list(range(start, start + len(chunk)))
+            writer.write(stored, indices, [{"index": i, "label": None} for i in indices])
+    except BaseException:
+        writer.abort()
+        raise
     writer.finish()
     return writer.root

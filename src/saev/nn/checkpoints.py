@@ -2,18 +2,27 @@
 
 Reference files are one JSON header line followed by a `torch.save` zip archive of the four
 weight tensors; they are read with `torch.load(weights_only=True)`, which refuses pickled code.
-Native files are safetensors with the configuration, forward variant, normalisation statistics
-and provenance in the metadata. See docs in README.md ("Checkpoint formats").
+Native files are safetensors with the configuration, forward variant, normalisation statistics,
+provenance and a CRC-32 of the tensor data in the metadata. See docs in README.md ("Checkpoint formats").
+
+Files come from the internet and from disks, so loading trusts nothing in them: only regular files
+are opened, archives and tensor data are checked against their CRC-32s, every header value is
+type-checked, and the shapes a header implies are compared with the tensors before a model is built.
 """
 
 import io
 import json
+import math
 import os
 import pathlib
 import pickle
+import reprlib
+import stat
 import struct
 import warnings
 import zipfile
+import zlib
+from typing import Any
 
 import huggingface_hub
 import torch
@@ -37,17 +46,30 @@ NATIVE_FORMAT = "saev-sae"
 NATIVE_VERSION = "1"
 WEIGHT_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
 MAX_HEADER_BYTES = 1 << 20
+SAFETENSORS_MAX_HEADER = 100_000_000
+"""safetensors' own limit on the length of its JSON header."""
+MAX_EXP_FACTOR = 1 << 16
+"""Largest `exp_factor` a reference header may give (the public SAEs use 32): beyond it, a damaged header."""
+CHECKSUM_KEY = "data_crc32"
+"""Native metadata entry: CRC-32 of the tensor data (everything after the header), as 8 hex digits."""
 HF_PREFIX = "hf://"
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SparseAutoencoder:
-    """Load an SAE from a local path, `hf://ORG/NAME` (file `sae.pt`) or `hf://ORG/NAME/FILE`."""
+def load(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, allow_nonfinite: bool = False
+) -> SparseAutoencoder:
+    """Load an SAE from a local path, `hf://ORG/NAME` (file `sae.pt`) or `hf://ORG/NAME/FILE`.
+
+    Every header value is checked, and the shapes it implies are compared with the tensors in the
+    file, before a model is built. NaN or infinite tensors and a normalisation scale that is not
+    positive are refused unless `allow_nonfinite` (to inspect a diverged run).
+    """
     local = resolve(str(path))
     blob = _read_bytes(local)
     if _looks_like_safetensors(blob):
-        sae = _load_native(local, blob)
+        sae = _load_native(local, blob, allow_nonfinite)
     else:
-        sae = _load_reference(local, blob)
+        sae = _load_reference(local, blob, allow_nonfinite)
     return sae.to(device)
 
 
@@ -83,14 +105,33 @@ def resolve(path: str) -> pathlib.Path:
 
 # Reading
 
+_NOT_REGULAR = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
 
 def _read_bytes(path: pathlib.Path) -> bytes:
+    # Checked before opening: reading a FIFO or a terminal blocks forever, a device file never ends.
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise CheckpointError(f"{path}: no such file.") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read: {err.strerror}.") from None
+    if stat.S_ISDIR(mode):
+        inside = [name for name in ("sae.safetensors", "sae.pt") if (path / name).is_file()]
+        hint = (
+            f" It holds {inside[0]}: pass {path / inside[0]}." if inside else " It holds no sae checkpoint."
+        )
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file.{hint}")
+    if not stat.S_ISREG(mode):
+        kind = next((words for test, words in _NOT_REGULAR if test(mode)), "not a regular file")
+        raise CheckpointError(f"{path}: is {kind}; checkpoints are read only from regular files.")
     try:
         blob = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file.") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint file.") from None
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read: {err.strerror}.") from None
     if not blob:
@@ -101,24 +142,37 @@ def _read_bytes(path: pathlib.Path) -> bytes:
 def _looks_like_safetensors(blob: bytes) -> bool:
     if len(blob) < 9:
         return False
+    # A reference header is JSON from byte 0, so its first 8 bytes read as an absurd header length.
     (n,) = struct.unpack("<Q", blob[:8])
-    return 0 < n <= len(blob) - 8 and blob[8:9] == b"{"
+    return 0 < n <= SAFETENSORS_MAX_HEADER and blob[8:9] == b"{"
 
 
-def _load_reference(path: pathlib.Path, blob: bytes) -> SparseAutoencoder:
+def _json(path: pathlib.Path, text: str | bytes, what: str) -> object:
+    try:
+        return json.loads(text)
+    # ValueError covers decoding errors and integers past Python's digit limit; deeply nested JSON
+    # exhausts the recursion limit instead of failing to parse.
+    except (ValueError, RecursionError) as err:
+        raise CheckpointError(f"{path}: {what} is not valid JSON ({err}).") from None
+
+
+def _load_reference(path: pathlib.Path, blob: bytes, allow_nonfinite: bool) -> SparseAutoencoder:
     newline = blob.find(b"\n", 0, MAX_HEADER_BYTES)
     if newline < 0:
         raise CheckpointError(f"{path}: not a saev checkpoint (no JSON header line, and not safetensors).")
     try:
         header = json.loads(blob[:newline].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path}: not a saev checkpoint (first line is not a JSON header).") from None
+    except (ValueError, RecursionError) as err:
+        raise CheckpointError(
+            f"{path}: not a saev checkpoint (first line is not a JSON header: {err})."
+        ) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: not a saev checkpoint (header is JSON but not an object).")
     cfg, prov = _parse_header(path, header)
     state = _torch_load(path, blob[newline + 1 :])
+    _check_weights(path, cfg, state, allow_nonfinite)
     sae = SparseAutoencoder(cfg, prov)
-    _load_weights(path, sae, state, header_desc=_describe(cfg))
+    _copy_weights(sae, state)
     return sae
 
 
@@ -128,37 +182,39 @@ def _parse_header(path: pathlib.Path, header: dict) -> tuple[config.SaeConfig, c
         return _legacy_config(path, header)
     schema = header["schema"]
     cfg = header.get("cfg")
-    if schema not in (1, 2):
+    # JSON `true` and `1.0` equal 1 in Python, but no writer produced them.
+    if type(schema) is not int or schema not in (1, 2):
         raise CheckpointError(
-            f"{path}: unknown checkpoint schema {schema!r}; saev reads schema-less headers and schemas 1 and 2."
+            f"{path}: unknown checkpoint schema {reprlib.repr(schema)}; "
+            "saev reads schema-less headers and schemas 1 and 2."
         )
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path}: schema {schema} header has no 'cfg' object.")
-    if schema == 1 and header.get("cls", "Relu") in ("Relu", "TopK", "BatchTopK"):
-        activation = {"cls": header.get("cls", "Relu"), "params": {"top_k": cfg.get("top_k", 32)}}
+    if schema == 1:
+        activation = {"cls": _header_value(path, header, "cls", str, "Relu")}
+        if "top_k" in cfg:
+            activation["params"] = {"top_k": cfg["top_k"]}
     else:
         activation = cfg.get("activation", {"cls": "Relu", "params": {}})
-    act = _reference_activation(path, activation)
     d_vit, d_sae = _shape_from(path, cfg)
-    variant = f"V{schema}"
     cfg_obj = _make_config(
         path,
         d_vit=d_vit,
         d_sae=d_sae,
-        activation=act,
+        activation=_reference_activation(path, activation),
         subtract_b_dec=schema == 1,
-        normalize_w_dec=bool(cfg.get("normalize_w_dec", True)),
-        remove_parallel_grads=bool(cfg.get("remove_parallel_grads", True)),
-        seed=int(cfg.get("seed", 0)),
+        normalize_w_dec=_header_value(path, cfg, "normalize_w_dec", bool, True),
+        remove_parallel_grads=_header_value(path, cfg, "remove_parallel_grads", bool, True),
+        seed=_header_value(path, cfg, "seed", int, 0),
     )
-    return cfg_obj, config.Provenance(source=variant)
+    return cfg_obj, config.Provenance(source=f"V{schema}")
 
 
 def _legacy_config(path: pathlib.Path, header: dict) -> tuple[config.SaeConfig, config.Provenance]:
     if "l1_coeff" in header or "use_ghost_grads" in header:
-        variant, coeff = "V0a", header.get("l1_coeff", 4e-4)
+        variant, coeff = "V0a", _header_value(path, header, "l1_coeff", float, 4e-4)
     elif "sparsity_coeff" in header:
-        variant, coeff = "V0b", header["sparsity_coeff"]
+        variant, coeff = "V0b", _header_value(path, header, "sparsity_coeff", float, 4e-4)
     else:
         variant, coeff = "V0c", 4e-4
     d_vit, d_sae = _shape_from(path, header)
@@ -169,39 +225,59 @@ def _legacy_config(path: pathlib.Path, header: dict) -> tuple[config.SaeConfig, 
         activation=Relu(),
         subtract_b_dec=True,
         sparsity_coeff=float(coeff),
-        normalize_w_dec=bool(header.get("normalize_w_dec", True)),
-        remove_parallel_grads=bool(header.get("remove_parallel_grads", True)),
-        seed=int(header.get("seed", 0)),
+        normalize_w_dec=_header_value(path, header, "normalize_w_dec", bool, True),
+        remove_parallel_grads=_header_value(path, header, "remove_parallel_grads", bool, True),
+        seed=_header_value(path, header, "seed", int, 0),
     )
     return cfg, config.Provenance(source=variant)
 
 
+def _header_value(path: pathlib.Path, header: dict, key: str, kind: type, default: object) -> Any:
+    """`header[key]`, or `default` when absent; a CheckpointError naming the field unless it is a `kind`."""
+    if key not in header:
+        return default
+    try:
+        return config.checked(f"header field '{key}'", header[key], kind)
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+
+
 def _shape_from(path: pathlib.Path, cfg: dict) -> tuple[int, int]:
-    d_vit = cfg.get("d_vit")
-    if not isinstance(d_vit, int):
-        raise CheckpointError(f"{path}: header lacks an integer 'd_vit' (keys: {sorted(cfg)}).")
-    if isinstance(cfg.get("d_sae"), int):
-        return d_vit, cfg["d_sae"]
-    exp = cfg.get("exp_factor")
-    if not isinstance(exp, (int, float)):
+    if "d_vit" not in cfg:
+        raise CheckpointError(f"{path}: header lacks 'd_vit' (keys: {sorted(cfg)}).")
+    d_vit = _header_value(path, cfg, "d_vit", int, None)
+    if cfg.get("d_sae") is not None:
+        return d_vit, _header_value(path, cfg, "d_sae", int, None)
+    if "exp_factor" not in cfg:
         raise CheckpointError(f"{path}: header gives neither 'd_sae' nor 'exp_factor' (keys: {sorted(cfg)}).")
+    exp = _header_value(path, cfg, "exp_factor", float, None)
+    # Bounded also so that d_vit * exp_factor stays a finite float.
+    if not 0 < exp <= MAX_EXP_FACTOR:
+        raise CheckpointError(
+            f"{path}: header field 'exp_factor' must be in (0, {MAX_EXP_FACTOR}], got {exp!r}."
+        )
     return d_vit, round(d_vit * exp)
 
 
-def _reference_activation(path: pathlib.Path, activation: dict) -> Activation:
-    name = activation.get("cls") if isinstance(activation, dict) else None
-    params = activation.get("params", {}) if isinstance(activation, dict) else {}
+def _reference_activation(path: pathlib.Path, activation: object) -> Activation:
+    if not isinstance(activation, dict) or not isinstance(activation.get("params", {}), dict):
+        raise CheckpointError(
+            f"{path}: header field 'activation' must be an object {{'cls': NAME, 'params': {{...}}}}, "
+            f"got {reprlib.repr(activation)}."
+        )
+    name = _header_value(path, activation, "cls", str, None)
+    params = activation.get("params", {})
     if name == "Relu":
         return Relu()
     # The reference's BatchTopK keeps k per token at inference too, which is plain TopK without ReLU.
     if name in ("TopK", "BatchTopK"):
-        return TopK(k=int(params.get("top_k", 32)), relu=False)
+        return TopK(k=_header_value(path, params, "top_k", int, 32), relu=False)
     raise CheckpointError(
-        f"{path}: unknown activation {name!r} in header; saev reads Relu, TopK and BatchTopK."
+        f"{path}: unknown activation {reprlib.repr(name)} in header; saev reads Relu, TopK and BatchTopK."
     )
 
 
-def _make_config(path: pathlib.Path, **kwargs) -> config.SaeConfig:
+def _make_config(path: pathlib.Path, **kwargs: Any) -> config.SaeConfig:
     try:
         return config.SaeConfig(**kwargs)
     except ConfigError as err:
@@ -213,8 +289,9 @@ def _torch_load(path: pathlib.Path, payload: bytes) -> dict:
         raise CheckpointError(f"{path}: truncated: the header line is not followed by any weights.")
     if not payload.startswith(b"PK\x03\x04"):
         raise CheckpointError(
-            f"{path}: weights after the header are not a torch archive (file corrupt or truncated)."
+            f"{path}: weights after the header are not a torch archive (file truncated or corrupt)."
         )
+    _check_zip(path, payload)
     try:
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -229,68 +306,173 @@ def _torch_load(path: pathlib.Path, payload: bytes) -> dict:
     return state
 
 
-def _describe(cfg: config.SaeConfig) -> str:
-    return f"d_vit={cfg.d_vit}, d_sae={cfg.d_sae}"
+def _check_zip(path: pathlib.Path, payload: bytes) -> None:
+    """Verify every member's CRC-32: torch.load does not, so flipped bytes would load as weights."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as err:
+        raise CheckpointError(f"{path}: weights archive is truncated or corrupt ({err}).") from None
+    if bad is not None:
+        raise CheckpointError(
+            f"{path}: weights archive is corrupt: member {bad!r} fails its CRC-32 check (damaged file?)."
+        )
 
 
-def _load_weights(
-    path: pathlib.Path, sae: SparseAutoencoder, state: dict[str, Tensor], header_desc: str
-) -> None:
-    expected = {name: tuple(getattr(sae, name).shape) for name in WEIGHT_NAMES}
+def _weight_shapes(cfg: config.SaeConfig) -> dict[str, tuple[int, ...]]:
+    return {
+        "W_enc": (cfg.d_vit, cfg.d_sae),
+        "b_enc": (cfg.d_sae,),
+        "W_dec": (cfg.d_sae, cfg.d_vit),
+        "b_dec": (cfg.d_vit,),
+    }
+
+
+def _check_weights(path: pathlib.Path, cfg: config.SaeConfig, state: dict, allow_nonfinite: bool) -> None:
+    """The four weights against the shapes the header implies, before a model of that size is built."""
+    expected = _weight_shapes(cfg)
     missing = sorted(set(expected) - set(state))
     if missing:
-        raise CheckpointError(f"{path}: weights {missing} are missing (found {sorted(state)}).")
-    extra = sorted(set(state) - set(expected))
+        raise CheckpointError(f"{path}: weights {missing} are missing (found {sorted(state, key=str)}).")
+    extra = sorted(set(state) - set(expected), key=str)
     if extra:
         raise CheckpointError(f"{path}: unexpected entries {extra} in the weights.")
     for name, shape in expected.items():
-        tensor = state[name]
-        if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
-            raise CheckpointError(f"{path}: '{name}' is not a floating-point tensor.")
+        tensor = _float_tensor(path, name, state[name])
         if tuple(tensor.shape) != shape:
             raise CheckpointError(
-                f"{path}: header says {header_desc}, so '{name}' should have shape {list(shape)}, "
-                f"but the file has {list(tensor.shape)}."
+                f"{path}: header says d_vit={cfg.d_vit}, d_sae={cfg.d_sae}, so '{name}' should have shape "
+                f"{list(shape)}, but the file has {list(tensor.shape)}."
             )
+        if not allow_nonfinite:
+            _check_finite(path, name, tensor)
+
+
+def _float_tensor(path: pathlib.Path, name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor) or not value.is_floating_point() or value.layout != torch.strided:
+        raise CheckpointError(f"{path}: '{name}' is not a dense floating-point tensor.")
+    return value
+
+
+def _check_finite(path: pathlib.Path, name: str, tensor: Tensor) -> None:
+    # min and max propagate NaN, so two scalars decide; a full isfinite mask costs ~15x more.
+    if tensor.numel() == 0 or all(math.isfinite(float(v)) for v in torch.aminmax(tensor)):
+        return
+    n_nan, n_inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
+    raise CheckpointError(
+        f"{path}: tensor '{name}' holds {n_nan} NaN and {n_inf} infinite values of {tensor.numel()} "
+        "(a diverged training run?); pass allow_nonfinite=True to load it anyway."
+    )
+
+
+def _copy_weights(sae: SparseAutoencoder, state: dict[str, Tensor]) -> None:
     with torch.no_grad():
         for name in WEIGHT_NAMES:
             getattr(sae, name).copy_(state[name].to(torch.float32))
 
 
-def _load_native(path: pathlib.Path, blob: bytes) -> SparseAutoencoder:
+def _load_native(path: pathlib.Path, blob: bytes, allow_nonfinite: bool) -> SparseAutoencoder:
+    (n,) = struct.unpack("<Q", blob[:8])
+    if 8 + n > len(blob):
+        raise CheckpointError(
+            f"{path}: truncated: the safetensors header declares {n} bytes, but the file has {len(blob)}."
+        )
+    # safetensors checks the structure first: offsets within the file, metadata values all strings.
     try:
         tensors = st_load(blob)
-        (n,) = struct.unpack("<Q", blob[:8])
-        meta = json.loads(blob[8 : 8 + n]).get("__metadata__") or {}
-    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as err:
+    except SafetensorError as err:
         raise CheckpointError(f"{path}: safetensors file is truncated or corrupt ({err}).") from None
-    if meta.get("format") != NATIVE_FORMAT:
+    header = _json(path, blob[8 : 8 + n], "safetensors header")
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != NATIVE_FORMAT:
         raise CheckpointError(
             f"{path}: a safetensors file, but not a saev SAE (metadata lacks format={NATIVE_FORMAT!r})."
         )
-    try:
-        cfg = config.SaeConfig.from_dict(json.loads(meta["config"]))
-        prov = config.Provenance.from_dict(json.loads(meta.get("provenance", "{}")))
-        norm_meta = json.loads(meta.get("normalization", "null")) or {}
-    except (KeyError, TypeError, json.JSONDecodeError, ConfigError) as err:
-        raise CheckpointError(f"{path}: invalid saev metadata ({err}).") from None
-    sae = SparseAutoencoder(cfg, prov)
+    if meta.get("format_version") != NATIVE_VERSION:
+        raise CheckpointError(
+            f"{path}: saev format version {reprlib.repr(meta.get('format_version'))}; "
+            f"this saev reads version {NATIVE_VERSION!r} (written by a newer saev?)."
+        )
+    cfg, prov, clamp = _native_config(path, meta)
+    _verify_checksum(path, meta, memoryview(blob)[8 + n :])
     act_state = {
         k.removeprefix("activation."): tensors.pop(k) for k in list(tensors) if k.startswith("activation.")
     }
     norm = {k: tensors.pop(k) for k in ("act_mean", "act_scale") if k in tensors}
-    _load_weights(path, sae, tensors, header_desc=_describe(cfg))
-    _load_activation_state(path, sae, act_state)
+    _check_weights(path, cfg, tensors, allow_nonfinite)
     if norm:
-        if set(norm) != {"act_mean", "act_scale"} or tuple(norm["act_mean"].shape) != (cfg.d_vit,):
-            raise CheckpointError(f"{path}: normalisation statistics are incomplete or have the wrong shape.")
-        sae.set_normalization(
-            ActNorm(norm["act_mean"], float(norm["act_scale"]), norm_meta.get("clamp", DEFAULT_CLAMP))
-        )
+        _check_normalization(path, cfg, norm, allow_nonfinite)
+    sae = SparseAutoencoder(cfg, prov)
+    _copy_weights(sae, tensors)
+    _load_activation_state(path, sae, act_state, allow_nonfinite)
+    if norm:
+        sae.set_normalization(ActNorm(norm["act_mean"], float(norm["act_scale"]), clamp))
     return sae
 
 
-def _load_activation_state(path: pathlib.Path, sae: SparseAutoencoder, state: dict[str, Tensor]) -> None:
+def _native_config(path: pathlib.Path, meta: dict) -> tuple[config.SaeConfig, config.Provenance, float]:
+    """The config, provenance and normalisation clamp from native metadata, every value type-checked."""
+    if "config" not in meta:
+        raise CheckpointError(f"{path}: invalid saev metadata: no 'config' entry.")
+    norm_meta = _json(path, meta.get("normalization", "null"), "metadata 'normalization'") or {}
+    if not isinstance(norm_meta, dict):
+        raise CheckpointError(f"{path}: invalid saev metadata: 'normalization' is not an object.")
+    try:
+        cfg = config.SaeConfig.from_dict(_json(path, meta["config"], "metadata 'config'"))
+        prov = config.Provenance.from_dict(_json(path, meta.get("provenance", "{}"), "metadata 'provenance'"))
+        clamp = config.checked("normalization field 'clamp'", norm_meta.get("clamp", DEFAULT_CLAMP), float)
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: invalid saev metadata: {err}") from None
+    if clamp <= 0:
+        raise CheckpointError(
+            f"{path}: invalid saev metadata: normalization field 'clamp' must be positive, got {clamp!r}."
+        )
+    forward = "x - b_dec" if cfg.subtract_b_dec else "x"
+    if meta.get("forward", forward) != forward:
+        raise CheckpointError(
+            f"{path}: invalid saev metadata: 'forward' is {reprlib.repr(meta['forward'])} but the config's "
+            f"subtract_b_dec={cfg.subtract_b_dec} means {forward!r}."
+        )
+    return cfg, prov, float(clamp)
+
+
+def _verify_checksum(path: pathlib.Path, meta: dict, data: memoryview) -> None:
+    """Compare the tensor data with the CRC-32 recorded at save time (files from before it have none)."""
+    if CHECKSUM_KEY not in meta:
+        return
+    actual = f"{zlib.crc32(data):08x}"
+    if meta[CHECKSUM_KEY] != actual:
+        raise CheckpointError(
+            f"{path}: tensor data is corrupt: its CRC-32 is {actual}, but "
+            f"{reprlib.repr(meta[CHECKSUM_KEY])} was recorded when the file was written (damaged copy or disk?)."
+        )
+
+
+def _check_normalization(
+    path: pathlib.Path, cfg: config.SaeConfig, norm: dict[str, Tensor], allow_nonfinite: bool
+) -> None:
+    expected = {"act_mean": (cfg.d_vit,), "act_scale": ()}
+    for name, shape in expected.items():
+        if name not in norm:
+            raise CheckpointError(f"{path}: normalisation statistics are incomplete: '{name}' is missing.")
+        tensor = _float_tensor(path, name, norm[name])
+        if tuple(tensor.shape) != shape:
+            raise CheckpointError(
+                f"{path}: '{name}' should have shape {list(shape)}, but the file has {list(tensor.shape)}."
+            )
+        if not allow_nonfinite:
+            _check_finite(path, name, tensor)
+    scale = float(norm["act_scale"])
+    if scale <= 0 and not allow_nonfinite:
+        raise CheckpointError(
+            f"{path}: 'act_scale' is {scale}, but a normalisation scale must be positive (it divides every "
+            "activation); pass allow_nonfinite=True to load it anyway."
+        )
+
+
+def _load_activation_state(
+    path: pathlib.Path, sae: SparseAutoencoder, state: dict[str, Tensor], allow_nonfinite: bool
+) -> None:
     expected = sae.activation.state_dict()
     if set(state) != set(expected):
         raise CheckpointError(
@@ -301,6 +483,8 @@ def _load_activation_state(path: pathlib.Path, sae: SparseAutoencoder, state: di
             raise CheckpointError(
                 f"{path}: 'activation.{name}' has shape {list(tensor.shape)}, expected {list(expected[name].shape)}."
             )
+        if not allow_nonfinite:
+            _check_finite(path, f"activation.{name}", _float_tensor(path, f"activation.{name}", tensor))
     sae.activation.load_state_dict(state)
 
 
@@ -330,17 +514,20 @@ def _dump_native(path: pathlib.Path, sae: SparseAutoencoder) -> None:
 
 
 def _canonical(payload: bytes) -> bytes:
-    """The same safetensors file with its JSON header's keys sorted.
+    """The same safetensors file with its JSON header's keys sorted and the data's CRC-32 recorded.
 
     safetensors writes metadata in hash-map order, which changes from run to run; sorting makes
     identical SAEs produce identical bytes. Data offsets are relative to the end of the header,
-    so only the header is rewritten (space-padded to 8 bytes, as the format allows).
+    so only the header is rewritten (space-padded to 8 bytes, as the format allows). safetensors
+    has no checksum of its own, so flipped bits in the weights would otherwise load silently.
     """
     (n,) = struct.unpack("<Q", payload[:8])
     header = json.loads(payload[8 : 8 + n])
+    data = memoryview(payload)[8 + n :]
+    header["__metadata__"][CHECKSUM_KEY] = f"{zlib.crc32(data):08x}"
     blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    return struct.pack("<Q", len(blob)) + blob + payload[8 + n :]
+    return struct.pack("<Q", len(blob)) + blob + data
 
 
 def _dump_reference(path: pathlib.Path, sae: SparseAutoencoder) -> None:

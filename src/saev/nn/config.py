@@ -1,6 +1,9 @@
 """Configuration of a sparse autoencoder: shapes, architecture config and forward variant."""
 
 import dataclasses
+import reprlib
+import sys
+import typing
 from typing import Any
 
 from saev.errors import ConfigError
@@ -38,6 +41,9 @@ class SaeConfig:
         k = getattr(self.activation, "k", None)
         if k is not None and not 0 < k < self.d_sae:
             raise ConfigError(f"k must be in [1, d_sae) = [1, {self.d_sae}), got k={k}.")
+        # The range torch.Generator.manual_seed accepts; larger seeds would fail while building the model.
+        if not -(2**63) <= self.seed < 2**64:
+            raise ConfigError(f"seed must fit in 64 bits, got {reprlib.repr(self.seed)}.")
 
     @property
     def exp_factor(self) -> float:
@@ -52,21 +58,31 @@ class SaeConfig:
         return dct
 
     @classmethod
-    def from_dict(cls, dct: dict[str, Any]) -> "SaeConfig":
-        """Inverse of `to_dict`; raises ConfigError naming unknown keys or activations."""
+    def from_dict(cls, dct: Any) -> "SaeConfig":
+        """Inverse of `to_dict`; raises ConfigError naming unknown keys or activations and mistyped values."""
+        if not isinstance(dct, dict):
+            raise ConfigError(f"SAE config must be an object, got {reprlib.repr(dct)}.")
         dct = dict(dct)
         act = dct.pop("activation", {"cls": "Relu", "params": {}})
-        act_cls = architectures.CONFIGS.get(act.get("cls"))
+        if not isinstance(act, dict) or not isinstance(act.get("params", {}), dict):
+            raise ConfigError(
+                f"'activation' must be an object {{'cls': NAME, 'params': {{...}}}}, got {reprlib.repr(act)}."
+            )
+        name = act.get("cls")
+        act_cls = architectures.CONFIGS.get(name) if isinstance(name, str) else None
         if act_cls is None:
             raise ConfigError(
-                f"unknown activation {act.get('cls')!r}; expected one of {sorted(architectures.CONFIGS)}."
+                f"unknown activation {reprlib.repr(name)}; expected one of {sorted(architectures.CONFIGS)}."
             )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(dct) - known)
         if unknown:
             raise ConfigError(f"unknown SAE config keys {unknown} (written by a newer saev?).")
+        params = act.get("params", {})
+        check_types(cls, dct, "config field")
+        check_types(act_cls, params, f"{name} parameter")
         try:
-            return cls(activation=act_cls(**act.get("params", {})), **dct)
+            return cls(activation=act_cls(**params), **dct)
         except TypeError as err:
             raise ConfigError(f"invalid SAE config {dct}: {err}") from None
 
@@ -89,6 +105,49 @@ class Provenance:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     @classmethod
-    def from_dict(cls, dct: dict[str, Any]) -> "Provenance":
+    def from_dict(cls, dct: Any) -> "Provenance":
+        """Inverse of `to_dict`; keys written by a newer saev are ignored, mistyped values refused."""
+        if not isinstance(dct, dict):
+            raise ConfigError(f"provenance must be an object, got {reprlib.repr(dct)}.")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in dct.items() if k in known})
+        dct = {k: v for k, v in dct.items() if k in known}
+        check_types(cls, dct, "provenance field")
+        return cls(**dct)
+
+
+_KINDS: dict[type, tuple[typing.Callable[[object], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    # isinstance(True, int) holds in Python, but a JSON `true` is no count or dimension.
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    # The bound refuses NaN, infinities and integers too large for a float.
+    float: (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= sys.float_info.max,
+        "a finite number",
+    ),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def checked(name: str, value: object, kind: type) -> Any:
+    """`value` if it is a `kind` (bool, int, float or str) in the strict sense of `_KINDS`, else ConfigError.
+
+    Checkpoint headers are untrusted JSON, and dataclasses do not check types: a `true` d_vit, a NaN
+    coefficient or a string seed would otherwise fail far from the file, or not at all.
+    """
+    accepts, words = _KINDS[kind]
+    if not accepts(value):
+        raise ConfigError(f"{name} must be {words}, got {reprlib.repr(value)}.")
+    return value
+
+
+def check_types(cls: type, dct: dict[str, Any], what: str) -> None:
+    """Check with `checked` each value of `dct` that sets a field of dataclass `cls` (`X` or `X | None`)."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name not in dct:
+            continue
+        value, kinds = dct[field.name], typing.get_args(hints[field.name]) or (hints[field.name],)
+        if value is None and type(None) in kinds:
+            continue
+        kind = next(k for k in kinds if k is not type(None))
+        checked(f"{what} '{field.name}'", value, kind)

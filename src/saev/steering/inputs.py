@@ -145,6 +145,9 @@ def max_from_visuals(folder: pathlib.Path, d_sae: int) -> Float[Tensor, " d_sae"
         raise ConfigError(f"{path}: cannot read the latents' maxima ({err}).") from None
     if max_S.shape != (d_sae,):
         raise ConfigError(f"{path}: maxima of {max_S.shape[0]} latents, but the SAE has {d_sae}.")
+    bad = torch.nonzero(~torch.isfinite(max_S)).flatten().tolist()
+    if bad:
+        raise ConfigError(f"{path}: the maxima of latents {bad[:10]} are not finite; rerun saev visuals.")
     return max_S.float()
 
 

@@ -49,7 +49,7 @@ from saev.activations.vit import Vit
 from saev.data.images import load_rgb
 from saev.data.sources import scan_folder
 from saev.errors import ConfigError, ImageError
-from saev.fileio import atomic_open
+from saev.fileio import OutputFolder, atomic_open
 from saev.steering.probe_format import LinearProbe, Pool, Task, save_probe
 
 logger = logging.getLogger("saev.probe")
@@ -75,7 +75,7 @@ class ProbeConfig:
     """ViT checkpoint, named as its family expects (e.g. shapes-vit for builtin)."""
     images: pathlib.Path
     """Image folder. Classification: first-level subfolders are the classes (images directly in the folder have no class and are skipped with a warning). Segmentation: any tree mirrored by --masks."""
-    out: pathlib.Path
+    out: OutputFolder
     """Output folder: probe.safetensors and the cached features."""
     masks: pathlib.Path | None = None
     """Segmentation: folder of label masks mirroring --images (same relative path, any image extension); single-channel PNGs of integer labels (mode L, I or P)."""

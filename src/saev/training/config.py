@@ -11,6 +11,7 @@ from typing import Any, Literal
 from saev.data.layout import Tokens
 from saev.data.store import ShardStore
 from saev.errors import ConfigError, StoreError
+from saev.fileio import OutputFolder
 from saev.nn import architectures
 from saev.nn import config as nn_config
 from saev.nn.architectures import Activation, Architecture, ArchName
@@ -22,6 +23,12 @@ WARMUP_FRACTION = 0.05
 """The default learning-rate warm-up, as a fraction of the run's steps."""
 NOT_IDENTITY = ("out", "sweep", "resume", "device", "log_every", "ckpt_every", "wandb_project")
 """Fields that do not change what a run learns (excluded from its id)."""
+POSITIVE = ("exp_factor", "n_train", "batch_size", "dead_tokens", "log_every", "ckpt_every")
+"""Integer options that must be at least 1."""
+NON_NEGATIVE = ("lr_warmup", "sparsity_warmup", "aux_k", "aux_coeff", "seed", "data_seed")
+"""Options where 0 is meaningful (no warm-up, AuxK off) but a negative value is not."""
+INT_LIMIT = 2**63 - 1
+"""The largest int64: every integer option ends up in int64 tensors or as a seed."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -30,7 +37,7 @@ class RunSettings:
 
     shards: pathlib.Path
     """Activation store directory (from `saev activations` or the reference project)."""
-    out: pathlib.Path = pathlib.Path("runs")
+    out: OutputFolder = pathlib.Path("runs")
     """Parent folder; each run writes OUT/<run-id>/."""
     layer: int = -2
     """Layer of the store to train on."""
@@ -153,16 +160,25 @@ class TrainConfig(*architectures.option_classes(), RunSettings):
         return tuple(getattr(self, f) for f in STREAM_FIELDS)
 
     def validate(self) -> None:
-        """Shape-independent checks; store-dependent ones happen in `validate_against`."""
-        for name in ("n_train", "batch_size", "exp_factor", "log_every", "ckpt_every", "dead_tokens"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{_flag(name)} must be positive, got {getattr(self, name)}.")
-        for name in ("lr_warmup", "sparsity_warmup", "sparsity_coeff", "aux_coeff"):
-            value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise ConfigError(f"--{_flag(name)} must be >= 0, got {value}.")
+        """Shape-independent checks; the store's and the architecture's are in `validate_against`."""
         if self.lr is not None and not 0 < self.lr < math.inf:
             raise ConfigError(f"--lr must be a positive number, got {self.lr}.")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{_flag(field.name)} must be a finite number, got {value}.")
+            # Counts and seeds reach int64 tensors and numpy seeds, which overflow or refuse beyond this.
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
+                raise ConfigError(
+                    f"--{_flag(field.name)} {value} is out of range (at most 2**63 - 1 either way)."
+                )
+        for name in POSITIVE:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{_flag(name)} must be positive, got {getattr(self, name)}.")
+        for name in NON_NEGATIVE:
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"--{_flag(name)} must be >= 0, got {value}.")
         if not 0 <= self.holdout < 1:
             raise ConfigError(f"--holdout must be in [0, 1), got {self.holdout}.")
         prefixes = self.matryoshka_prefixes

@@ -4,6 +4,8 @@ import dataclasses
 import itertools
 import pathlib
 import tomllib
+import types
+import typing
 from typing import Any
 
 from saev.errors import ConfigError
@@ -56,13 +58,55 @@ def _choices(key: str, value: Any) -> list[Any]:
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
-    if key == "matryoshka_prefixes":
-        return tuple(value)
-    if key in ("shards",):
-        return pathlib.Path(value)
-    field = {f.name: f for f in dataclasses.fields(TrainConfig)}[key]
-    if field.type in (float, "float") and isinstance(value, int):
+    """`value` as the type of TrainConfig's `key`, or a ConfigError naming what it should be."""
+    hint = typing.get_type_hints(TrainConfig)[key]
+    try:
+        return _convert(value, hint)
+    except TypeError:
+        raise ConfigError(f"{source}: {key} must be {_expected(hint)}, got {value!r}.") from None
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    """A TOML value (str, int, float, bool, list) as a field of type `hint`; TypeError if it does not fit."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # TOML has no null, so only the non-None members apply
+        for arg in args:
+            try:
+                return _convert(value, arg)
+            except TypeError:
+                continue
+        raise TypeError(value)
+    if origin is typing.Literal and isinstance(value, str) and value in args:
+        return value
+    if origin is tuple and isinstance(value, list):
+        return tuple(_convert(v, args[0]) for v in value)
+    if hint is bool and isinstance(value, bool):
+        return value
+    # bool is an int subclass: `true` is no count.
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if field.type in (int, "int") and not isinstance(value, int):
-        raise ConfigError(f"{source}: {key} must be an integer, got {value!r}.")
-    return value
+    if hint is str and isinstance(value, str):
+        return value
+    if hint is pathlib.Path and isinstance(value, str):
+        return pathlib.Path(value)
+    raise TypeError(value)
+
+
+def _expected(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_expected(a) for a in args if a is not type(None))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_expected(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        pathlib.Path: "a path",
+    }
+    return names[hint]

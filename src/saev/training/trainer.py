@@ -1,9 +1,11 @@
 """The training loop: every batch is read once and fed to every SAE that shares its data stream."""
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
+import os
 import pathlib
 from collections.abc import Iterator
 
@@ -16,7 +18,7 @@ import saev
 from saev.data.readers import iter_batches
 from saev.data.statistics import store_normalization
 from saev.data.store import ShardStore, open_shards
-from saev.errors import ConfigError
+from saev.errors import ConfigError, OutputError, TrainingError
 from saev.fileio import atomic_open, write_json
 from saev.nn import checkpoints
 from saev.nn.config import Provenance
@@ -29,6 +31,8 @@ from saev.training.config import NOT_IDENTITY, TrainConfig, varying_settings
 
 logger = logging.getLogger("saev.training")
 EVAL_BATCH = 1024
+BYTES_PER_PARAMETER = 16
+"""float32 weights, their gradients and Adam's two moments."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +89,15 @@ def train(base: TrainConfig) -> list[RunResult]:
     _check_out(base.out)
     cfgs = sweep.load(base)
     stores: dict[pathlib.Path, ShardStore] = {}
+    varying = varying_settings(cfgs)
     for cfg in cfgs:
-        cfg.validate()
-        store = stores.setdefault(cfg.shards, open_shards(cfg.shards))
-        cfg.validate_against(store)
-        _split(cfg, store)
-        _check_run_dir(cfg)
+        setting = ", ".join(f"{k} = {cfg.to_dict()[k]!r}" for k in varying)
+        with _in_sweep(base.sweep, f"the run with {setting or 'these settings'}: "):
+            cfg.validate()
+            store = stores.setdefault(cfg.shards, open_shards(cfg.shards))
+            cfg.validate_against(store)
+            _check_data(cfg, store)
+            _check_run_dir(cfg)
     if any(cfg.wandb_project for cfg in cfgs):
         _require_wandb()
     ids = [cfg.run_id for cfg in cfgs]
@@ -101,16 +108,45 @@ def train(base: TrainConfig) -> list[RunResult]:
     groups: dict[tuple, list[TrainConfig]] = {}
     for cfg in cfgs:
         groups.setdefault(cfg.stream, []).append(cfg)
+    for group in groups.values():
+        with _in_sweep(base.sweep):
+            _check_memory(group, stores[group[0].shards].d_vit)
+    # Statistics first, for every pass: a store they refuse stops the sweep before any run trains.
+    norms = [store_normalization(stores[g[0].shards], g[0].layer, g[0].tokens) for g in groups.values()]
     if len(groups) > 1:
         logger.info("%d runs in %d data passes", len(cfgs), len(groups))
-    results = []
-    for group in groups.values():
-        results += _train_group(group, stores[group[0].shards])
+    results: list[RunResult] = []
+    failures: list[TrainingError] = []
+    for group, norm in zip(groups.values(), norms, strict=True):
+        done, failed = _train_group(group, stores[group[0].shards], norm)
+        results += done
+        failures += failed
+    if failures:
+        finished = (
+            f"\n{len(results)} other run(s) finished; their sae.safetensors are written." if results else ""
+        )
+        raise TrainingError("\n".join(str(err) for err in failures) + finished)
     return results
 
 
+@contextlib.contextmanager
+def _in_sweep(sweep_file: pathlib.Path | None, which: str = "") -> Iterator[None]:
+    """A ConfigError about runs of a sweep names the sweep file and `which` runs."""
+    try:
+        yield
+    except ConfigError as err:
+        if sweep_file is None:
+            raise
+        raise ConfigError(f"{sweep_file}: {which}{err}") from None
+
+
 def _check_out(out: pathlib.Path) -> None:
-    """Refuse an --out inside an existing run folder, which would nest a run in a run."""
+    """Refuse an --out that is (or lies under) a file, or lies inside a run folder (a run in a run)."""
+    existing = next((f for f in [out, *out.absolute().parents] if f.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(
+            f"--out {out}: {existing} is an existing file; give a folder (it may not exist yet)."
+        )
     for folder in [out, *out.resolve().parents]:
         try:
             data = json.loads((folder / "config.json").read_text())
@@ -129,6 +165,70 @@ def _split(cfg: TrainConfig, store: ShardStore) -> tuple[range, range]:
     if n - n_eval < 1:
         raise ConfigError(f"--holdout {cfg.holdout} leaves no training images in {store.path} ({n} images).")
     return range(0, n - n_eval), range(n - n_eval, n)
+
+
+def _check_data(cfg: TrainConfig, store: ShardStore) -> None:
+    """The store holds at least one batch of training tokens, and --n-train at least one batch."""
+    train_imgs, _ = _split(cfg, store)
+    per_img = _tokens_per_img(store, cfg.tokens)
+    if len(train_imgs) * per_img < cfg.batch_size:
+        raise ConfigError(
+            f"{store.path} has {len(train_imgs) * per_img:,} training tokens ({len(train_imgs)} images x "
+            f"{per_img} {cfg.tokens} tokens, the held-out images left out), fewer than one batch of "
+            f"--batch-size {cfg.batch_size}: use a smaller --batch-size or record more images."
+        )
+    if cfg.n_train < cfg.batch_size:
+        raise ConfigError(f"--n-train {cfg.n_train} is less than one batch of --batch-size {cfg.batch_size}.")
+
+
+def _check_memory(cfgs: list[TrainConfig], d_vit: int) -> None:
+    """Refuse a pass over the data whose SAEs cannot fit on its device, before allocating any.
+
+    The estimate is a lower bound: every SAE of the pass (weights, gradients and Adam's two moments,
+    16 bytes per parameter) plus one step's activations: a training batch's pre-activations, codes and
+    their gradient, or an evaluation batch's pre-activations and codes (the SAEs step one after another,
+    so only the widest counts)."""
+    first = cfgs[0]
+    available = _available_memory(first.device)
+    if available is None:
+        return
+    free, what = available
+    widths = [d_vit * cfg.exp_factor for cfg in cfgs]
+    # 2 d_vit d_sae for W_enc and W_dec, 3 d_sae for b_enc and an architecture's per-latent weights;
+    # 8 bytes per latent record when it last fired.
+    models = sum(BYTES_PER_PARAMETER * (2 * d_vit * s + 3 * s + d_vit) + 8 * s for s in widths)
+    step = 4 * (max(3 * first.batch_size, 2 * EVAL_BATCH) * max(widths) + 2 * first.batch_size * d_vit)
+    if models + step <= free:
+        return
+    raise ConfigError(
+        f"--exp-factor {max(cfg.exp_factor for cfg in cfgs)}: the {len(cfgs)} SAE(s) trained in one pass "
+        f"need at least {_size(models + step)} on {first.device} ({_size(models)} of weights, gradients and "
+        f"Adam moments for d_sae up to {max(widths):,}, {_size(step)} for one step at --batch-size "
+        f"{first.batch_size}), but it has {_size(free)} of {what}: lower --exp-factor or --batch-size, or "
+        "put fewer runs in the sweep."
+    )
+
+
+def _available_memory(device: str) -> tuple[int, str] | None:
+    """Bytes a run may use on `device` and what they are, or None where torch cannot tell."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N.") from None
+    if dev.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory"
+        except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+            return None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: torch sees no such CUDA GPU here; use --device cpu.")
+        return torch.cuda.mem_get_info(dev)[0], "free GPU memory"
+    return None
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:,.1f} GiB"
 
 
 def _check_run_dir(cfg: TrainConfig) -> None:
@@ -178,30 +278,42 @@ class _Run:
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.lr)
         self.last_fired = torch.zeros(self.sae.cfg.d_sae, dtype=torch.int64, device=cfg.device)
         self.step = 0
+        self.saved_step: int | None = None
+        """Step of the last checkpoint on disk, all of whose weights were finite."""
         self.done = (self.dir / "sae.safetensors").exists() and (self.dir / "eval.json").exists()
         self.last: dict[str, float] = {}
         self.wandb = None
+        # Reading a loss on the host is free on the CPU, so a CPU run stops at its first bad batch. On
+        # an accelerator it would be a sync per step: there the first non-finite step is recorded on
+        # the device and read only when metrics or a checkpoint are written, which sync anyway.
+        self.check_every_step = _checks_every_step(cfg.device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=cfg.device)
 
     @property
     def ckpt_path(self) -> pathlib.Path:
         return self.dir / "checkpoint.pt"
 
     def start(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        metrics = self.dir / "metrics.jsonl"
+        with _writing(self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
         if self.cfg.resume and self.ckpt_path.exists():
             state = torch.load(self.ckpt_path, map_location=self.cfg.device, weights_only=True)
             self.sae.load_state_dict(state["sae"])
             self.opt.load_state_dict(state["opt"])
             self.last_fired = state["last_fired"]
-            self.step = state["step"]
-            _truncate_metrics(self.dir / "metrics.jsonl", self.step)
+            self.step = self.saved_step = state["step"]
+            with _writing(metrics):
+                _truncate_metrics(metrics, self.step)
             logger.info("%s: resuming at step %d of %d", self.cfg.run_id, self.step, self.n_steps)
         else:
-            (self.dir / "metrics.jsonl").write_text("")
-        write_json(
-            self.dir / "config.json",
-            {"run_id": self.cfg.run_id, "config": self.cfg.to_dict(), "sae": self.sae.cfg.to_dict()},
-        )
+            with _writing(metrics):
+                metrics.write_text("")
+        with _writing(self.dir / "config.json"):
+            write_json(
+                self.dir / "config.json",
+                {"run_id": self.cfg.run_id, "config": self.cfg.to_dict(), "sae": self.sae.cfg.to_dict()},
+            )
         if self.cfg.wandb_project:
             import wandb  # optional extra, present once _require_wandb passed
 
@@ -214,6 +326,7 @@ class _Run:
             )
 
     def train_step(self, x_n: Float[Tensor, "batch d_vit"]) -> None:
+        """One optimiser step; a TrainingError, with nothing written, once the loss is non-finite."""
         cfg = self.cfg
         if self.step == 0 and cfg.init_b_dec:
             with torch.no_grad():
@@ -226,6 +339,12 @@ class _Run:
         per_token = self.step < int(cfg.architecture.per_token_warmup(cfg) * self.n_steps)
         with torch.autocast(x_n.device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
             out = training_loss(self.sae, x_n, coeff, dead, self.objective, per_token)
+        finite = torch.isfinite(out.loss.detach())
+        if self.check_every_step:
+            if not finite:
+                raise self.stopped(self.step + 1, "non-finite loss", x_n)
+        else:
+            self.first_bad = torch.where(finite | (self.first_bad >= 0), self.first_bad, self.step)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         self.sae.remove_parallel_grads()
@@ -234,6 +353,7 @@ class _Run:
         self.step += 1
         self.last_fired[out.fired_S] = self.step
         if self.step % cfg.log_every == 0 or self.step == self.n_steps:
+            self.check_recorded()
             self.last = {
                 "step": self.step,
                 "tokens": self.step * cfg.batch_size,
@@ -247,38 +367,76 @@ class _Run:
                 "aux": out.aux.item(),
                 "dead_frac": dead.float().mean().item(),
             }
-            with open(self.dir / "metrics.jsonl", "a") as f:
+            if not all(math.isfinite(v) for v in self.last.values()):
+                raise self.stopped(self.step, "non-finite metrics", None)
+            with _writing(self.dir / "metrics.jsonl"), open(self.dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(self.last) + "\n")
             if self.wandb is not None:
                 self.wandb.log(self.last, step=self.step)
-        if self.step % cfg.ckpt_every == 0 and self.step < self.n_steps:
+        # The last step's checkpoint lets a run whose evaluation fails be evaluated again with --resume.
+        if self.step % cfg.ckpt_every == 0 or self.step == self.n_steps:
             self.save_checkpoint()
 
+    def check_recorded(self) -> None:
+        """Raise for a non-finite loss recorded on the device since the last check (see __init__)."""
+        if not self.check_every_step and (bad := int(self.first_bad)) >= 0:
+            raise self.stopped(bad + 1, "non-finite loss", None)
+
     def save_checkpoint(self) -> None:
+        """Write checkpoint.pt, unless the weights are non-finite: the last good one then stays."""
+        self.check_recorded()
+        weights = [t for t in self.sae.state_dict().values() if t.is_floating_point()]
+        if not torch.stack([torch.isfinite(t).all() for t in weights]).all():
+            raise self.stopped(self.step, "non-finite weights", None)
         state = {
             "step": self.step,
             "sae": self.sae.state_dict(),
             "opt": self.opt.state_dict(),
             "last_fired": self.last_fired,
         }
-        with atomic_open(self.ckpt_path) as f:
+        with _writing(self.ckpt_path), atomic_open(self.ckpt_path) as f:
             torch.save(state, f)
+        self.saved_step = self.step
+
+    def stopped(self, step: int, what: str, x_n: Tensor | None) -> TrainingError:
+        """The error for a run stopped at `step` (1-based) by `what`; `x_n` is the batch, where known."""
+        cfg = self.cfg
+        if x_n is None:
+            cause = f"NaN in the store {cfg.shards}, or diverging training (lower --lr)"
+        elif not torch.isfinite(x_n).all():
+            cause = f"the batch holds NaN activations: repair the store {cfg.shards}"
+        else:
+            cause = f"the batch's activations are finite, so training diverged: lower --lr (now {self.lr:g})"
+        if self.saved_step is None:
+            resume = "no checkpoint was written yet; rerun with --resume to start it again"
+        else:
+            resume = (
+                f"its last good checkpoint (step {self.saved_step}, {self.ckpt_path}) is intact; rerun with "
+                "--resume to continue from it"
+            )
+        return TrainingError(
+            f"{cfg.run_id}: {what} at step {step} of {self.n_steps} ({step * cfg.batch_size:,} training "
+            f"tokens seen): {cause}; {resume}."
+        )
 
     def finish(self, result: EvalResult | None) -> RunResult:
-        checkpoints.dump(self.dir / "sae.safetensors", self.sae)
+        with _writing(self.dir / "sae.safetensors"):
+            checkpoints.dump(self.dir / "sae.safetensors", self.sae)
         summary = result.summary() if result else None
-        write_json(self.dir / "eval.json", dataclasses.asdict(result) if result else {}, indent=None)
-        write_json(
-            self.dir / "config.json",
-            {
-                "run_id": self.cfg.run_id,
-                "config": self.cfg.to_dict(),
-                "sae": self.sae.cfg.to_dict(),
-                "steps": self.step,
-                "tokens": self.step * self.cfg.batch_size,
-                "eval": summary,
-            },
-        )
+        with _writing(self.dir / "eval.json"):
+            write_json(self.dir / "eval.json", dataclasses.asdict(result) if result else {}, indent=None)
+        with _writing(self.dir / "config.json"):
+            write_json(
+                self.dir / "config.json",
+                {
+                    "run_id": self.cfg.run_id,
+                    "config": self.cfg.to_dict(),
+                    "sae": self.sae.cfg.to_dict(),
+                    "steps": self.step,
+                    "tokens": self.step * self.cfg.batch_size,
+                    "eval": summary,
+                },
+            )
         self.ckpt_path.unlink(missing_ok=True)
         if self.wandb is not None:
             self.wandb.summary.update(summary or {})
@@ -292,22 +450,13 @@ class _Run:
         return RunResult(self.cfg, result, warnings)
 
 
-def _train_group(cfgs: list[TrainConfig], store: ShardStore) -> list[RunResult]:
+def _train_group(
+    cfgs: list[TrainConfig], store: ShardStore, norm: ActNorm
+) -> tuple[list[RunResult], list[TrainingError]]:
+    """Train and evaluate runs that share a data stream; the finished runs, and why others stopped."""
     first = cfgs[0]
     train_imgs, eval_imgs = _split(first, store)
     n_steps = first.n_train // first.batch_size
-    n_examples = len(train_imgs) * _tokens_per_img(store, first.tokens)
-    if n_examples < first.batch_size:
-        raise ConfigError(
-            f"{store.path} has {n_examples:,} training tokens ({len(train_imgs)} images x "
-            f"{_tokens_per_img(store, first.tokens)} {first.tokens} tokens, the held-out images left out), fewer "
-            f"than one batch of --batch-size {first.batch_size}: use a smaller --batch-size or record more images."
-        )
-    if n_steps < 1:
-        raise ConfigError(
-            f"--n-train {first.n_train} is less than one batch of --batch-size {first.batch_size}."
-        )
-    norm = store_normalization(store, first.layer, first.tokens)
     runs = [_Run(cfg, store, norm, n_steps) for cfg in cfgs]
     for run in runs:
         if run.done:
@@ -315,6 +464,7 @@ def _train_group(cfgs: list[TrainConfig], store: ShardStore) -> list[RunResult]:
         else:
             run.start()
     active = [run for run in runs if not run.done]
+    failures: dict[int, TrainingError] = {}
     if active:
         start = min(run.step for run in active)
         bar = tqdm.tqdm(
@@ -333,7 +483,14 @@ def _train_group(cfgs: list[TrainConfig], store: ShardStore) -> list[RunResult]:
             x_n = device_norm.apply(batch["act"].to(first.device, non_blocking=True))
             for run in active:
                 if run.step == step:  # runs resumed from a later checkpoint wait for the stream to reach them
-                    run.train_step(x_n)
+                    try:
+                        run.train_step(x_n)
+                    except TrainingError as err:
+                        # One diverging run (say, the sweep's highest learning rate) leaves the others be.
+                        failures[id(run)] = err
+            active = [run for run in active if id(run) not in failures]
+            if not active:
+                break
             step += 1
             bar.update(1)
             if active[0].last:
@@ -343,10 +500,14 @@ def _train_group(cfgs: list[TrainConfig], store: ShardStore) -> list[RunResult]:
                     refresh=False,
                 )
         bar.close()
-    results = _evaluate(runs, store, first, eval_imgs, norm)
-    return [
-        run.finish(res) if not run.done else _finished(run) for run, res in zip(runs, results, strict=True)
+    trained = [run for run in runs if not run.done and id(run) not in failures]
+    evals = dict(zip(map(id, trained), _evaluate(trained, store, first, eval_imgs, norm), strict=True))
+    results = [
+        run.finish(evals[id(run)]) if id(run) in evals else _finished(run)
+        for run in runs
+        if id(run) not in failures
     ]
+    return results, list(failures.values())
 
 
 def _finished(run: _Run) -> RunResult:
@@ -386,18 +547,26 @@ def _stream(
 def _evaluate(
     runs: list[_Run], store: ShardStore, cfg: TrainConfig, images: range, norm: ActNorm
 ) -> list[EvalResult | None]:
-    pending = [run for run in runs if not run.done]
-    if not images or not pending:
+    """Each run's held-out metrics (None without held-out images); refuses non-finite activations."""
+    if not images or not runs:
         return [None] * len(runs)
-    for run in pending:
+    for run in runs:
         run.sae.eval()
-    accs = {id(run): Accumulator(run.sae) for run in pending}
+    accs = [Accumulator(run.sae) for run in runs]
     device_norm = norm.to(cfg.device)
     for batch in iter_batches(store, cfg.layer, cfg.tokens, EVAL_BATCH, shuffle=False, images=images):
         x_n = device_norm.apply(batch["act"].to(cfg.device))
-        for acc in accs.values():
+        finite = torch.isfinite(x_n).all(dim=1)
+        if not finite.all():
+            bad = sorted(set(batch["image_i"][~finite.cpu()].tolist()))
+            raise TrainingError(
+                f"final evaluation: held-out activations are non-finite (NaN) in image(s) {bad[:10]} of "
+                f"{store.path}, layer {cfg.layer}; the trained weights are in each run's checkpoint.pt: "
+                "repair the store and rerun with --resume to evaluate them."
+            )
+        for acc in accs:
             acc.add(x_n)
-    return [accs[id(run)].result() if id(run) in accs else None for run in runs]
+    return [acc.result() for acc in accs]
 
 
 def _truncate_metrics(path: pathlib.Path, step: int) -> None:
@@ -428,3 +597,21 @@ def results_table(results: list[RunResult]) -> str:
         rows.append(f"{DEAD_DEFINITION} (here the {n_tokens:,} held-out tokens); {DENSE_DEFINITION}.")
     rows += [f"warning, {r.run_id}: {w}" for r in results for w in r.warnings]
     return "\n".join(rows)
+
+
+def _checks_every_step(device: str) -> bool:
+    """Whether runs on `device` check their loss at every step (see _Run.__init__)."""
+    return torch.device(device).type == "cpu"
+
+
+@contextlib.contextmanager
+def _writing(path: pathlib.Path) -> Iterator[None]:
+    """An OSError while writing `path` (a full disk, a read-only folder) becomes an OutputError naming it.
+    Checkpoints are written atomically, so the one before is still whole."""
+    try:
+        yield
+    except OSError as err:
+        raise OutputError(
+            f"{path}: cannot write: {err.strerror or err}. What was written before is intact: make room "
+            "or fix the folder, then rerun with --resume."
+        ) from None

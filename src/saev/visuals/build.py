@@ -19,7 +19,7 @@ from saev.activations.families import make_img_transform
 from saev.activations.transforms import visible_crop
 from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError, ModelError, StoreError
-from saev.fileio import atomic_open, write_json
+from saev.fileio import OutputFolder, atomic_open, write_json
 from saev.nn import checkpoints
 from saev.nn.evaluation import DEAD_DEFINITION, DENSE_DEFINITION, dead_and_dense
 from saev.visuals import gallery
@@ -39,7 +39,7 @@ class VisualsConfig:
     """SAE checkpoint: a path, hf://ORG/NAME or hf://ORG/NAME/FILE."""
     shards: pathlib.Path
     """Activation store the SAE reads."""
-    out: pathlib.Path = pathlib.Path("visuals")
+    out: OutputFolder = pathlib.Path("visuals")
     """Folder for topk.safetensors, latents.json and the gallery (index.html)."""
     layer: int = -2
     """Layer of the store the SAE reads."""
@@ -79,6 +79,12 @@ def make_visuals(
     `figures` (files already in the output folder) are shown on their latents' pages."""
     if cfg.top_k < 1 or cfg.n_latents < 0:
         raise ConfigError(f"--top-k must be >= 1 and --n-latents >= 0 (got {cfg.top_k}, {cfg.n_latents}).")
+    lo, hi = cfg.log_freq_range
+    if not lo <= hi or lo > 0:
+        raise ConfigError(
+            f"--log-freq-range {lo:g} {hi:g} selects nothing: give LOW <= HIGH, with LOW <= 0 "
+            "(log10 firing frequencies lie in (-inf, 0])."
+        )
     sae = checkpoints.load(cfg.sae)
     store = open_shards(cfg.shards)
     bad = [s for s in cfg.latents if not 0 <= s < sae.cfg.d_sae]
@@ -120,7 +126,21 @@ def make_visuals(
     index = gallery.write_index(cfg.out, rows, "SAE latents", subtitle, about, thumb_size(grid))
     if lookup.missing:
         logger.warning("%d image(s) could not be found or read; drawn as placeholders", len(lookup.missing))
+    if not chosen and cfg.n_latents > 0:
+        # The top-k pass and the index are written (they are the expensive part); the pages asked for are not.
+        raise ConfigError(f"no latent has a page: {_nothing_rendered(cfg, rows)} The index is {index}.")
     return VisualsResult(index, chosen, len(lookup.missing))
+
+
+def _nothing_rendered(cfg: VisualsConfig, rows: list[dict]) -> str:
+    live = [r["log10_freq"] for r in rows if not r["dead"]]
+    if not live:
+        return "every latent is dead on this store."
+    lo, hi = cfg.log_freq_range
+    return (
+        f"none of the {len(live):,} live latents has log10 frequency in [{lo:g}, {hi:g}] "
+        f"(they span [{min(live):.2f}, {max(live):.2f}]; see --log-freq-range)."
+    )
 
 
 def _about(

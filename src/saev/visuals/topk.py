@@ -15,8 +15,8 @@ import tqdm
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from saev.data.store import ShardStore
-from saev.errors import ConfigError
+from saev.data.store import ShardStore, nonfinite_rows
+from saev.errors import CheckpointError, ConfigError
 from saev.nn.modeling import SparseAutoencoder
 
 SortBy = Literal["patch", "img", "cls"]
@@ -78,7 +78,15 @@ def top_activations(
     sae = sae.to(device).eval()
     bar = tqdm.tqdm(total=len(store), unit="img", desc="top-k", disable=not progress, dynamic_ncols=True)
     for run in store.runs(range(len(store)), imgs_per_batch):
-        x_BTD = torch.from_numpy(store.read(run.shard, run.local, layer_i, slice(first, None))).to(device)
+        raw_BTD = store.read(run.shard, run.local, layer_i, slice(first, None))
+        # One NaN would spread through the codes into every score and into latents.json.
+        bad = nonfinite_rows(raw_BTD)
+        if len(bad):
+            img, tok = (int(i) for i in bad[0])
+            raise store.nonfinite_error(
+                run.start + img, first + tok, layer, raw_BTD[img, tok], "the top-k pass"
+            )
+        x_BTD = torch.from_numpy(raw_BTD).to(device)
         with torch.inference_mode():
             codes_BTS = sae.encode(x_BTD)
         patches_BPS = codes_BTS[:, cls - first :]
@@ -91,6 +99,11 @@ def top_activations(
         stats.add(counted_NS)
         bar.update(run.stop - run.start)
     bar.close()
+    if not torch.isfinite(stats.maxes).all():  # the running max keeps any NaN or infinity it met
+        raise CheckpointError(
+            f"the SAE's codes are not finite on the finite activations of {store.path}: its weights or "
+            "normalisation statistics hold NaN or infinity (was it trained on a store with NaN?)."
+        )
     return TopActivations(
         tracker.values_SK.cpu(), tracker.image_i_SK.cpu(), tracker.maps_SKP.cpu(), stats.result(), sort_by
     )

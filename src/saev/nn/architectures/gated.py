@@ -19,7 +19,15 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from saev.nn.architectures.base import Architecture, Autoencoder, Codes, CoeffOption, Inputs, Penalty
+from saev.nn.architectures.base import (
+    Architecture,
+    Autoencoder,
+    Codes,
+    CoeffOption,
+    Inputs,
+    Penalty,
+    check_coeff,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +60,9 @@ class GatedArchitecture(Architecture):
 
     def module(self, act_cfg: Gated, d_sae: int) -> torch.nn.Module:
         return GatedActivation(d_sae)
+
+    def check(self, opts: CoeffOption, d_sae: int) -> None:
+        check_coeff(opts)
 
     def encode(
         self, sae: Autoencoder, pre_BS: Float[Tensor, "*batch d_sae"]

@@ -2,6 +2,7 @@
 straight-through estimator and an L0 penalty."""
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -9,7 +10,15 @@ from jaxtyping import Float
 from torch import Tensor
 
 from saev.errors import ConfigError
-from saev.nn.architectures.base import Architecture, Autoencoder, Codes, CoeffOption, Inputs, Penalty
+from saev.nn.architectures.base import (
+    Architecture,
+    Autoencoder,
+    Codes,
+    CoeffOption,
+    Inputs,
+    Penalty,
+    check_coeff,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +112,13 @@ class JumpReluArchitecture(Architecture):
         return JumpReluActivation(d_sae, act_cfg.init_threshold, act_cfg.bandwidth)
 
     def check(self, opts: JumpReluOptions, d_sae: int) -> None:
+        check_coeff(opts)
+        # The threshold is stored as its log and the estimator divides by the bandwidth.
         for name in ("jumprelu_threshold", "jumprelu_bandwidth"):
-            if not getattr(opts, name) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(opts, name)}.")
+            if not 0 < getattr(opts, name) < math.inf:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be a finite positive number, got {getattr(opts, name)}."
+                )
 
     def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float) -> Penalty:
         act = sae.activation

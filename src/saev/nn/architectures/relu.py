@@ -7,7 +7,15 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from saev.nn.architectures.base import Architecture, Autoencoder, Codes, CoeffOption, Inputs, Penalty
+from saev.nn.architectures.base import (
+    Architecture,
+    Autoencoder,
+    Codes,
+    CoeffOption,
+    Inputs,
+    Penalty,
+    check_coeff,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +40,9 @@ class ReluArchitecture(Architecture):
 
     def module(self, act_cfg: Relu, d_sae: int) -> torch.nn.Module:
         return ReluActivation()
+
+    def check(self, opts: CoeffOption, d_sae: int) -> None:
+        check_coeff(opts)
 
     def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float) -> Penalty:
         return Penalty(coeff * f_BS.sum(-1).mean(), torch.zeros((), device=x_BD.device))
