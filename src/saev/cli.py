@@ -12,6 +12,7 @@ import sys  # noqa: E402
 from typing import Annotated, Any, NoReturn, Union  # noqa: E402
 
 import torch  # noqa: E402
+import tqdm  # noqa: E402
 import tyro  # noqa: E402
 
 import saev  # noqa: E402
@@ -44,6 +45,10 @@ ENVIRONMENT_ERRNOS = {
 
 
 def _fail(message: str) -> NoReturn:
+    # A progress bar interrupted by the error would leave the message on its line; closing it ends
+    # the line. tqdm keeps its open bars in `_instances` (no public accessor).
+    for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+        bar.close()
     print(f"saev: error: {message}", file=sys.stderr)
     raise SystemExit(2) from None
 
