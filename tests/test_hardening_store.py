@@ -365,3 +365,21 @@ def test_cli_visuals_refuses_nan_and_writes_no_gallery(tmp_path, capsys):
     )
     assert "activation nan at image 2 (photos/img2.png), token 1 (patch 0) of layer -2; the top-k pass" in err
     assert not (out / "latents.json").exists()
+
+
+def test_a_store_without_spread_cannot_be_normalised(tmp_path):
+    """All-equal activations have scale 0: refused by name rather than divided by zero into NaN."""
+    store = write_arrays(
+        tmp_path,
+        np.ones((N, L, T, D), dtype=np.float32),
+        vit_family="synthetic",
+        vit_ckpt="tiny",
+        layers=(-2, -1),
+        cls_token=True,
+        data={"__class__": "Arrays"},
+        max_patches_per_shard=PER * L * T,
+    )
+    opened = saev.data.open_shards(store)
+    with pytest.raises(StoreError, match=r"activations of layer -2 \(patches\) are all equal"):
+        store_normalization(opened, -2, "patches")
+    assert not cache_path(opened, -2, "patches").exists()

@@ -328,3 +328,17 @@ def test_the_cli_refuses_an_out_that_is_a_file(store, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"saev: error: --out {out} is an existing file; give a folder" in err
     assert out.read_text() == "not a folder"
+
+
+def test_an_undefined_fve_is_null_in_json_and_warned_about():
+    from saev.nn.evaluation import EvalResult
+    from saev.training.trainer import run_warnings
+
+    result = EvalResult(
+        n_tokens=10, mse=0.0, fve=math.nan, l0=1.0, n_dead=0, n_dense=0, freq=[0.1], mean_act=[1.0]
+    )
+    data = json.loads(json.dumps(result.to_json(), allow_nan=False))
+    assert data["fve"] is None and result.summary()["fve"] is None
+    assert math.isnan(EvalResult.from_json(data).fve) and EvalResult.from_json(data).mse == 0.0
+    warnings = run_warnings(TrainConfig(shards=pathlib.Path("s")), result, n_steps=100, warmup=5, d_sae=1)
+    assert any("held-out FVE is undefined" in w for w in warnings)

@@ -16,6 +16,7 @@ from jaxtyping import Float
 
 from saev.data.layout import Tokens
 from saev.data.store import ShardStore, nonfinite_rows
+from saev.errors import StoreError
 from saev.fileio import write_json
 from saev.normalization import DEFAULT_CLAMP, ActNorm, estimate_normalization
 
@@ -71,6 +72,12 @@ def store_normalization(store: ShardStore, layer: int, tokens: Tokens) -> ActNor
         return cached
     logger.info("computing normalisation statistics for layer %d (%s) of %s", layer, tokens, store.path)
     norm = estimate_normalization(sample_examples(store, layer, tokens), clamp=DEFAULT_CLAMP)
+    if not norm.scale > 0:
+        # Every sampled activation is the same vector: normalising would divide by zero.
+        raise StoreError(
+            f"{store.path}: the activations of layer {layer} ({tokens}) are all equal (no spread), so they "
+            "cannot be normalised; record the store again from varied images."
+        )
     record = {
         "mean": norm.mean.tolist(),
         "scale": norm.scale,

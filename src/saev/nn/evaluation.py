@@ -1,6 +1,7 @@
 """Evaluating an SAE on activations: reconstruction quality, sparsity, and every latent's firing statistics."""
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -27,7 +28,8 @@ class EvalResult:
     mse: float
     """Per-element MSE in the normalised training space."""
     fve: float
-    """Fraction of variance explained: 1 - SSE / total squared deviation from the mean."""
+    """Fraction of variance explained: 1 - SSE / total squared deviation from the mean; NaN when the
+    tokens have no variance (written as null in JSON)."""
     l0: float
     n_dead: int
     """Latents that never fired on the held-out tokens."""
@@ -38,9 +40,17 @@ class EvalResult:
     mean_act: list[float]
     """Per latent: mean activation when firing (0 if never)."""
 
+    def to_json(self) -> dict[str, Any]:
+        """All fields; NaN is not JSON, so an undefined FVE is null (eval.json, report.json stay readable)."""
+        return dataclasses.asdict(self) | {"fve": None if math.isnan(self.fve) else self.fve}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "EvalResult":
+        return cls(**data | {"fve": math.nan if data["fve"] is None else data["fve"]})
+
     def summary(self) -> dict[str, Any]:
         """The scalar metrics, and what dead and dense mean for them."""
-        scalars = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("freq", "mean_act")}
+        scalars = {k: v for k, v in self.to_json().items() if k not in ("freq", "mean_act")}
         return scalars | {
             "definitions": f"{DEAD_DEFINITION} (the {self.n_tokens:,} tokens evaluated); {DENSE_DEFINITION}"
         }

@@ -76,6 +76,11 @@ def run_warnings(
             f"held-out FVE is {result.fve:.3f}: the SAE reconstructs worse than the mean activation; train longer "
             "(--n-train), or check the learning rate and sparsity settings"
         )
+    if result is not None and math.isnan(result.fve):
+        out.append(
+            f"held-out FVE is undefined: the {result.n_tokens:,} held-out activations are all equal (no variance); "
+            "check the store (a constant or blank image set) or its held-out images"
+        )
     if result is not None and result.n_dead > DEAD_SHARE * d_sae:
         out.append(
             f"{result.n_dead} of {d_sae} latents ({result.n_dead / d_sae:.0%}) are dead (fire on none of the "
@@ -424,7 +429,7 @@ class _Run:
             checkpoints.dump(self.dir / "sae.safetensors", self.sae)
         summary = result.summary() if result else None
         with _writing(self.dir / "eval.json"):
-            write_json(self.dir / "eval.json", dataclasses.asdict(result) if result else {}, indent=None)
+            write_json(self.dir / "eval.json", result.to_json() if result else {}, indent=None)
         with _writing(self.dir / "config.json"):
             write_json(
                 self.dir / "config.json",
@@ -512,7 +517,7 @@ def _train_group(
 
 def _finished(run: _Run) -> RunResult:
     data = json.loads((run.dir / "eval.json").read_text())
-    return run.result(EvalResult(**data) if data else None)
+    return run.result(EvalResult.from_json(data) if data else None)
 
 
 def _tokens_per_img(store: ShardStore, tokens: str) -> int:
