@@ -2,18 +2,16 @@
 library, and a report that prints the run's result."""
 
 import dataclasses
-import math
 import typing
 from collections.abc import Callable
 from typing import Any
-
-import torch
 
 from saev.activations.families import FamilyName, Transform
 from saev.data.layout import Tokens
 from saev.errors import ConfigError
 from saev.fileio import OutputFolderMark
 from saev.nn import checkpoints
+from saev.options import check_device, check_finite, flag
 from saev.steering import inputs
 from saev.steering.heads import DEFAULT_PROMPT, Head, open_head
 from saev.steering.splice import SplicedVit
@@ -80,44 +78,14 @@ def check_options(cfg: Any) -> None:
     """The checks every command shares, made before any work so that a bad flag costs nothing:
     numbers are finite (infinite only where the default is), the device exists on this machine,
     and output folders are not existing files."""
+    check_finite(cfg)
     hints = typing.get_type_hints(type(cfg), include_extras=True)
     for field in dataclasses.fields(cfg):
-        flag = "--" + field.name.replace("_", "-")
         value = getattr(cfg, field.name)
-        _check_finite(flag, value, field.default)
         if field.name == "device":
             check_device(value)
         if any(isinstance(m, OutputFolderMark) for m in getattr(hints[field.name], "__metadata__", ())):
             if value.exists() and not value.is_dir():
                 raise ConfigError(
-                    f"{flag} {value} is an existing file; give a folder (it may not exist yet)."
+                    f"{flag(field.name)} {value} is an existing file; give a folder (it may not exist yet)."
                 )
-
-
-def _check_finite(flag: str, value: Any, default: Any) -> None:
-    values = value if isinstance(value, tuple) else (value,)
-    defaults = default if isinstance(default, tuple) else (default,)
-    infinite_default = any(isinstance(d, float) and math.isinf(d) for d in defaults)
-    for v in values:
-        if isinstance(v, float) and (math.isnan(v) or (math.isinf(v) and not infinite_default)):
-            raise ConfigError(f"{flag} must be a finite number, got {value}.")
-
-
-def check_device(name: str) -> None:
-    """A ConfigError unless `name` is a torch device this machine has."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps.") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(
-                f"--device {name}: this machine has no CUDA GPU that torch can use; use --device cpu."
-            )
-        if device.index is not None and device.index >= count:
-            raise ConfigError(f"--device {name}: this machine has {count} CUDA GPU(s), numbered from 0.")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu.")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"--device {name}: saev runs on cpu, cuda or mps.")

@@ -16,6 +16,7 @@ from saev.nn import architectures
 from saev.nn import config as nn_config
 from saev.nn.architectures import Activation, Architecture, ArchName
 from saev.nn.objectives import Decoder, Objective
+from saev.options import check_finite, flag
 
 STREAM_FIELDS = ("shards", "layer", "tokens", "n_train", "batch_size", "data_seed", "holdout", "device")
 """Runs that agree on these read the same batches in the same order, so they train in one pass."""
@@ -163,22 +164,21 @@ class TrainConfig(*architectures.option_classes(), RunSettings):
         """Shape-independent checks; the store's and the architecture's are in `validate_against`."""
         if self.lr is not None and not 0 < self.lr < math.inf:
             raise ConfigError(f"--lr must be a positive number, got {self.lr}.")
+        check_finite(self)
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"--{_flag(field.name)} must be a finite number, got {value}.")
             # Counts and seeds reach int64 tensors and numpy seeds, which overflow or refuse beyond this.
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
                 raise ConfigError(
-                    f"--{_flag(field.name)} {value} is out of range (at most 2**63 - 1 either way)."
+                    f"{flag(field.name)} {value} is out of range (at most 2**63 - 1 either way)."
                 )
         for name in POSITIVE:
             if getattr(self, name) <= 0:
-                raise ConfigError(f"--{_flag(name)} must be positive, got {getattr(self, name)}.")
+                raise ConfigError(f"{flag(name)} must be positive, got {getattr(self, name)}.")
         for name in NON_NEGATIVE:
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise ConfigError(f"--{_flag(name)} must be >= 0, got {value}.")
+                raise ConfigError(f"{flag(name)} must be >= 0, got {value}.")
         if not 0 <= self.holdout < 1:
             raise ConfigError(f"--holdout must be in [0, 1), got {self.holdout}.")
         prefixes = self.matryoshka_prefixes
@@ -208,7 +208,3 @@ def varying_settings(configs: Sequence[TrainConfig]) -> list[str]:
     if not settings:
         return []
     return [k for k in settings[0] if len({json.dumps(s[k]) for s in settings}) > 1]
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")

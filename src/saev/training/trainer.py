@@ -26,6 +26,7 @@ from saev.nn.evaluation import DEAD_DEFINITION, DENSE_DEFINITION, Accumulator, E
 from saev.nn.modeling import SparseAutoencoder
 from saev.nn.objectives import training_loss
 from saev.normalization import ActNorm
+from saev.options import check_device
 from saev.training import schedules, sweep
 from saev.training.config import NOT_IDENTITY, TrainConfig, varying_settings
 
@@ -216,18 +217,13 @@ def _check_memory(cfgs: list[TrainConfig], d_vit: int) -> None:
 
 def _available_memory(device: str) -> tuple[int, str] | None:
     """Bytes a run may use on `device` and what they are, or None where torch cannot tell."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N.") from None
+    dev = check_device(device)
     if dev.type == "cpu":
         try:
             return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory"
         except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
             return None
     if dev.type == "cuda":
-        if not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count():
-            raise ConfigError(f"--device {device}: torch sees no such CUDA GPU here; use --device cpu.")
         return torch.cuda.mem_get_info(dev)[0], "free GPU memory"
     return None
 

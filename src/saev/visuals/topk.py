@@ -15,7 +15,8 @@ import tqdm
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from saev.data.store import ShardStore, nonfinite_rows
+from saev.data.readers import find_nonfinite
+from saev.data.store import ShardStore
 from saev.errors import CheckpointError, ConfigError
 from saev.nn.modeling import SparseAutoencoder
 
@@ -77,16 +78,12 @@ def top_activations(
     imgs_per_batch = max(1, int(batch_mib * 2**20 // ((meta.n_tokens - first) * n_sae * 4)))
     sae = sae.to(device).eval()
     bar = tqdm.tqdm(total=len(store), unit="img", desc="top-k", disable=not progress, dynamic_ncols=True)
+    # One NaN would spread through the codes into every score and into latents.json. The flag stays on
+    # the device and is read once at the end: a per-batch check would sync or scan on the CPU.
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     for run in store.runs(range(len(store)), imgs_per_batch):
-        raw_BTD = store.read(run.shard, run.local, layer_i, slice(first, None))
-        # One NaN would spread through the codes into every score and into latents.json.
-        bad = nonfinite_rows(raw_BTD)
-        if len(bad):
-            img, tok = (int(i) for i in bad[0])
-            raise store.nonfinite_error(
-                run.start + img, first + tok, layer, raw_BTD[img, tok], "the top-k pass"
-            )
-        x_BTD = torch.from_numpy(raw_BTD).to(device)
+        x_BTD = torch.from_numpy(store.read(run.shard, run.local, layer_i, slice(first, None))).to(device)
+        nonfinite |= ~torch.isfinite(x_BTD).all()
         with torch.inference_mode():
             codes_BTS = sae.encode(x_BTD)
         patches_BPS = codes_BTS[:, cls - first :]
@@ -99,6 +96,9 @@ def top_activations(
         stats.add(counted_NS)
         bar.update(run.stop - run.start)
     bar.close()
+    if nonfinite:
+        [(img, tok)] = find_nonfinite(store, layer, "all", limit=1)
+        raise store.nonfinite_error(img, tok, layer, store.acts(img)[layer_i, tok], "the top-k pass")
     if not torch.isfinite(stats.maxes).all():  # the running max keeps any NaN or infinity it met
         raise CheckpointError(
             f"the SAE's codes are not finite on the finite activations of {store.path}: its weights or "

@@ -1,0 +1,49 @@
+"""Checks every config shares, for the CLI and the library alike: numbers are finite (infinite only
+where the default is) and a device exists on this machine."""
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+from saev.errors import ConfigError
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field."""
+    return "--" + name.replace("_", "-")
+
+
+def check_finite(cfg: Any) -> None:
+    """A ConfigError naming the first float field (or float in a tuple field) of the dataclass `cfg`
+    that is NaN, or infinite where its default is not."""
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        values = value if isinstance(value, tuple) else (value,)
+        defaults = field.default if isinstance(field.default, tuple) else (field.default,)
+        infinite_default = any(isinstance(d, float) and math.isinf(d) for d in defaults)
+        for v in values:
+            if isinstance(v, float) and (math.isnan(v) or (math.isinf(v) and not infinite_default)):
+                raise ConfigError(f"{flag(field.name)} must be a finite number, got {value}.")
+
+
+def check_device(name: str) -> torch.device:
+    """`name` as a torch device; a ConfigError unless this machine has it."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"--device {name}: this machine has no CUDA GPU that torch can use; use --device cpu."
+            )
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA GPU(s), numbered from 0.")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu.")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {name}: saev runs on cpu, cuda or mps.")
+    return device
