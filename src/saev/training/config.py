@@ -26,7 +26,7 @@ NOT_IDENTITY = ("out", "sweep", "resume", "device", "log_every", "ckpt_every", "
 """Fields that do not change what a run learns (excluded from its id)."""
 POSITIVE = ("exp_factor", "n_train", "batch_size", "dead_tokens", "log_every", "ckpt_every")
 """Integer options that must be at least 1."""
-NON_NEGATIVE = ("lr_warmup", "sparsity_warmup", "aux_k", "aux_coeff", "seed", "data_seed")
+NON_NEGATIVE = ("lr_warmup", "sparsity_warmup", "sparsity_coeff", "aux_k", "aux_coeff", "seed", "data_seed")
 """Options where 0 is meaningful (no warm-up, AuxK off) but a negative value is not."""
 INT_LIMIT = 2**63 - 1
 """The largest int64: every integer option ends up in int64 tensors or as a seed."""

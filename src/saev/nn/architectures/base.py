@@ -12,7 +12,6 @@ An architecture owns four things, all in its own module:
 """
 
 import dataclasses
-import math
 from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -128,9 +127,3 @@ def check_k(k: int, d_sae: int) -> None:
         raise ConfigError(f"--k must be positive, got {k}.")
     if k >= d_sae:
         raise ConfigError(f"--k {k} must be smaller than d_sae = {d_sae}.")
-
-
-def check_coeff(opts: CoeffOption) -> None:
-    """The sparsity coefficient of the architectures that read it (relu, jumprelu, gated)."""
-    if opts.sparsity_coeff is not None and not 0 <= opts.sparsity_coeff < math.inf:
-        raise ConfigError(f"--sparsity-coeff must be a finite number >= 0, got {opts.sparsity_coeff}.")

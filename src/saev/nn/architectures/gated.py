@@ -26,7 +26,6 @@ from saev.nn.architectures.base import (
     CoeffOption,
     Inputs,
     Penalty,
-    check_coeff,
 )
 
 
@@ -60,9 +59,6 @@ class GatedArchitecture(Architecture):
 
     def module(self, act_cfg: Gated, d_sae: int) -> torch.nn.Module:
         return GatedActivation(d_sae)
-
-    def check(self, opts: CoeffOption, d_sae: int) -> None:
-        check_coeff(opts)
 
     def encode(
         self, sae: Autoencoder, pre_BS: Float[Tensor, "*batch d_sae"]

@@ -17,7 +17,6 @@ from saev.nn.architectures.base import (
     CoeffOption,
     Inputs,
     Penalty,
-    check_coeff,
 )
 
 
@@ -112,7 +111,6 @@ class JumpReluArchitecture(Architecture):
         return JumpReluActivation(d_sae, act_cfg.init_threshold, act_cfg.bandwidth)
 
     def check(self, opts: JumpReluOptions, d_sae: int) -> None:
-        check_coeff(opts)
         # The threshold is stored as its log and the estimator divides by the bandwidth.
         for name in ("jumprelu_threshold", "jumprelu_bandwidth"):
             if not 0 < getattr(opts, name) < math.inf:

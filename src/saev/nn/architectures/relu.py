@@ -14,7 +14,6 @@ from saev.nn.architectures.base import (
     CoeffOption,
     Inputs,
     Penalty,
-    check_coeff,
 )
 
 
@@ -40,9 +39,6 @@ class ReluArchitecture(Architecture):
 
     def module(self, act_cfg: Relu, d_sae: int) -> torch.nn.Module:
         return ReluActivation()
-
-    def check(self, opts: CoeffOption, d_sae: int) -> None:
-        check_coeff(opts)
 
     def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float) -> Penalty:
         return Penalty(coeff * f_BS.sum(-1).mean(), torch.zeros((), device=x_BD.device))
