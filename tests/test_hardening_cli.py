@@ -127,7 +127,10 @@ def test_a_full_disk_is_a_clear_error_naming_the_file(capsys, tmp_path, tiny_cli
     args = ["inspect", str(photos[0]), "--sae", str(tmp_path / "sae.safetensors")]
     args += ["--vit-family", "clip", "--vit-ckpt", tiny_clip, "--out", str(tmp_path / "out")]
     err = run_cli(args, capsys)
-    assert f"{tmp_path / 'out' / photos[0].stem}.png: No space left on device" in err
+    assert (
+        f"{tmp_path / 'out' / photos[0].stem}.png: No space left on device. Files written before are whole"
+        in err
+    )
 
 
 def test_a_bug_still_shows_its_traceback(monkeypatch):

@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> None:
         if err.errno not in ENVIRONMENT_ERRNOS:
             raise
         # A full disk or a read-only folder is the machine's state, not a bug: name the file.
-        _fail(f"{err.filename or 'writing output'}: {err.strerror}")
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        hint = " Files written before are whole (writes are atomic): make room and rerun; recordings and trainings resume."
+        _fail(f"{err.filename or 'writing output'}: {err.strerror}.{hint if full else ''}")
     except (MemoryError, torch.OutOfMemoryError):
         _fail("out of memory; try a smaller --batch-size (or --exp-factor for training).")
     except KeyboardInterrupt:

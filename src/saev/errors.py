@@ -25,9 +25,5 @@ class ImageError(SaevError):
     """An image file cannot be decoded into RGB pixels."""
 
 
-class OutputError(SaevError):
-    """An output file could not be written (a full disk, a read-only folder)."""
-
-
 class TrainingError(SaevError):
     """Training stopped because a loss, the weights or the activations became non-finite."""

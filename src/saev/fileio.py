@@ -26,7 +26,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temporary(path)
     try:
-        with os.fdopen(fd, mode) as f:
+        with naming_errors(path), os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -34,6 +34,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def naming_errors(path: str | os.PathLike) -> Iterator[None]:
+    """OSErrors raised inside name `path` when they name no file (a write's ENOSPC names none), so
+    that the CLI's one-line error can say which file could not be written."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            err.filename = str(path)
         raise
 
 

@@ -18,8 +18,8 @@ import saev
 from saev.data.readers import iter_batches
 from saev.data.statistics import store_normalization
 from saev.data.store import ShardStore, open_shards
-from saev.errors import ConfigError, OutputError, TrainingError
-from saev.fileio import atomic_open, write_json
+from saev.errors import ConfigError, TrainingError
+from saev.fileio import atomic_open, naming_errors, write_json
 from saev.nn import checkpoints
 from saev.nn.config import Provenance
 from saev.nn.evaluation import DEAD_DEFINITION, DENSE_DEFINITION, Accumulator, EvalResult
@@ -296,25 +296,22 @@ class _Run:
 
     def start(self) -> None:
         metrics = self.dir / "metrics.jsonl"
-        with _writing(self.dir):
-            self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
         if self.cfg.resume and self.ckpt_path.exists():
             state = torch.load(self.ckpt_path, map_location=self.cfg.device, weights_only=True)
             self.sae.load_state_dict(state["sae"])
             self.opt.load_state_dict(state["opt"])
             self.last_fired = state["last_fired"]
             self.step = self.saved_step = state["step"]
-            with _writing(metrics):
+            with naming_errors(metrics):
                 _truncate_metrics(metrics, self.step)
             logger.info("%s: resuming at step %d of %d", self.cfg.run_id, self.step, self.n_steps)
         else:
-            with _writing(metrics):
-                metrics.write_text("")
-        with _writing(self.dir / "config.json"):
-            write_json(
-                self.dir / "config.json",
-                {"run_id": self.cfg.run_id, "config": self.cfg.to_dict(), "sae": self.sae.cfg.to_dict()},
-            )
+            metrics.write_text("")
+        write_json(
+            self.dir / "config.json",
+            {"run_id": self.cfg.run_id, "config": self.cfg.to_dict(), "sae": self.sae.cfg.to_dict()},
+        )
         if self.cfg.wandb_project:
             import wandb  # optional extra, present once _require_wandb passed
 
@@ -370,7 +367,7 @@ class _Run:
             }
             if not all(math.isfinite(v) for v in self.last.values()):
                 raise self.stopped(self.step, "non-finite metrics", None)
-            with _writing(self.dir / "metrics.jsonl"), open(self.dir / "metrics.jsonl", "a") as f:
+            with naming_errors(self.dir / "metrics.jsonl"), open(self.dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(self.last) + "\n")
             if self.wandb is not None:
                 self.wandb.log(self.last, step=self.step)
@@ -395,7 +392,7 @@ class _Run:
             "opt": self.opt.state_dict(),
             "last_fired": self.last_fired,
         }
-        with _writing(self.ckpt_path), atomic_open(self.ckpt_path) as f:
+        with atomic_open(self.ckpt_path) as f:
             torch.save(state, f)
         self.saved_step = self.step
 
@@ -421,23 +418,20 @@ class _Run:
         )
 
     def finish(self, result: EvalResult | None) -> RunResult:
-        with _writing(self.dir / "sae.safetensors"):
-            checkpoints.dump(self.dir / "sae.safetensors", self.sae)
+        checkpoints.dump(self.dir / "sae.safetensors", self.sae)
         summary = result.summary() if result else None
-        with _writing(self.dir / "eval.json"):
-            write_json(self.dir / "eval.json", result.to_json() if result else {}, indent=None)
-        with _writing(self.dir / "config.json"):
-            write_json(
-                self.dir / "config.json",
-                {
-                    "run_id": self.cfg.run_id,
-                    "config": self.cfg.to_dict(),
-                    "sae": self.sae.cfg.to_dict(),
-                    "steps": self.step,
-                    "tokens": self.step * self.cfg.batch_size,
-                    "eval": summary,
-                },
-            )
+        write_json(self.dir / "eval.json", result.to_json() if result else {}, indent=None)
+        write_json(
+            self.dir / "config.json",
+            {
+                "run_id": self.cfg.run_id,
+                "config": self.cfg.to_dict(),
+                "sae": self.sae.cfg.to_dict(),
+                "steps": self.step,
+                "tokens": self.step * self.cfg.batch_size,
+                "eval": summary,
+            },
+        )
         self.ckpt_path.unlink(missing_ok=True)
         if self.wandb is not None:
             self.wandb.summary.update(summary or {})
@@ -603,16 +597,3 @@ def results_table(results: list[RunResult]) -> str:
 def _checks_every_step(device: str) -> bool:
     """Whether runs on `device` check their loss at every step (see _Run.__init__)."""
     return torch.device(device).type == "cpu"
-
-
-@contextlib.contextmanager
-def _writing(path: pathlib.Path) -> Iterator[None]:
-    """An OSError while writing `path` (a full disk, a read-only folder) becomes an OutputError naming it.
-    Checkpoints are written atomically, so the one before is still whole."""
-    try:
-        yield
-    except OSError as err:
-        raise OutputError(
-            f"{path}: cannot write: {err.strerror or err}. What was written before is intact: make room "
-            "or fix the folder, then rerun with --resume."
-        ) from None
