@@ -100,7 +100,9 @@ def train(base: TrainConfig) -> list[RunResult]:
         setting = ", ".join(f"{k} = {cfg.to_dict()[k]!r}" for k in varying)
         with _in_sweep(base.sweep, f"the run with {setting or 'these settings'}: "):
             cfg.validate()
-            store = stores.setdefault(cfg.shards, open_shards(cfg.shards))
+            if cfg.shards not in stores:  # opening verifies every shard file: once per store
+                stores[cfg.shards] = open_shards(cfg.shards)
+            store = stores[cfg.shards]
             cfg.validate_against(store)
             _check_data(cfg, store)
             _check_run_dir(cfg)
