@@ -68,6 +68,7 @@ def hf_cache_put(repo_id: str, files: dict[str, pathlib.Path]) -> None:
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(FAKE_COMMIT)
     for name, src in files.items():
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, snapshot / name)
 
 

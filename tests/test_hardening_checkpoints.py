@@ -433,8 +433,9 @@ def test_missing_paths_and_directories_name_the_path(tmp_path, native):
     refused(native / "inside.pt", "no such file")  # a parent that is a file, not a directory
     empty = tmp_path / "empty-dir"
     empty.mkdir()
-    refused(empty, "is a directory, not a checkpoint file. It holds no sae checkpoint.")
-    refused(tmp_path, f"It holds sae.safetensors: pass {native}.")
+    refused(empty, "a folder without a recognised SAE", "it holds nothing")
+    # A folder holding sae.safetensors is read as that file.
+    assert torch.equal(saev.nn.load(tmp_path).W_enc, saev.nn.load(native).W_enc)
 
 
 # The command line: one line on stderr, exit status 2.

@@ -3,7 +3,10 @@ and report. It sits on top of the library, which never imports it (`make lint` c
 
 from saev.commands import (
     activations,
+    catalog,
+    convert,
     evaluate,
+    export,
     inspect_images,
     normalize,
     probe,
@@ -17,7 +20,10 @@ from saev.commands.base import Command
 
 COMMANDS: dict[str, Command] = {
     "activations": activations.COMMAND,
+    "catalog": catalog.COMMAND,
+    "convert": convert.COMMAND,
     "evaluate": evaluate.COMMAND,
+    "export": export.COMMAND,
     "inspect": inspect_images.COMMAND,
     "normalize": normalize.COMMAND,
     "probe": probe.COMMAND,

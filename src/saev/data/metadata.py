@@ -52,6 +52,12 @@ class Metadata:
                 f"({len(self.layers)} layers x {self.n_tokens} tokens)."
             )
 
+    def describe_data(self) -> str | None:
+        """The image source as one string (it is a string or a JSON object), or None if unrecorded."""
+        if not self.data:
+            return None
+        return self.data if isinstance(self.data, str) else json.dumps(self.data, sort_keys=True)
+
     @property
     def n_tokens(self) -> int:
         return self.n_patches_per_img + int(self.cls_token)

@@ -99,7 +99,13 @@ class Provenance:
     """Token selection the SAE was trained on: 'patches', 'cls' or 'all'."""
     n_patches_per_img: int | None = None
     source: str | None = None
-    """What produced the file: a reference header variant ('V0b', ...) or 'saev <version>'."""
+    """What produced the file: a reference header variant ('V0b', ...), 'saev <version>', or the library
+    whose format it was read from ('saelens', 'sparsify', 'prisma')."""
+    dataset: str | None = None
+    """Images the SAE was trained on, as its model card or store names them."""
+    origin: dict | None = None
+    """A foreign file's own config, verbatim ({'format': ..., 'config': {...}}): SAELens' metadata such
+    as hook_name stays available, and converting back restores it."""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -125,6 +131,7 @@ _KINDS: dict[type, tuple[typing.Callable[[object], bool], str]] = {
         "a finite number",
     ),
     str: (lambda v: isinstance(v, str), "a string"),
+    dict: (lambda v: isinstance(v, dict), "an object"),
 }
 
 

@@ -270,6 +270,7 @@ class _Run:
             cfg.tokens,
             store.meta.n_patches_per_img,
             f"saev {saev.__version__}",
+            dataset=store.meta.describe_data(),
         )
         self.sae = SparseAutoencoder(cfg.sae_config(d_vit), prov).to(cfg.device)
         self.sae.set_normalization(norm.to(cfg.device))
