@@ -1,5 +1,6 @@
 # `make quickstart` and `make test` each create the virtual environment when it is missing:
-# `make quickstart` installs saev and what it needs, `make test` adds the test tools and extras.
+# `make quickstart` installs saev and what it needs, `make test` adds the test tools, extras and the
+# other SAE libraries the format tests compare against (`pytest -m 'not oracle'` runs without them).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -24,7 +25,7 @@ $(BASE): pyproject.toml
 	touch $@
 
 $(DEV): $(BASE)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,oracle]'
 	touch $@
 
 # The reference saev 0.1.0 (PyPI), unpacked under another import name for the oracle tests.

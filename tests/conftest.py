@@ -17,6 +17,8 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("TQDM_DISABLE", "1")
 # Tiny test models gain nothing from intra-op threads, and a busy second core makes them crawl.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# sparsify (an oracle for the format tests) needs Triton, a GPU compiler, unless told to run eagerly.
+os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
 os.environ.setdefault("SAEV_THREADS", "1")  # the CLI would otherwise pick a count from the load average
 
 # Shapes and types are checked at test time: every function and dataclass of saev imported from

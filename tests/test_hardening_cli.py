@@ -40,6 +40,9 @@ MINIMAL = {
     "evaluate": ["imgs/", "--sae", "x.safetensors", "--head", "builtin-patch"],
     "probe": ["--vit-family", "builtin", "--vit-ckpt", "shapes-vit", "--images", "nowhere/", "--out", "p"],
     "serve": ["--sae", "x.safetensors", "--visuals", "v/"],
+    "convert": ["x.safetensors", "y.safetensors"],
+    "catalog": [],
+    "export": ["runs/x", "out/"],
 }
 
 
@@ -62,7 +65,7 @@ WITH_DEVICE = sorted(
 
 
 def test_every_compute_command_has_a_device():
-    assert set(MINIMAL) - set(WITH_DEVICE) == {"normalize"}
+    assert set(MINIMAL) - set(WITH_DEVICE) == {"normalize", "convert", "catalog", "export"}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

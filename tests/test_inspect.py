@@ -89,4 +89,4 @@ def test_inspect_errors_are_one_line(tmp_path, tiny_clip, photos):
         text=True,
     )
     assert result.returncode == 2
-    assert result.stderr.strip() == f"saev: error: {tmp_path / 'missing.pt'}: no such file."
+    assert result.stderr.strip() == f"saev: error: {tmp_path / 'missing.pt'}: no such file or folder."

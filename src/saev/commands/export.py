@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import tyro
 
 from saev.commands.base import Command
+from saev.fileio import OutputFolder
 from saev.nn import formats
 from saev.training import export
 
@@ -23,7 +24,7 @@ class Config:
 
     run_dir: Annotated[pathlib.Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
     """A run folder written by `saev train` (runs/<run id>)."""
-    out: Annotated[pathlib.Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
+    out: Annotated[OutputFolder, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
     """Folder to write (new or empty)."""
     format: Format = "native"
     """Weights format: native (sae.safetensors, normalisation kept), saelens or sparsify (folders those

@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import pathlib
+import reprlib
 from typing import Any
 
 from saev.errors import CheckpointError, ConfigError
@@ -99,9 +100,8 @@ def _read(path: pathlib.Path) -> list[Entry]:
             )
             out.append(Entry(**e))
         except (TypeError, ConfigError) as err:
-            raise CheckpointError(
-                f"{path}: catalogue entry {i} ({e.get('name') if isinstance(e, dict) else e!r}): {err}"
-            ) from None
+            label = e.get("name") if isinstance(e, dict) else reprlib.repr(e)
+            raise CheckpointError(f"{path}: catalogue entry {i} ({label}): {err}") from None
     return out
 
 

@@ -57,7 +57,7 @@ class Conversion:
     agreement: Agreement
 
 
-def probe_inputs(sae: SparseAutoencoder, n: int = 512, seed: int = 0) -> Float[Tensor, "n d_vit"]:
+def probe_inputs(sae: SparseAutoencoder, n: int = 256, seed: int = 0) -> Float[Tensor, "n d_vit"]:
     """Raw activations that make the SAE's latents fire: sparse positive mixtures of its decoder
     rows, plus noise, mapped back through its normalisation."""
     gen = torch.Generator().manual_seed(seed)

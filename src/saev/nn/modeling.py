@@ -67,17 +67,25 @@ class SparseAutoencoder(torch.nn.Module):
     act_mean: Tensor | None
     act_scale: Tensor | None
 
-    def __init__(self, cfg: config.SaeConfig, provenance: config.Provenance | None = None):
+    def __init__(
+        self, cfg: config.SaeConfig, provenance: config.Provenance | None = None, *, init: bool = True
+    ):
+        """`init=False` leaves the weights uninitialised, for loaders that overwrite them all (drawing
+        a ViT-B-sized SAE's random weights takes longer than reading its file)."""
         super().__init__()
         self.cfg = cfg
         self.provenance = provenance or config.Provenance()
         self.arch = architectures.of(cfg.activation)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        W_dec = torch.randn(cfg.d_sae, cfg.d_vit, generator=gen)
-        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        if init:
+            gen = torch.Generator().manual_seed(cfg.seed)
+            W_dec = torch.randn(cfg.d_sae, cfg.d_vit, generator=gen)
+            W_dec /= W_dec.norm(dim=1, keepdim=True)
+            # Encoder starts as the decoder's transpose: every latent begins aligned with its direction.
+            W_enc = W_dec.T.clone().contiguous()
+        else:
+            W_dec, W_enc = torch.empty(cfg.d_sae, cfg.d_vit), torch.empty(cfg.d_vit, cfg.d_sae)
         self.W_dec = torch.nn.Parameter(W_dec)
-        # Encoder starts as the decoder's transpose: every latent begins aligned with its direction.
-        self.W_enc = torch.nn.Parameter(W_dec.T.clone().contiguous())
+        self.W_enc = torch.nn.Parameter(W_enc)
         self.b_enc = torch.nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = torch.nn.Parameter(torch.zeros(cfg.d_vit))
         self.activation = self.arch.module(cfg.activation, cfg.d_sae)

@@ -124,9 +124,9 @@ def check_finite(path: pathlib.Path, name: str, tensor: Tensor) -> None:
 
 
 def copy_weights(sae: SparseAutoencoder, state: dict[str, Tensor]) -> None:
-    with torch.no_grad():
-        for name in WEIGHT_NAMES:
-            getattr(sae, name).copy_(state[name].to(torch.float32))
+    """Give `sae` the four weights of `state` (checked already), taking over float32 tensors without a copy."""
+    for name in WEIGHT_NAMES:
+        setattr(sae, name, torch.nn.Parameter(state[name].to(torch.float32).contiguous()))
 
 
 def check_normalization(
@@ -211,7 +211,7 @@ def build(
 ) -> SparseAutoencoder:
     """An SAE from weights already under saev's names, every shape and value checked first."""
     check_weights(path, cfg, weights, allow_nonfinite)
-    sae = SparseAutoencoder(cfg, prov)
+    sae = SparseAutoencoder(cfg, prov, init=False)
     copy_weights(sae, weights)
     load_activation_state(path, sae, activation_state, allow_nonfinite)
     return sae

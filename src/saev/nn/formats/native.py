@@ -87,7 +87,7 @@ def read(path: pathlib.Path, allow_nonfinite: bool) -> SparseAutoencoder:
     checks.check_weights(path, cfg, tensors, allow_nonfinite)
     if norm:
         checks.check_normalization(path, cfg, norm, allow_nonfinite)
-    sae = SparseAutoencoder(cfg, prov)
+    sae = SparseAutoencoder(cfg, prov, init=False)
     checks.copy_weights(sae, tensors)
     checks.load_activation_state(path, sae, act_state, allow_nonfinite)
     if norm:

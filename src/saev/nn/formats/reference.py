@@ -45,7 +45,7 @@ def read(path: pathlib.Path, allow_nonfinite: bool) -> SparseAutoencoder:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: weights archive holds a {type(state).__name__}, not a state dict.")
     checks.check_weights(path, cfg, state, allow_nonfinite)
-    sae = SparseAutoencoder(cfg, prov)
+    sae = SparseAutoencoder(cfg, prov, init=False)
     checks.copy_weights(sae, state)
     return sae
 

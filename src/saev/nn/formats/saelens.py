@@ -43,6 +43,8 @@ CFG, WEIGHTS, SCALER = "cfg.json", "sae_weights.safetensors", "activation_scaler
 FILES = (WEIGHTS, "sparsity.safetensors", SCALER)
 ARCHITECTURES = ("standard", "topk", "jumprelu", "gated")
 NORMALIZATIONS = ("none", "expected_average_only_in")
+SAELENS_VERSION = "6.0.0"
+"""The SAELens config layout folders written by saev follow."""
 SMALLEST_THRESHOLD = 1e-30
 """JumpReLU thresholds at or below 0 act as 0 (codes are ReLU'd first); saev stores log-thresholds,
 so they become this instead (a pre-activation in (0, 1e-30] is the only difference)."""
@@ -169,7 +171,9 @@ def write(folder: pathlib.Path, sae: SparseAutoencoder) -> None:
     tensors["b_gate" if arch == "gated" else "b_enc"] = weights["b_enc"]
     origin = sae.provenance.origin or {}
     base = dict(origin["config"]) if origin.get("format") == "saelens" else {}
-    metadata = dict(base.get("metadata") or {}) | _metadata(sae)
+    # A SAELens original's own metadata wins, except saev's entry, which describes this SAE.
+    ours = _metadata(sae)
+    metadata = ours | dict(base.get("metadata") or {}) | {k: ours[k] for k in ("saev", "saev_version")}
     cfg = (
         base
         | {
@@ -222,7 +226,8 @@ def _to_saelens(
 def _metadata(sae: SparseAutoencoder) -> dict:
     """SAELens metadata fields from saev's provenance, and saev's own facts under 'saev'."""
     prov = sae.provenance
-    out: dict = {"saev_version": saev.__version__}
+    # SAELens reads `metadata` only from configs that name the SAELens version (>= 6) they follow.
+    out: dict = {"sae_lens_version": SAELENS_VERSION, "saev_version": saev.__version__}
     if prov.vit_family and prov.vit_ckpt:
         out["model_name"] = f"{prov.vit_family}/{prov.vit_ckpt}"
     if prov.layer is not None:
