@@ -5,7 +5,11 @@ import os
 # Idle OpenMP threads must sleep, not spin, or a busy neighbour process slows every command
 # tenfold (see saev.runtime); the runtime reads this once, when torch loads just below.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Under torchrun only rank 0 draws progress bars (tqdm reads TQDM_* when it is imported).
+if int(os.environ.get("RANK", "0")) > 0:
+    os.environ.setdefault("TQDM_DISABLE", "1")
 
+import dataclasses  # noqa: E402
 import errno  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -16,7 +20,7 @@ import tqdm  # noqa: E402
 import tyro  # noqa: E402
 
 import saev  # noqa: E402
-from saev import runtime  # noqa: E402
+from saev import distributed, runtime  # noqa: E402
 from saev.commands import COMMANDS  # noqa: E402
 from saev.commands.base import check_options  # noqa: E402
 from saev.errors import SaevError  # noqa: E402
@@ -53,6 +57,23 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(2) from None
 
 
+def _join(name: str, command: Any, cfg: Any) -> tuple[Any, distributed.World]:
+    """Join torchrun's process group for a command that runs distributed; the rank's config and world."""
+    if not command.distributed:
+        raise SaevError(
+            f"saev {name} does not run under torchrun; run it as one process (distributed: "
+            f"{', '.join(n for n, c in COMMANDS.items() if c.distributed)})."
+        )
+    world, device = distributed.setup(cfg.device)
+    # Every rank must do the same work: options given to one rank only would split it silently.
+    distributed.check_same(
+        {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "device"}
+    )
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(f"%(levelname)s rank {world.rank}: %(name)s: %(message)s"))
+    return dataclasses.replace(cfg, device=device), world
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("saev").setLevel(logging.INFO)
@@ -72,12 +93,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     one_of = Union[choices]  # noqa: UP007 (a union built at run time)
     cfg = tyro.cli(one_of, prog="saev", description=DESCRIPTION, args=args)
-    command = next(cmd for cmd in COMMANDS.values() if isinstance(cfg, cmd.config))
+    name, command = next((n, cmd) for n, cmd in COMMANDS.items() if isinstance(cfg, cmd.config))
+    world = distributed.World()
     try:
         check_options(cfg)
-        command.report(command.run(cfg))
+        if distributed.launched():
+            cfg, world = _join(name, command, cfg)
+        result = command.run(cfg)
+        if world.main:
+            command.report(result)
+        distributed.teardown()
     except SaevError as err:
-        _fail(str(err))
+        _fail(world.prefix() + str(err))
     except OSError as err:
         if err.errno not in ENVIRONMENT_ERRNOS:
             raise

@@ -27,8 +27,11 @@ def choose_threads(env: dict[str, str], cores: int, load: float) -> ThreadChoice
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"{ENV}={value!r}: expected a positive number of threads.")
         return ThreadChoice(int(value), f"{ENV}={value}")
-    free = max(1, cores - round(load))
-    return ThreadChoice(free, f"{cores} cores, load average {load:.1f}")
+    # torchrun's processes on one machine share its cores.
+    local = max(1, int(env.get("LOCAL_WORLD_SIZE", "1") or 1))
+    free = max(1, (cores - round(load)) // local)
+    per = f", {local} processes" if local > 1 else ""
+    return ThreadChoice(free, f"{cores} cores, load average {load:.1f}{per}")
 
 
 def system_choice() -> ThreadChoice:

@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -11,13 +12,15 @@ from typing import Any, Literal
 import torch
 import tqdm
 
+from saev import distributed
 from saev.activations.families import FamilyName, make_img_transform, make_vit
 from saev.activations.recorder import RecordedVisionTransformer
 from saev.data import metadata as md
+from saev.data import parts
 from saev.data.sources import ImageSource, open_source
 from saev.data.store import to_stored
-from saev.data.writer import ShardWriter
-from saev.errors import ConfigError, ImageError
+from saev.data.writer import ShardWriter, Skip, StoreLock
+from saev.errors import ConfigError, ImageError, StoreError
 from saev.fileio import OutputFolder
 
 logger = logging.getLogger("saev.activations")
@@ -73,11 +76,11 @@ NON_FINITE = "non-finite activations"
 class _Decoded(torch.utils.data.Dataset):
     """Source images from `start` on, decoded and transformed in worker processes; failures become reasons."""
 
-    def __init__(self, source: ImageSource, transform, start: int):
-        self.source, self.transform, self.start = source, transform, start
+    def __init__(self, source: ImageSource, transform, start: int, stop: int):
+        self.source, self.transform, self.start, self.stop = source, transform, start, stop
 
     def __len__(self) -> int:
-        return len(self.source) - self.start
+        return self.stop - self.start
 
     def __getitem__(self, j: int) -> tuple[int, torch.Tensor | None, str | None]:
         i = self.start + j
@@ -131,6 +134,10 @@ def record(cfg: RecordConfig) -> RecordResult:
         dtype=cfg.dtype,
     )
     layout = md.PatchLayout(vit.layout.grid, vit.layout.n_registers, n_blocks)
+    transform = make_img_transform(cfg.vit_family, cfg.vit_ckpt)
+    world = distributed.current()
+    if world.distributed:
+        return _record_parts(cfg, world, source, transform, recorder, planned, layout)
     writer = ShardWriter(cfg.dump_to, planned, source.fingerprint(), source.describe(), layout)
     if writer.complete:
         logger.info("store already complete, nothing to do: %s", writer.root)
@@ -145,32 +152,107 @@ def record(cfg: RecordConfig) -> RecordResult:
                 len(source),
             )
         writer.check_disk(len(source) - start)
-        _run(cfg, source, make_img_transform(cfg.vit_family, cfg.vit_ckpt), recorder, writer, start)
+        _run(cfg, source, transform, recorder, writer, start, len(source))
     except BaseException:
         writer.abort()
         raise
     final = writer.finish()
-    non_finite = tuple(s.source for s in writer.skips if s.reason.startswith(NON_FINITE))
-    n_unreadable = len(writer.skips) - len(non_finite)
+    return _result(writer.root, final, writer.skips)
+
+
+def _result(root: pathlib.Path, final: md.Metadata, skips: list[Skip]) -> RecordResult:
+    """The result of a finished recording, with warnings about the images it skipped."""
+    non_finite = tuple(s.source for s in skips if s.reason.startswith(NON_FINITE))
+    n_unreadable = len(skips) - len(non_finite)
     if n_unreadable:
-        logger.warning("skipped %d unreadable image(s); see %s", n_unreadable, writer.root / "skipped.json")
+        logger.warning("skipped %d unreadable image(s); see %s", n_unreadable, root / "skipped.json")
     if non_finite:
         logger.warning(
             "skipped %d image(s) whose activations are not finite (NaN or inf): %s; see %s",
             len(non_finite),
             ", ".join(non_finite[:5]) + (", ..." if len(non_finite) > 5 else ""),
-            writer.root / "skipped.json",
+            root / "skipped.json",
         )
-    return RecordResult(writer.root, final, len(writer.skips), False, non_finite)
+    return RecordResult(root, final, len(skips), False, non_finite)
+
+
+def _record_parts(
+    cfg: RecordConfig,
+    world: distributed.World,
+    source: ImageSource,
+    transform,
+    recorder,
+    planned: md.Metadata,
+    layout: md.PatchLayout,
+) -> RecordResult:
+    """Record under torchrun: each rank records a contiguous range of images (starting at a shard
+    boundary) into its own part, then the parts become the store one process would have written."""
+    root = cfg.dump_to / planned.hash
+    fingerprint = source.fingerprint()
+    if len(set(distributed.gather(fingerprint))) > 1:
+        raise ConfigError(
+            f"--images {cfg.images}: the ranks see different images; every rank must read the same source "
+            "(a folder shared by the nodes)."
+        )
+    if (root / "metadata.json").exists():
+        logger.info("store already complete, nothing to do: %s", root)
+        return RecordResult(root, md.read(root / "metadata.json"), 0, True)
+    # Rank 0 holds the store's lock for the whole recording; each rank also locks its own part.
+    lock = StoreLock(root) if world.main else None
+    try:
+        images = distributed.split(len(source), world.size, align=planned.n_imgs_per_shard)[world.rank]
+        part = parts.part_root(root, images)
+        writer = ShardWriter(
+            cfg.dump_to,
+            dataclasses.replace(planned, n_imgs=len(images)),
+            f"{fingerprint}[{images.start}:{images.stop}]",
+            source.describe(),
+            layout,
+            root=part,
+            first_source=images.start,
+        )
+        if not writer.complete:
+            if writer.next_source > images.start:
+                logger.info(
+                    "resuming after %d complete shard(s) of this rank's part, at image %d of %d-%d",
+                    len(writer.state["shards"]),
+                    writer.next_source,
+                    images.start,
+                    images.stop - 1,
+                )
+            try:
+                writer.check_disk(images.stop - writer.next_source)
+                _run(cfg, source, transform, recorder, writer, writer.next_source, images.stop)
+            except BaseException:
+                writer.abort()
+                raise
+            writer.finish(allow_empty=True)
+        distributed.barrier()
+        counts = distributed.gather(parts.recorded(part))
+        if not sum(counts):
+            raise StoreError(
+                f"no image of {cfg.images} could be read, so no store was written; see {root / parts.PARTS_DIR}"
+            )
+        parts.place(root, part, sum(counts[: world.rank]), sum(counts), planned)
+        distributed.barrier()
+        if world.main:
+            ranges = distributed.split(len(source), world.size, align=planned.n_imgs_per_shard)
+            parts.finish(root, [parts.part_root(root, r) for r in ranges], planned, source.describe(), layout)
+        distributed.barrier()
+    finally:
+        if lock is not None:
+            lock.release()
+    skips = [Skip(**s) for s in json.loads((root / "skipped.json").read_text())]
+    return _result(root, md.read(root / "metadata.json"), skips)
 
 
 def _run(
-    cfg: RecordConfig, source: ImageSource, transform, recorder, writer: ShardWriter, start: int
+    cfg: RecordConfig, source: ImageSource, transform, recorder, writer: ShardWriter, start: int, stop: int
 ) -> None:
     staging = _Staging(cfg.batch_size, torch.device(cfg.device).type == "cuda")
     n_workers = default_workers() if cfg.n_workers is None else cfg.n_workers
     loader = torch.utils.data.DataLoader(
-        _Decoded(source, transform, start),
+        _Decoded(source, transform, start, stop),
         batch_size=16,
         num_workers=n_workers,
         collate_fn=_identity,
@@ -179,7 +261,9 @@ def _run(
         persistent_workers=False,
     )
     pending: list[tuple[int, torch.Tensor]] = []
-    bar = tqdm.tqdm(total=len(source) - start, unit="img", desc="recording", dynamic_ncols=True)
+    world = distributed.current()
+    desc = f"recording (rank 0's {stop - start:,} of {len(source):,})" if world.distributed else "recording"
+    bar = tqdm.tqdm(total=stop - start, unit="img", desc=desc, dynamic_ncols=True)
     with torch.inference_mode(), _autocast(cfg):
         for items in loader:
             for i, x, err in items:

@@ -20,4 +20,5 @@ COMMAND = Command(
     record,
     report,
     description=f"{RecordConfig.__doc__}\n\nViT families:\n{families.describe()}",
+    distributed=True,
 )

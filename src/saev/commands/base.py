@@ -27,6 +27,8 @@ class Command:
     """Prints the result: paths a script would read on stdout, summaries on stderr."""
     description: str | None = None
     """The command's help text (default: the config's docstring)."""
+    distributed: bool = False
+    """Whether it runs under torchrun (several processes sharing the work; see docs/scaling-out.md)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -63,4 +63,5 @@ COMMAND = Command(
     run,
     report,
     description=f"{TrainConfig.__doc__}\n\nArchitectures: {', '.join(architectures.ARCHITECTURES)}.",
+    distributed=True,
 )

@@ -14,4 +14,4 @@ def report(result: VisualsResult) -> None:
     print(result.index)
 
 
-COMMAND = Command(Config, make_visuals, report)
+COMMAND = Command(Config, make_visuals, report, distributed=True)

@@ -31,6 +31,9 @@ logger = logging.getLogger("saev.data")
 LOCK_FILE = ".saev-recording.lock"
 """Locked by the recording that writes a store; removed when it finishes or fails."""
 
+PARTS_DIR = ".parts"
+"""Where the ranks of a distributed recording keep their parts (see `saev.data.parts`)."""
+
 JSON_FILES = ("metadata.json", "shards.json", "images.json", "skipped.json", md.LAYOUT_FILE, STATE_FILE)
 """What a recording writes atomically, through temporaries that a killed run leaves behind."""
 
@@ -57,10 +60,16 @@ class ShardWriter:
         fingerprint: str,
         source: dict[str, Any],
         layout: md.PatchLayout | None = None,
+        *,
+        root: pathlib.Path | None = None,
+        first_source: int = 0,
     ):
+        """`root` overrides `dump_to/<hash>` and `first_source` is where a fresh recording starts (a
+        rank's part of a distributed recording, see `saev.data.parts`)."""
         self.planned = planned
         self.layout = layout
-        self.root = pathlib.Path(dump_to) / planned.hash
+        self.root = root if root is not None else pathlib.Path(dump_to) / planned.hash
+        self.first_source = first_source
         self.source = source
         self.per_shard = planned.n_imgs_per_shard
         self.complete = self._finished()
@@ -127,15 +136,16 @@ class ShardWriter:
     def skip(self, index: int, source: str, reason: str) -> None:
         self.skips.append(Skip(index, source, reason))
 
-    def finish(self) -> md.Metadata:
-        """Write the last shard and the store's JSON files; returns the final metadata."""
+    def finish(self, allow_empty: bool = False) -> md.Metadata:
+        """Write the last shard and the store's JSON files; returns the final metadata. A store with
+        no image is an error unless `allow_empty` (a rank's part whose images were all unreadable)."""
         if self.filled:
             self._queue.put(("commit", self._commit_info()))
         self._queue.put(("stop", None))
         self._thread.join()
         try:
             self._raise_pending()
-            return self._write_store()
+            return self._write_store(allow_empty)
         finally:
             self._lock.release()
 
@@ -159,9 +169,9 @@ class ShardWriter:
         # Only the recording's own: other commands cache files beside a finished store's.
         return [tmp for name in JSON_FILES for tmp in temporaries(self.root / name)]
 
-    def _write_store(self) -> md.Metadata:
+    def _write_store(self, allow_empty: bool) -> md.Metadata:
         skipped = sorted(self.skips, key=lambda s: s.index)
-        if not self.images:
+        if not self.images and not allow_empty:
             self._remove()
             reasons = "; ".join(s.reason for s in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
             raise StoreError(
@@ -241,7 +251,7 @@ class ShardWriter:
             "planned": self.planned.to_dict(),
             "fingerprint": fingerprint,
             "shards": [],
-            "next_source": 0,
+            "next_source": self.first_source,
             "images": [],
             "skipped": [],
         }
@@ -266,6 +276,10 @@ class ShardWriter:
                 path.unlink()
         for path in self._temporaries():
             path.unlink()
+        # A distributed recording of the same store that was stopped: one process starts over.
+        if (self.root / PARTS_DIR).is_dir():
+            logger.info("removing the parts of an unfinished distributed recording in %s", self.root)
+            shutil.rmtree(self.root / PARTS_DIR)
         write_json(self.root / "shards.json", self.state["shards"])
 
 

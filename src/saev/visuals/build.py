@@ -2,10 +2,12 @@
 
 import dataclasses
 import html
+import json
 import logging
 import math
 import pathlib
 import shlex
+import struct
 from collections import defaultdict
 from typing import Literal
 
@@ -15,6 +17,7 @@ import tqdm
 from PIL import Image
 from safetensors.torch import save
 
+from saev import distributed
 from saev.activations.families import make_img_transform
 from saev.activations.transforms import visible_crop
 from saev.data.store import ShardStore, open_shards
@@ -68,6 +71,7 @@ class VisualsResult:
     index: pathlib.Path
     rendered: list[int]
     n_missing_images: int
+    """Images drawn as placeholders (0 on the ranks other than 0 of a torchrun job: they draw nothing)."""
 
 
 def make_visuals(
@@ -98,6 +102,10 @@ def make_visuals(
         )
     top = top_activations(sae, store, cfg.layer, cfg.top_k, cfg.sort_by, device=cfg.device)
     chosen = _choose(cfg, top)
+    if not distributed.current().main:
+        # Under torchrun every rank streamed its share of the store and holds the merged result;
+        # rank 0 writes the files alone.
+        return VisualsResult(cfg.out / "index.html", chosen, 0)
     cfg.out.mkdir(parents=True, exist_ok=True)
     notes = notes or {}
     _save_data(cfg, top, chosen, lookup, notes)
@@ -219,7 +227,7 @@ def _save_data(
         "n_tokens": str(top.stats.n_tokens),
     }
     with atomic_open(cfg.out / "topk.safetensors") as f:
-        f.write(save(tensors, metadata=meta))
+        f.write(_sorted_header(save(tensors, metadata=meta)))
     rendered = set(chosen)
     latents = []
     for row in _stat_rows(top):
@@ -236,6 +244,17 @@ def _save_data(
         {"sort_by": cfg.sort_by, "n_tokens": top.stats.n_tokens, "latents": latents},
         indent=None,
     )
+
+
+def _sorted_header(payload: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: safetensors writes the metadata
+    in hash-map order, which changes from process to process, and the same pass must give the same
+    bytes (with one process or under torchrun). Data offsets count from the end of the header, so only
+    the header is rewritten (space-padded to 8 bytes, as the format allows)."""
+    (n,) = struct.unpack("<Q", payload[:8])
+    header = json.dumps(json.loads(payload[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + payload[8 + n :]
 
 
 def _grid(store: ShardStore) -> tuple[int, int]:

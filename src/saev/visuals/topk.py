@@ -15,8 +15,11 @@ import tqdm
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from saev import distributed
+from saev.data.layout import Run
 from saev.data.readers import find_nonfinite
 from saev.data.store import ShardStore
+from saev.distributed import split
 from saev.errors import CheckpointError, ConfigError
 from saev.nn.modeling import SparseAutoencoder
 
@@ -61,7 +64,10 @@ def top_activations(
     batch_mib: float = 64,
     progress: bool = True,
 ) -> TopActivations:
-    """Stream the store once and keep, per latent, its top-K images with patch maps and statistics."""
+    """Stream the store once and keep, per latent, its top-K images with patch maps and statistics.
+
+    Under torchrun each rank streams its share of the store's chunks (see `CHUNKS`) and every rank
+    returns the same merged result, bit for bit the result of one process."""
     meta = store.meta
     if sort_by == "cls" and not meta.cls_token:
         raise ConfigError(f"--sort-by cls: {store.path} has no [CLS] token.")
@@ -70,40 +76,111 @@ def top_activations(
             f"the SAE reads {sae.cfg.d_vit}-dim activations; {store.path} holds {meta.d_vit}-dim ones."
         )
     layer_i = store.layer_index(layer)
+    n_sae = sae.cfg.d_sae
+    # Patch modes never need the [CLS] token, so it is not even read or encoded.
+    first = 0 if sort_by == "cls" else int(meta.cls_token)
+    imgs_per_batch = max(1, int(batch_mib * 2**20 // ((meta.n_tokens - first) * n_sae * 4)))
+    chunks = plan(store, imgs_per_batch)
+    world = distributed.current()
+    mine = [chunks[c] for c in world.share(len(chunks))]
+    part = _scan(sae, store, layer_i, mine, top_k, sort_by, device, progress)
+    parts = distributed.gather(part.to("cpu")) if world.distributed else [part]
+    return _combine(parts, store, layer, sort_by)
+
+
+CHUNKS = 64
+"""The batches of the pass are cut into this many chunks (fewer when there are fewer batches),
+whatever the number of processes: each chunk sums its activations from zero and the chunk totals are
+added in store order, so the float64 sums (and the means) are the same bits with one process or
+many. Ranks stream whole chunks."""
+
+
+def plan(store: ShardStore, imgs_per_batch: int) -> list[list[Run]]:
+    """The batches of one process's pass (runs of at most `imgs_per_batch` images within a shard),
+    grouped into consecutive chunks. Every rank encodes exactly these batches, so its codes are
+    bitwise those of one process."""
+    runs = store.runs(range(len(store)), imgs_per_batch)
+    return [runs[r.start : r.stop] for r in split(len(runs), max(1, min(CHUNKS, len(runs))))]
+
+
+@dataclasses.dataclass
+class _Part:
+    """One process's share of the pass."""
+
+    tracker: "_Tracker"
+    stats: "_StatsAccumulator"
+    nonfinite_at: tuple[int, int] | None
+    """The first (image, token) holding NaN or infinity in this share, if any."""
+
+    def to(self, device: str) -> "_Part":
+        return _Part(self.tracker.to(device), self.stats.to(device), self.nonfinite_at)
+
+
+def _scan(
+    sae: SparseAutoencoder,
+    store: ShardStore,
+    layer_i: int,
+    chunks: list[list[Run]],
+    top_k: int,
+    sort_by: SortBy,
+    device: str,
+    progress: bool,
+) -> _Part:
+    """Stream `chunks` (consecutive, in store order) into a tracker and statistics."""
+    meta = store.meta
     n_sae, n_patch, cls = sae.cfg.d_sae, meta.n_patches_per_img, int(meta.cls_token)
+    first = 0 if sort_by == "cls" else cls
     tracker = _Tracker(n_sae, top_k, n_patch, device)
     stats = _StatsAccumulator(n_sae, device)
-    # Patch modes never need the [CLS] token, so it is not even read or encoded.
-    first = 0 if sort_by == "cls" else cls
-    imgs_per_batch = max(1, int(batch_mib * 2**20 // ((meta.n_tokens - first) * n_sae * 4)))
     sae = sae.to(device).eval()
-    bar = tqdm.tqdm(total=len(store), unit="img", desc="top-k", disable=not progress, dynamic_ncols=True)
+    runs = [run for chunk in chunks for run in chunk]
+    total = sum(run.stop - run.start for run in runs)
+    bar = tqdm.tqdm(total=total, unit="img", desc="top-k", disable=not progress, dynamic_ncols=True)
     # One NaN would spread through the codes into every score and into latents.json. The flag stays on
     # the device and is read once at the end: a per-batch check would sync or scan on the CPU.
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    for run in store.runs(range(len(store)), imgs_per_batch):
-        x_BTD = torch.from_numpy(store.read(run.shard, run.local, layer_i, slice(first, None))).to(device)
-        nonfinite |= ~torch.isfinite(x_BTD).all()
-        with torch.inference_mode():
-            codes_BTS = sae.encode(x_BTD)
-        patches_BPS = codes_BTS[:, cls - first :]
-        if sort_by == "cls":
-            scores_BS, counted_NS = codes_BTS[:, 0], codes_BTS[:, 0]
-        else:
-            scores_BS = patches_BPS.amax(1) if sort_by == "patch" else patches_BPS.sum(1)
-            counted_NS = patches_BPS.reshape(-1, n_sae)
-        tracker.add(scores_BS, patches_BPS, torch.arange(run.start, run.stop, device=device))
-        stats.add(counted_NS)
-        bar.update(run.stop - run.start)
+    for chunk in chunks:
+        stats.start_chunk()
+        for run in chunk:
+            x_BTD = torch.from_numpy(store.read(run.shard, run.local, layer_i, slice(first, None))).to(device)
+            nonfinite |= ~torch.isfinite(x_BTD).all()
+            with torch.inference_mode():
+                codes_BTS = sae.encode(x_BTD)
+            patches_BPS = codes_BTS[:, cls - first :]
+            if sort_by == "cls":
+                scores_BS, counted_NS = codes_BTS[:, 0], codes_BTS[:, 0]
+            else:
+                scores_BS = patches_BPS.amax(1) if sort_by == "patch" else patches_BPS.sum(1)
+                counted_NS = patches_BPS.reshape(-1, n_sae)
+            tracker.add(scores_BS, patches_BPS, torch.arange(run.start, run.stop, device=device))
+            stats.add(counted_NS)
+            bar.update(run.stop - run.start)
     bar.close()
+    nonfinite_at = None
     if nonfinite:
-        [(img, tok)] = find_nonfinite(store, layer, "all", limit=1)
+        # The tokens that were checked: the first hit in this share is the first in the store among
+        # the shares before it, which had none.
+        tokens = "all" if first == 0 else "patches"
+        images = range(runs[0].start, runs[-1].stop)
+        [nonfinite_at] = find_nonfinite(store, store.layers[layer_i], tokens, images=images, limit=1)
+    return _Part(tracker, stats, nonfinite_at)
+
+
+def _combine(parts: list[_Part], store: ShardStore, layer: int, sort_by: SortBy) -> TopActivations:
+    """The result of the pass from every process's part (in rank order, so in store order); raises
+    the same error on every rank when any part met a non-finite value."""
+    hits = [p.nonfinite_at for p in parts if p.nonfinite_at is not None]
+    if hits:
+        img, tok = hits[0]
+        layer_i = store.layer_index(layer)
         raise store.nonfinite_error(img, tok, layer, store.acts(img)[layer_i, tok], "the top-k pass")
+    stats = merge_stats([p.stats for p in parts])
     if not torch.isfinite(stats.maxes).all():  # the running max keeps any NaN or infinity it met
         raise CheckpointError(
             f"the SAE's codes are not finite on the finite activations of {store.path}: its weights or "
             "normalisation statistics hold NaN or infinity (was it trained on a store with NaN?)."
         )
+    tracker = merge([p.tracker for p in parts])
     return TopActivations(
         tracker.values_SK.cpu(), tracker.image_i_SK.cpu(), tracker.maps_SKP.cpu(), stats.result(), sort_by
     )
@@ -118,6 +195,13 @@ class _Tracker:
         self.image_i_SK = torch.full((n_sae, k), -1, dtype=torch.int64, device=device)
         self.maps_SKP = torch.zeros(n_sae, k, n_patch, device=device)
         self.n_filled_S = torch.zeros(n_sae, dtype=torch.int64, device=device)
+
+    def to(self, device: str) -> "_Tracker":
+        out = _Tracker.__new__(_Tracker)
+        out.k = self.k
+        out.values_SK, out.image_i_SK = self.values_SK.to(device), self.image_i_SK.to(device)
+        out.maps_SKP, out.n_filled_S = self.maps_SKP.to(device), self.n_filled_S.to(device)
+        return out
 
     def add(
         self,
@@ -154,25 +238,74 @@ class _Tracker:
         self.maps_SKP[changed] = maps
 
 
+def merge(trackers: list[_Tracker]) -> _Tracker:
+    """One tracker holding the top-K of all `trackers` (each the top-K of its own images, no image in
+    two): per latent the K highest scores, ties going to the lower image index, as `_Tracker.add`
+    keeps them. So the merge of trackers over parts of a store equals one tracker over all of it."""
+    if len(trackers) == 1:
+        return trackers[0]
+    k = trackers[0].k
+    image_i = torch.cat([t.image_i_SK for t in trackers], dim=1)
+    values = torch.cat([t.values_SK for t in trackers], dim=1).masked_fill(image_i < 0, float("-inf"))
+    # Sorted by image index, then stably by score: equal scores stay in image order.
+    by_image = torch.sort(image_i, dim=1, stable=True).indices
+    by_score = torch.sort(values.gather(1, by_image), dim=1, descending=True, stable=True).indices[:, :k]
+    order = by_image.gather(1, by_score)
+    top_v = values.gather(1, order)
+    filled = torch.isfinite(top_v)
+    out = _Tracker.__new__(_Tracker)
+    out.k = k
+    out.values_SK = torch.where(filled, top_v, 0.0)
+    out.image_i_SK = torch.where(filled, image_i.gather(1, order), -1)
+    out.n_filled_S = filled.sum(1)
+    n_patch = trackers[0].maps_SKP.shape[2]
+    maps = torch.cat([t.maps_SKP for t in trackers], dim=1).gather(
+        1, order[..., None].expand(-1, -1, n_patch)
+    )
+    out.maps_SKP = torch.where(filled[..., None], maps, 0.0)
+    return out
+
+
 class _StatsAccumulator:
     def __init__(self, n_sae: int, device: str):
         self.n_sae, self.n_tokens = n_sae, 0
         self.fires = torch.zeros(n_sae, dtype=torch.float64, device=device)
-        self.sums = torch.zeros(n_sae, dtype=torch.float64, device=device)
         self.maxes = torch.zeros(n_sae, device=device)
         self.hist = torch.zeros(n_sae * HIST_BINS, dtype=torch.int64, device=device)
+        self.chunk_sums: list[Tensor] = []
+        """Float64 sums of the firing activations, one per chunk of batches (see `CHUNKS`)."""
+
+    def to(self, device: str) -> "_StatsAccumulator":
+        out = _StatsAccumulator.__new__(_StatsAccumulator)
+        out.n_sae, out.n_tokens = self.n_sae, self.n_tokens
+        out.fires, out.maxes, out.hist = self.fires.to(device), self.maxes.to(device), self.hist.to(device)
+        out.chunk_sums = [c.to(device) for c in self.chunk_sums]
+        return out
+
+    def start_chunk(self) -> None:
+        self.chunk_sums.append(torch.zeros_like(self.fires))
 
     def add(self, codes_NS: Float[Tensor, "n d_sae"]) -> None:
+        if not self.chunk_sums:
+            self.start_chunk()
         self.n_tokens += len(codes_NS)
         firing = codes_NS > 0
         latents = torch.nonzero(firing)[:, 1]
         vals = codes_NS[firing]
         self.fires += torch.bincount(latents, minlength=self.n_sae)
-        self.sums += torch.bincount(latents, weights=vals.double(), minlength=self.n_sae)
+        self.chunk_sums[-1] += torch.bincount(latents, weights=vals.double(), minlength=self.n_sae)
         self.maxes = torch.maximum(self.maxes, codes_NS.amax(0))
         lo, hi = HIST_LOG10_RANGE
         bins = ((vals.log10() - lo) * (HIST_BINS / (hi - lo))).floor_().long().clamp_(0, HIST_BINS - 1)
         self.hist += torch.bincount(latents * HIST_BINS + bins, minlength=len(self.hist))
+
+    @property
+    def sums(self) -> Float[Tensor, " d_sae"]:
+        """The chunk sums added in chunk order, from zero."""
+        total = torch.zeros_like(self.fires)
+        for chunk in self.chunk_sums:
+            total += chunk
+        return total
 
     def result(self) -> LatentStats:
         n = max(self.n_tokens, 1)
@@ -184,6 +317,21 @@ class _StatsAccumulator:
             self.maxes.cpu(),
             self.hist.view(self.n_sae, -1).cpu(),
         )
+
+
+def merge_stats(parts: list[_StatsAccumulator]) -> _StatsAccumulator:
+    """The statistics of consecutive parts of a pass, in order: counts, maxima and histograms are
+    exact whatever the order; the chunk sums are kept, so `sums` adds them as one process would."""
+    if len(parts) == 1:
+        return parts[0]
+    out = parts[0].to(str(parts[0].fires.device))
+    for p in parts[1:]:
+        out.n_tokens += p.n_tokens
+        out.fires = out.fires + p.fires
+        out.maxes = torch.maximum(out.maxes, p.maxes)
+        out.hist = out.hist + p.hist
+        out.chunk_sums = out.chunk_sums + p.chunk_sums
+    return out
 
 
 def log_freq(freq_S: Float[Tensor, " d_sae"]) -> Float[np.ndarray, " d_sae"]:

@@ -1,0 +1,87 @@
+"""`torchrun -m saev activations`: two Gloo processes write the store one process writes, byte for byte,
+and a killed distributed recording resumes to it."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from saev.data.writer import PARTS_DIR
+from tests.test_recording import cli_args, many_images
+from tests.torchrun import torchrun
+
+pytestmark = pytest.mark.slow
+
+# 2 layers x 197 tokens x 3 images per shard: 20 images make 7 shards, the last one partial.
+EXTRA = dict(batch_size=2, n_patches_per_shard=2 * 197 * 3)
+
+
+def all_files(root) -> dict[str, bytes]:
+    """Every file of a store, hidden ones included (nothing of the parts may be left behind)."""
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+
+
+def single(tiny_clip, images, dump_to) -> dict[str, bytes]:
+    subprocess.run(
+        [sys.executable, "-m", "saev", *cli_args(tiny_clip, images, dump_to, **EXTRA)],
+        check=True,
+        capture_output=True,
+    )
+    [store] = list(dump_to.iterdir())
+    return all_files(store)
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["all-readable", "one-unreadable"])
+def test_two_processes_write_the_single_process_store(tmp_path, tiny_clip, photos, broken):
+    images = many_images(tmp_path, photos, 20)
+    if broken:
+        # In rank 0's half: rank 1's images then move by one position and are copied, not renamed.
+        (images / "c1" / "005.jpg").write_bytes(b"not an image")
+    expected = single(tiny_clip, images, tmp_path / "one")
+    result = torchrun(cli_args(tiny_clip, images, tmp_path / "two", **EXTRA))
+    [store] = list((tmp_path / "two").iterdir())
+    assert result.stdout.strip() == str(store)  # only rank 0 reports
+    got = all_files(store)
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        assert got[name] == expected[name], name
+    assert json.loads(got["metadata.json"])["n_imgs"] == 19 if broken else 20
+    assert ("skipped 1 unreadable image" in result.stderr) == broken
+
+
+def test_a_killed_distributed_recording_resumes_to_the_same_store(tmp_path, tiny_clip, photos):
+    images = many_images(tmp_path, photos, 20)
+    expected = single(tiny_clip, images, tmp_path / "one")
+    args = cli_args(tiny_clip, images, tmp_path / "two", **(EXTRA | dict(batch_size=1)))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "saev",
+        *args,
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "SAEV_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = list((tmp_path / "two").glob(f"*/{PARTS_DIR}/*/acts000001.bin"))
+        if done:
+            break
+        time.sleep(0.01)
+    # Both ranks die at once (a node lost), then the launcher.
+    subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)], check=False)
+    proc.kill()
+    proc.wait()
+    time.sleep(0.5)
+    [store] = list((tmp_path / "two").iterdir())
+    assert done and not (store / "metadata.json").exists(), "the recording finished before it could be killed"
+
+    result = torchrun(args)
+    assert "resuming after" in result.stderr
+    assert all_files(store) == expected
