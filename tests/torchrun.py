@@ -14,5 +14,7 @@ def torchrun(args: list[str], nproc: int = 2, env: dict[str, str] | None = None,
     full_env = os.environ | {"OMP_NUM_THREADS": "1", "SAEV_THREADS": "1"} | (env or {})
     result = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=TIMEOUT_S)
     if check and result.returncode != 0:
-        raise AssertionError(f"torchrun {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        raise AssertionError(
+            f"torchrun {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}"
+        )
     return result

@@ -7,16 +7,20 @@ GPU `LOCAL_RANK`) with a timeout, so a rank that stops answering ends the job wi
 than a hang; torchrun itself stops every rank when one exits.
 """
 
+import collections
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
+import pickle
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from saev.errors import ConfigError
+from saev.errors import ConfigError, DistributedError
 
 TIMEOUT_ENV = "SAEV_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
@@ -59,8 +63,33 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+_alone = False
+
+traffic: collections.Counter = collections.Counter()
+"""Bytes this process has sent into each kind of collective ('all_reduce', 'all_gather', 'gather'
+(pickled objects), by payload size), for measuring communication (benchmarks/distributed.py)."""
+
+
 def current() -> World:
-    """The world this process belongs to, from torchrun's environment (one process without it)."""
+    """The world this process belongs to, from torchrun's environment (one process without it, or
+    inside `alone()`)."""
+    return World() if _alone else rank()
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Work that this rank does on its own (its runs of a sweep, rank 0's evaluation): every
+    collective below becomes a no-op and `current()` a one-process world."""
+    global _alone
+    before, _alone = _alone, True
+    try:
+        yield
+    finally:
+        _alone = before
+
+
+def rank() -> World:
+    """This process's place among torchrun's processes, even inside `alone()`."""
     if not dist.is_available() or not dist.is_initialized():
         return World()
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
@@ -96,6 +125,19 @@ def setup(device: str) -> tuple[World, str]:
     return current(), device
 
 
+@contextlib.contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """A failed collective means another rank is gone: say so in one line instead of Gloo's or NCCL's traceback."""
+    try:
+        yield
+    except (RuntimeError, dist.DistError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DistributedError(
+            f"lost contact with the other processes during {what}: another rank stopped (its error is above) "
+            f"or did not answer within {TIMEOUT_ENV}={timeout().total_seconds():g} s. ({first[:200]})"
+        ) from None
+
+
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -107,13 +149,16 @@ def gather(obj: Any) -> list[Any]:
     if not world.distributed:
         return [obj]
     out: list[Any] = [None] * world.size
-    dist.all_gather_object(out, obj)
+    traffic["gather"] += len(pickle.dumps(obj))
+    with _collective("a gather"):
+        dist.all_gather_object(out, obj)
     return out
 
 
 def barrier() -> None:
     if current().distributed:
-        dist.barrier()
+        with _collective("a barrier"):
+            dist.barrier()
 
 
 def check_same(options: dict[str, Any], what: str = "options") -> None:
@@ -138,7 +183,20 @@ def check_same(options: dict[str, Any], what: str = "options") -> None:
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """`tensor` reduced in place over all ranks (`sum`, `max` or `min`); unchanged in one process."""
     if current().distributed:
-        dist.all_reduce(
-            tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
-        )
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+        traffic["all_reduce"] += tensor.numel() * tensor.element_size()
+        with _collective("an all-reduce"):
+            dist.all_reduce(tensor, op=ops[op])
     return tensor
+
+
+def all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's `tensor` (same shape on every rank), in rank order."""
+    world = current()
+    if not world.distributed:
+        return [tensor]
+    out = [torch.empty_like(tensor) for _ in range(world.size)]
+    traffic["all_gather"] += tensor.numel() * tensor.element_size()
+    with _collective("an all-gather"):
+        dist.all_gather(out, tensor.contiguous())
+    return out

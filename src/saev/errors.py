@@ -27,3 +27,7 @@ class ImageError(SaevError):
 
 class TrainingError(SaevError):
     """Training stopped because a loss, the weights or the activations became non-finite."""
+
+
+class DistributedError(SaevError):
+    """Under torchrun, another process stopped answering (it failed, was killed, or timed out)."""

@@ -5,6 +5,7 @@ import logging
 import pathlib
 import sys
 
+from saev import distributed
 from saev.commands.base import Command
 from saev.nn import architectures
 from saev.training import RunResult, TrainConfig, plots, results_table, train
@@ -24,6 +25,8 @@ class Result:
 
 def run(cfg: Config) -> Result:
     results = train(cfg)
+    if not distributed.current().main:
+        return Result(results, [], None)  # under torchrun, rank 0 draws the pictures
     curves = plot_runs(results)
     try:
         frontier = plots.write_sweep_plot(results, cfg.out)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from saev import distributed
 from saev.nn import matryoshka, sparse
 from saev.nn.modeling import SparseAutoencoder
 
@@ -129,8 +130,22 @@ def _auxk(sae, x_BD, x_in, pre_BS, recon_BD, dead_S, obj, differentiable_pre: bo
         codes = F.relu(sparse.encode_at(x_in, sae.W_enc, sae.b_enc, pre_BS, active))
     residual = x_BD - recon_BD.detach()
     e_hat = sparse.decode(codes, active, sae.W_dec)
-    variance = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
-    return obj.aux_coeff * (e_hat - residual).pow(2).sum() / variance
+    variance = _batch_variance(residual).clamp_min(1e-12)
+    # Under torchrun each process holds a slice of the batch and gradients are averaged over them:
+    # its share of the error, scaled by their number, averages to the whole batch's term.
+    return obj.aux_coeff * distributed.current().size * (e_hat - residual).pow(2).sum() / variance
+
+
+def _batch_variance(residual_BD: Float[Tensor, "batch d_vit"]) -> Tensor:
+    """Total squared deviation of the residuals from their mean, over the whole batch (every process's
+    slice under torchrun: two small all-reduces, of the mean and of the deviations)."""
+    world = distributed.current()
+    if not world.distributed:
+        return (residual_BD - residual_BD.mean(0)).pow(2).sum()
+    n = torch.tensor([float(len(residual_BD))], device=residual_BD.device)
+    sums = distributed.all_reduce(torch.cat([residual_BD.sum(0), n]))
+    mean_D = sums[:-1] / sums[-1]
+    return distributed.all_reduce((residual_BD - mean_D).pow(2).sum())
 
 
 def _combine(x_BD, recons, sparsity, aux, l0, l1, fired) -> StepLoss:

@@ -8,6 +8,7 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from saev import distributed
 from saev.data.layout import Tokens
 from saev.data.store import ShardStore
 from saev.errors import ConfigError, StoreError
@@ -22,7 +23,7 @@ STREAM_FIELDS = ("shards", "layer", "tokens", "n_train", "batch_size", "data_see
 """Runs that agree on these read the same batches in the same order, so they train in one pass."""
 WARMUP_FRACTION = 0.05
 """The default learning-rate warm-up, as a fraction of the run's steps."""
-NOT_IDENTITY = ("out", "sweep", "resume", "device", "log_every", "ckpt_every", "wandb_project")
+NOT_IDENTITY = ("out", "sweep", "resume", "device", "log_every", "ckpt_every", "wandb_project", "split")
 """Fields that do not change what a run learns (excluded from its id)."""
 POSITIVE = ("exp_factor", "n_train", "batch_size", "dead_tokens", "log_every", "ckpt_every")
 """Integer options that must be at least 1."""
@@ -92,6 +93,9 @@ class RunSettings:
     """Steps between checkpoints."""
     resume: bool = False
     """Continue runs from their last checkpoint in OUT."""
+    split: Literal["batch", "runs"] = "batch"
+    """Under torchrun: split every batch across the processes (data parallel, gradients all-reduced), or
+    give each process whole runs of the sweep (no gradient traffic; for sweeps of many small SAEs)."""
     sweep: pathlib.Path | None = None
     """TOML file of values per key; lists expand to their Cartesian product."""
     wandb_project: str | None = None
@@ -184,6 +188,12 @@ class TrainConfig(*architectures.option_classes(), RunSettings):
         prefixes = self.matryoshka_prefixes
         if any(p <= 0 for p in prefixes) or list(prefixes) != sorted(set(prefixes)):
             raise ConfigError(f"--matryoshka-prefixes must be positive and increasing, got {list(prefixes)}.")
+        world = distributed.current()
+        if self.split == "batch" and self.batch_size % world.size:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} does not split evenly over {world.size} processes; give a "
+                f"multiple of {world.size} (the global batch is cut into equal slices)."
+            )
 
     def validate_against(self, store: ShardStore) -> None:
         d_sae = store.d_vit * self.exp_factor

@@ -15,6 +15,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 import saev
+from saev import distributed
 from saev.data.readers import iter_batches
 from saev.data.statistics import store_normalization
 from saev.data.store import ShardStore, open_shards
@@ -120,13 +121,19 @@ def train(base: TrainConfig) -> list[RunResult]:
         with _in_sweep(base.sweep):
             _check_memory(group, stores[group[0].shards].d_vit)
     # Statistics first, for every pass: a store they refuse stops the sweep before any run trains.
+    # Under torchrun rank 0 computes and caches them beside the store; the others then read the cache.
+    world = distributed.current()
+    if not world.main:
+        distributed.barrier()
     norms = [store_normalization(stores[g[0].shards], g[0].layer, g[0].tokens) for g in groups.values()]
+    if world.main:
+        distributed.barrier()
     if len(groups) > 1:
         logger.info("%d runs in %d data passes", len(cfgs), len(groups))
     results: list[RunResult] = []
     failures: list[TrainingError] = []
     for group, norm in zip(groups.values(), norms, strict=True):
-        done, failed = _train_group(group, stores[group[0].shards], norm)
+        done, failed = _train_parallel(group, stores[group[0].shards], norm)
         results += done
         failures += failed
     if failures:
@@ -292,6 +299,9 @@ class _Run:
         # the device and read only when metrics or a checkpoint are written, which sync anyway.
         self.check_every_step = _checks_every_step(cfg.device)
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=cfg.device)
+        self.world = distributed.current()
+        self.writes = self.world.main
+        """Whether this process writes the run's files (rank 0 of a data-parallel run)."""
 
     @property
     def ckpt_path(self) -> pathlib.Path:
@@ -299,23 +309,26 @@ class _Run:
 
     def start(self) -> None:
         metrics = self.dir / "metrics.jsonl"
-        self.dir.mkdir(parents=True, exist_ok=True)
         if self.cfg.resume and self.ckpt_path.exists():
             state = torch.load(self.ckpt_path, map_location=self.cfg.device, weights_only=True)
             self.sae.load_state_dict(state["sae"])
             self.opt.load_state_dict(state["opt"])
             self.last_fired = state["last_fired"]
             self.step = self.saved_step = state["step"]
+            logger.info("%s: resuming at step %d of %d", self.cfg.run_id, self.step, self.n_steps)
+        if not self.writes:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.saved_step is not None:
             with naming_errors(metrics):
                 _truncate_metrics(metrics, self.step)
-            logger.info("%s: resuming at step %d of %d", self.cfg.run_id, self.step, self.n_steps)
         else:
             metrics.write_text("")
         write_json(
             self.dir / "config.json",
             {"run_id": self.cfg.run_id, "config": self.cfg.to_dict(), "sae": self.sae.cfg.to_dict()},
         )
-        if self.cfg.wandb_project:
+        if self.cfg.wandb_project and self.writes:
             import wandb  # optional extra, present once _require_wandb passed
 
             self.wandb = wandb.init(
@@ -329,9 +342,10 @@ class _Run:
     def train_step(self, x_n: Float[Tensor, "batch d_vit"]) -> None:
         """One optimiser step; a TrainingError, with nothing written, once the loss is non-finite."""
         cfg = self.cfg
+        world = self.world
         if self.step == 0 and cfg.init_b_dec:
             with torch.no_grad():
-                self.sae.b_dec.copy_(x_n.mean(0))
+                self.sae.b_dec.copy_(_batch_mean(x_n, world))
         lr = schedules.lr_at(self.step, self.lr, self.warmup, self.n_steps, cfg.lr_schedule)
         for group in self.opt.param_groups:
             group["lr"] = lr
@@ -340,7 +354,8 @@ class _Run:
         per_token = self.step < int(cfg.architecture.per_token_warmup(cfg) * self.n_steps)
         with torch.autocast(x_n.device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
             out = training_loss(self.sae, x_n, coeff, dead, self.objective, per_token)
-        finite = torch.isfinite(out.loss.detach())
+        # Every process must agree on whether the step failed, or they would part ways.
+        finite = torch.isfinite(distributed.all_reduce(out.loss.detach().reshape(1).clone())[0])
         if self.check_every_step:
             if not finite:
                 raise self.stopped(self.step + 1, "non-finite loss", x_n)
@@ -348,30 +363,38 @@ class _Run:
             self.first_bad = torch.where(finite | (self.first_bad >= 0), self.first_bad, self.step)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
+        if world.distributed:
+            _average_gradients(self.sae, world.size)
         self.sae.remove_parallel_grads()
         self.opt.step()
         self.sae.normalize_w_dec()
         self.step += 1
-        self.last_fired[out.fired_S] = self.step
+        fired = distributed.all_reduce(out.fired_S.to(torch.uint8), "max").bool()
+        self.last_fired[fired] = self.step
         if self.step % cfg.log_every == 0 or self.step == self.n_steps:
             self.check_recorded()
+            terms = torch.stack([out.loss.detach(), out.mse, out.l0, out.l1, out.sparsity, out.aux]).float()
+            if world.distributed:  # each process's terms are means over its equal slice of the batch
+                terms = distributed.all_reduce(terms) / world.size
+            loss, mse, l0, l1, sparsity, aux = terms.tolist()
             self.last = {
                 "step": self.step,
                 "tokens": self.step * cfg.batch_size,
                 "lr": lr,
                 "sparsity_coeff": coeff,
-                "loss": out.loss.item(),
-                "mse": out.mse.item(),
-                "l0": out.l0.item(),
-                "l1": out.l1.item(),
-                "sparsity": out.sparsity.item(),
-                "aux": out.aux.item(),
+                "loss": loss,
+                "mse": mse,
+                "l0": l0,
+                "l1": l1,
+                "sparsity": sparsity,
+                "aux": aux,
                 "dead_frac": dead.float().mean().item(),
             }
             if not all(math.isfinite(v) for v in self.last.values()):
                 raise self.stopped(self.step, "non-finite metrics", None)
-            with naming_errors(self.dir / "metrics.jsonl"), open(self.dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(self.last) + "\n")
+            if self.writes:
+                with naming_errors(self.dir / "metrics.jsonl"), open(self.dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(self.last) + "\n")
             if self.wandb is not None:
                 self.wandb.log(self.last, step=self.step)
         # The last step's checkpoint lets a run whose evaluation fails be evaluated again with --resume.
@@ -395,8 +418,9 @@ class _Run:
             "opt": self.opt.state_dict(),
             "last_fired": self.last_fired,
         }
-        with atomic_open(self.ckpt_path) as f:
-            torch.save(state, f)
+        if self.writes:  # every process holds the same state
+            with atomic_open(self.ckpt_path) as f:
+                torch.save(state, f)
         self.saved_step = self.step
 
     def stopped(self, step: int, what: str, x_n: Tensor | None) -> TrainingError:
@@ -448,6 +472,28 @@ class _Run:
         return RunResult(self.cfg, result, warnings)
 
 
+def _train_parallel(
+    cfgs: list[TrainConfig], store: ShardStore, norm: ActNorm
+) -> tuple[list[RunResult], list[TrainingError]]:
+    """`_train_group` under torchrun: each rank trains its share of the runs (`--split runs`) or a slice
+    of every batch (`--split batch`); every rank returns every run's result, in the sweep's order."""
+    world = distributed.current()
+    if not world.distributed:
+        return _train_group(cfgs, store, norm)
+    if cfgs[0].split == "runs":
+        mine = [cfg for i, cfg in enumerate(cfgs) if i % world.size == world.rank]
+        with distributed.alone():
+            done, failed = _train_group(mine, store, norm) if mine else ([], [])
+        everyone = distributed.gather((done, [str(err) for err in failed]))
+        by_id = {r.run_id: r for part, _ in everyone for r in part}
+        results = [by_id[cfg.run_id] for cfg in cfgs if cfg.run_id in by_id]
+        return results, [TrainingError(msg) for _, errs in everyone for msg in errs]
+    done, failed = _train_group(cfgs, store, norm)
+    # Rank 0 evaluated and wrote every run; its results are everyone's.
+    results, messages = distributed.gather((done, [str(err) for err in failed]))[0]
+    return results, [TrainingError(msg) for msg in messages]
+
+
 def _train_group(
     cfgs: list[TrainConfig], store: ShardStore, norm: ActNorm
 ) -> tuple[list[RunResult], list[TrainingError]]:
@@ -477,8 +523,13 @@ def _train_group(
         # The bar's dead latents fire on none of the last --dead-tokens training tokens (AuxK's window).
         dead_label = f"dead (silent for {first.dead_tokens:,} tok)"
         step = start
+        world = distributed.current()
         for batch in _stream(store, first, train_imgs, start, n_steps):
-            x_n = device_norm.apply(batch["act"].to(first.device, non_blocking=True))
+            # Each rank trains on its slice of the global batch (all of it in one process).
+            share = distributed.split(len(batch["act"]), world.size)[world.rank]
+            x_n = device_norm.apply(
+                batch["act"][share.start : share.stop].to(first.device, non_blocking=True)
+            )
             for run in active:
                 if run.step == step:  # runs resumed from a later checkpoint wait for the stream to reach them
                     try:
@@ -498,14 +549,35 @@ def _train_group(
                     refresh=False,
                 )
         bar.close()
+    if not distributed.current().main:
+        return [], list(failures.values())  # rank 0 evaluates and writes (see _train_parallel)
     trained = [run for run in runs if not run.done and id(run) not in failures]
-    evals = dict(zip(map(id, trained), _evaluate(trained, store, first, eval_imgs, norm), strict=True))
+    # One process evaluates the held-out images, so its metrics are those of a one-process run.
+    with distributed.alone():
+        evals = dict(zip(map(id, trained), _evaluate(trained, store, first, eval_imgs, norm), strict=True))
     results = [
         run.finish(evals[id(run)]) if id(run) in evals else _finished(run)
         for run in runs
         if id(run) not in failures
     ]
     return results, list(failures.values())
+
+
+def _batch_mean(x_BD: Float[Tensor, "batch d_vit"], world: distributed.World) -> Float[Tensor, " d_vit"]:
+    """Mean over the whole batch: every process's equal slice of it under torchrun."""
+    if not world.distributed:
+        return x_BD.mean(0)
+    return distributed.all_reduce(x_BD.sum(0)) / (len(x_BD) * world.size)
+
+
+def _average_gradients(sae: SparseAutoencoder, n: int) -> None:
+    """Average every gradient over the processes in one all-reduce (one bucket, as DDP does; the loss
+    reads the SAE's weights directly, not through `forward`, so DDP's hooks would not fire)."""
+    params = [p for p in sae.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = distributed.all_reduce(torch.cat([g.reshape(-1) for g in grads])).div_(n)
+    for p, chunk in zip(params, flat.split([g.numel() for g in grads]), strict=True):
+        p.grad = chunk.view_as(p)
 
 
 def _finished(run: _Run) -> RunResult:

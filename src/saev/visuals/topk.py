@@ -158,8 +158,8 @@ def _scan(
     bar.close()
     nonfinite_at = None
     if nonfinite:
-        # The tokens that were checked: the first hit in this share is the first in the store among
-        # the shares before it, which had none.
+        # Among the tokens checked, in this share only: the shares before it had none, so the first
+        # hit here is the store's first, whatever the number of processes.
         tokens = "all" if first == 0 else "patches"
         images = range(runs[0].start, runs[-1].stop)
         [nonfinite_at] = find_nonfinite(store, store.layers[layer_i], tokens, images=images, limit=1)

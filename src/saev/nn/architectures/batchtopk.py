@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from saev import distributed
 from saev.errors import ConfigError
 from saev.nn import sparse
 from saev.nn.architectures.base import Architecture, Autoencoder, KOption, check_k, topk_per_token
@@ -63,11 +64,21 @@ class BatchTopKActivation(torch.nn.Module):
     def select(self, pre_BS: Float[Tensor, "*batch d_sae"]) -> Int[Tensor, " n"]:
         """Flat indices of the n_tokens * k largest positive pre-activations; updates the threshold."""
         flat = pre_BS.reshape(-1)
-        n_keep = min(self.k * (flat.numel() // pre_BS.shape[-1]), flat.numel())
-        vals, idx = flat.topk(n_keep, sorted=False)
+        world = distributed.current()
+        # Under torchrun the batch is every process's slice together: n_keep counts all of them.
+        n_keep = self.k * (flat.numel() // pre_BS.shape[-1]) * world.size
+        vals, idx = flat.topk(min(n_keep, flat.numel()), sorted=False)
+        if world.distributed:
+            # No process holds more of the batch's top n_keep than its own top n_keep, so the n_keep-th
+            # largest of every process's candidates is the batch's threshold.
+            kth = torch.cat(distributed.all_gather(vals)).topk(n_keep, sorted=False).values.min()
+            kept = vals >= kth
+            vals, idx = vals[kept], idx[kept]
         positive = vals > 0
-        if positive.any():
-            batch_min = vals[positive].min().to(self.threshold.dtype)  # bfloat16 under autocast
+        smallest = vals[positive].min() if positive.any() else torch.tensor(float("inf"), device=vals.device)
+        smallest = distributed.all_reduce(smallest.float().reshape(1), "min")[0]
+        if torch.isfinite(smallest):
+            batch_min = smallest.to(self.threshold.dtype)  # bfloat16 under autocast
             if self.threshold < 0:
                 self.threshold.copy_(batch_min)
             else:
