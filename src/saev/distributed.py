@@ -24,8 +24,14 @@ from saev.errors import ConfigError, DistributedError
 
 TIMEOUT_ENV = "SAEV_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
-"""How long a collective waits for the other ranks (seconds): long enough for the slowest rank to
-finish its share of a recording before the final barrier, short enough not to hang a job for hours."""
+"""How long a collective of the work itself (a training step's all-reduce) waits for the other ranks,
+in seconds: a rank that takes this long to join one is stuck."""
+PATIENCE = datetime.timedelta(days=7)
+"""How long a rank that finished its share waits for the others (`patient=True`): as long as their
+remaining work, which may be hours (a resumed recording's unfinished parts). A rank that dies still
+ends the job at once: torchrun stops the others."""
+_patient = None
+"""A Gloo group over every rank with the `PATIENCE` timeout."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +126,10 @@ def setup(device: str) -> tuple[World, str]:
             )
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
+    global _patient
     if not dist.is_initialized():
         dist.init_process_group("nccl" if on_gpu else "gloo", timeout=timeout())
+        _patient = dist.new_group(backend="gloo", timeout=PATIENCE)
     return current(), device
 
 
@@ -134,31 +142,35 @@ def _collective(what: str) -> Iterator[None]:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DistributedError(
             f"lost contact with the other processes during {what}: another rank stopped (its error is above) "
-            f"or did not answer within {TIMEOUT_ENV}={timeout().total_seconds():g} s. ({first[:200]})"
+            f"or did not answer in time ({TIMEOUT_ENV}={timeout().total_seconds():g} s). ({first[:200]})"
         ) from None
 
 
 def teardown() -> None:
+    global _patient
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _patient = None
 
 
-def gather(obj: Any) -> list[Any]:
-    """Every rank's `obj` (picklable; from saev's own processes), in rank order."""
+def gather(obj: Any, patient: bool = False) -> list[Any]:
+    """Every rank's `obj` (picklable; from saev's own processes), in rank order. `patient`: the ranks
+    arrive when they finish their shares of the work, however long apart (see `PATIENCE`)."""
     world = current()
     if not world.distributed:
         return [obj]
     out: list[Any] = [None] * world.size
     traffic["gather"] += len(pickle.dumps(obj))
     with _collective("a gather"):
-        dist.all_gather_object(out, obj)
+        dist.all_gather_object(out, obj, group=_patient if patient else None)
     return out
 
 
-def barrier() -> None:
+def barrier(patient: bool = False) -> None:
+    """Wait for every rank; `patient` as for `gather`."""
     if current().distributed:
         with _collective("a barrier"):
-            dist.barrier()
+            dist.barrier(group=_patient if patient else None)
 
 
 def check_same(options: dict[str, Any], what: str = "options") -> None:

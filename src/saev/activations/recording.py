@@ -227,18 +227,18 @@ def _record_parts(
                 writer.abort()
                 raise
             writer.finish(allow_empty=True)
-        distributed.barrier()
+        distributed.barrier(patient=True)
         counts = distributed.gather(parts.recorded(part))
         if not sum(counts):
             raise StoreError(
                 f"no image of {cfg.images} could be read, so no store was written; see {root / parts.PARTS_DIR}"
             )
         parts.place(root, part, sum(counts[: world.rank]), sum(counts), planned)
-        distributed.barrier()
+        distributed.barrier(patient=True)
         if world.main:
             ranges = distributed.split(len(source), world.size, align=planned.n_imgs_per_shard)
             parts.finish(root, [parts.part_root(root, r) for r in ranges], planned, source.describe(), layout)
-        distributed.barrier()
+        distributed.barrier(patient=True)
     finally:
         if lock is not None:
             lock.release()

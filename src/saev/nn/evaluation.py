@@ -8,6 +8,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from saev import distributed
 from saev.nn.modeling import SparseAutoencoder
 
 DENSE_FREQ = 0.1
@@ -79,6 +80,17 @@ class Accumulator:
         self.l0 += float(active.sum())
         self.fires += active.sum(0).double()
         self.acts += f.sum(0).double()
+
+    def reduce(self) -> None:
+        """Add up every rank's running sums (under torchrun each evaluated a share of the tokens)."""
+        if not distributed.current().distributed:
+            return
+        dev = self.sum_x.device
+        scalars = torch.tensor([self.n, self.sse, self.sum_sq, self.l0], dtype=torch.float64, device=dev)
+        distributed.all_reduce(scalars)
+        self.n, self.sse, self.sum_sq, self.l0 = int(scalars[0]), *scalars[1:].tolist()
+        for sums in (self.sum_x, self.fires, self.acts):
+            distributed.all_reduce(sums)
 
     def result(self) -> EvalResult:
         n, d = max(self.n, 1), self.sae.cfg.d_vit

@@ -124,10 +124,10 @@ def train(base: TrainConfig) -> list[RunResult]:
     # Under torchrun rank 0 computes and caches them beside the store; the others then read the cache.
     world = distributed.current()
     if not world.main:
-        distributed.barrier()
+        distributed.barrier(patient=True)
     norms = [store_normalization(stores[g[0].shards], g[0].layer, g[0].tokens) for g in groups.values()]
     if world.main:
-        distributed.barrier()
+        distributed.barrier(patient=True)
     if len(groups) > 1:
         logger.info("%d runs in %d data passes", len(cfgs), len(groups))
     results: list[RunResult] = []
@@ -467,7 +467,7 @@ class _Run:
 
     def result(self, result: EvalResult | None) -> RunResult:
         warnings = run_warnings(self.cfg, result, self.n_steps, self.warmup, self.sae.cfg.d_sae)
-        for warning in warnings:
+        for warning in warnings if self.writes else ():
             logger.warning("%s: %s", self.cfg.run_id, warning)
         return RunResult(self.cfg, result, warnings)
 
@@ -484,14 +484,12 @@ def _train_parallel(
         mine = [cfg for i, cfg in enumerate(cfgs) if i % world.size == world.rank]
         with distributed.alone():
             done, failed = _train_group(mine, store, norm) if mine else ([], [])
-        everyone = distributed.gather((done, [str(err) for err in failed]))
+        everyone = distributed.gather((done, [str(err) for err in failed]), patient=True)
         by_id = {r.run_id: r for part, _ in everyone for r in part}
         results = [by_id[cfg.run_id] for cfg in cfgs if cfg.run_id in by_id]
         return results, [TrainingError(msg) for _, errs in everyone for msg in errs]
-    done, failed = _train_group(cfgs, store, norm)
-    # Rank 0 evaluated and wrote every run; its results are everyone's.
-    results, messages = distributed.gather((done, [str(err) for err in failed]))[0]
-    return results, [TrainingError(msg) for msg in messages]
+    # Every rank ends with the same weights and the same (reduced) evaluation; rank 0 writes them.
+    return _train_group(cfgs, store, norm)
 
 
 def _train_group(
@@ -549,14 +547,12 @@ def _train_group(
                     refresh=False,
                 )
         bar.close()
-    if not distributed.current().main:
-        return [], list(failures.values())  # rank 0 evaluates and writes (see _train_parallel)
     trained = [run for run in runs if not run.done and id(run) not in failures]
-    # One process evaluates the held-out images, so its metrics are those of a one-process run.
-    with distributed.alone():
-        evals = dict(zip(map(id, trained), _evaluate(trained, store, first, eval_imgs, norm), strict=True))
+    evals = dict(zip(map(id, trained), _evaluate(trained, store, first, eval_imgs, norm), strict=True))
     results = [
-        run.finish(evals[id(run)]) if id(run) in evals else _finished(run)
+        (run.finish(evals[id(run)]) if run.writes else run.result(evals[id(run)]))
+        if id(run) in evals
+        else _finished(run)
         for run in runs
         if id(run) not in failures
     ]
@@ -617,25 +613,39 @@ def _stream(
 def _evaluate(
     runs: list[_Run], store: ShardStore, cfg: TrainConfig, images: range, norm: ActNorm
 ) -> list[EvalResult | None]:
-    """Each run's held-out metrics (None without held-out images); refuses non-finite activations."""
+    """Each run's held-out metrics (None without held-out images); refuses non-finite activations.
+
+    Under torchrun each rank evaluates a contiguous share of the held-out images and the running sums
+    are added up, so every rank gets the metrics of all of them."""
     if not images or not runs:
         return [None] * len(runs)
     for run in runs:
         run.sae.eval()
     accs = [Accumulator(run.sae) for run in runs]
     device_norm = norm.to(cfg.device)
-    for batch in iter_batches(store, cfg.layer, cfg.tokens, EVAL_BATCH, shuffle=False, images=images):
+    world = distributed.current()
+    share = distributed.split(len(images), world.size)[world.rank]
+    mine = range(images.start + share.start, images.start + share.stop)
+    bad: list[int] = []
+    for batch in (
+        iter_batches(store, cfg.layer, cfg.tokens, EVAL_BATCH, shuffle=False, images=mine) if mine else ()
+    ):
         x_n = device_norm.apply(batch["act"].to(cfg.device))
         finite = torch.isfinite(x_n).all(dim=1)
         if not finite.all():
             bad = sorted(set(batch["image_i"][~finite.cpu()].tolist()))
-            raise TrainingError(
-                f"final evaluation: held-out activations are non-finite (NaN) in image(s) {bad[:10]} of "
-                f"{store.path}, layer {cfg.layer}; the trained weights are in each run's checkpoint.pt: "
-                "repair the store and rerun with --resume to evaluate them."
-            )
+            break
         for acc in accs:
             acc.add(x_n)
+    bad = sorted(i for rank_bad in distributed.gather(bad) for i in rank_bad)
+    if bad:
+        raise TrainingError(
+            f"final evaluation: held-out activations are non-finite (NaN) in image(s) {bad[:10]} of "
+            f"{store.path}, layer {cfg.layer}; the trained weights are in each run's checkpoint.pt: "
+            "repair the store and rerun with --resume to evaluate them."
+        )
+    for acc in accs:
+        acc.reduce()
     return [acc.result() for acc in accs]
 
 

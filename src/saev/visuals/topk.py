@@ -84,7 +84,7 @@ def top_activations(
     world = distributed.current()
     mine = [chunks[c] for c in world.share(len(chunks))]
     part = _scan(sae, store, layer_i, mine, top_k, sort_by, device, progress)
-    parts = distributed.gather(part.to("cpu")) if world.distributed else [part]
+    parts = distributed.gather(part.to("cpu"), patient=True) if world.distributed else [part]
     return _combine(parts, store, layer, sort_by)
 
 
