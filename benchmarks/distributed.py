@@ -227,8 +227,7 @@ def check_traffic(root: pathlib.Path, base: dict) -> tuple[list[list], dict[str,
                 + len(logged) * 6 * 4  # the metrics' six loss terms
                 + n_aux * (4 * (D_VIT + 1) + 4)  # AuxK: the whole batch's residual mean, then variance
                 + (n_steps * 4 if batchtopk else 0)  # BatchTopK: the smallest kept value
-                + 4 * 8
-                + 8 * (D_VIT + 2 * D_SAE),  # held-out evaluation: float64 sums, once
+                + 8 * (4 + D_VIT + 2 * D_SAE),  # held-out evaluation's float64 sums, once
                 "all_gather": n_steps * settings["k"] * settings["batch_size"] * 4 if batchtopk else 0,
             }
             for rep in reports:
@@ -351,7 +350,9 @@ def main() -> None:
     print()
     print(throughput_table(results))
     print()
-    print("each launch in order, and the 1-minute load average before it (other processes on the cores):")
+    print(
+        "each launch, in order, and the 1-minute load average before it (this benchmark's own launches count):"
+    )
     for case, per in results.items():
         print(f"- {case}: " + "; ".join(f"{c}: {', '.join(f'{x:,.0f}' for x in v)}" for c, v in per.items()))
     print(

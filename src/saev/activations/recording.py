@@ -249,10 +249,20 @@ def _record_parts(
 def _run(
     cfg: RecordConfig, source: ImageSource, transform, recorder, writer: ShardWriter, start: int, stop: int
 ) -> None:
+    """Record the source images [start, stop) into `writer`.
+
+    Batches never cross a multiple of a shard's worth of source images (a block), and recording
+    restarts at the beginning of the block that holds `start`, encoding again the images before it
+    without storing them. So every image is encoded in the same batch whatever was skipped before it,
+    by one process or several, resumed or not: the model's arithmetic, which may depend on the batch,
+    and with it the store stay bit for bit the same.
+    """
+    per = writer.per_shard
+    first = start - start % per
     staging = _Staging(cfg.batch_size, torch.device(cfg.device).type == "cuda")
     n_workers = default_workers() if cfg.n_workers is None else cfg.n_workers
     loader = torch.utils.data.DataLoader(
-        _Decoded(source, transform, start, stop),
+        _Decoded(source, transform, first, stop),
         batch_size=16,
         num_workers=n_workers,
         collate_fn=_identity,
@@ -269,15 +279,16 @@ def _run(
             for i, x, err in items:
                 if err is None:
                     pending.append((i, x))
-                else:
+                elif i >= start:
                     logger.warning("skipped %s", err)
                     writer.skip(i, _source_name(source, i), err)
-            # Batches start at shard boundaries so a resumed run repeats the same batches bit for bit.
-            while len(pending) >= min(cfg.batch_size, writer.room):
-                pending = _forward(pending, cfg, recorder, writer, source, staging)
-                bar.update(items[-1][0] + 1 - start - bar.n)
+            while pending and (
+                len(pending) >= cfg.batch_size or pending[-1][0] // per != pending[0][0] // per
+            ):
+                pending = _forward(pending, cfg, recorder, writer, source, staging, start)
+            bar.update(max(0, items[-1][0] + 1 - start - bar.n))
         while pending:
-            pending = _forward(pending, cfg, recorder, writer, source, staging)
+            pending = _forward(pending, cfg, recorder, writer, source, staging, start)
     bar.update(bar.total - bar.n)
     bar.close()
 
@@ -299,30 +310,42 @@ class _Staging:
 
 
 def _forward(
-    pending: list, cfg: RecordConfig, recorder, writer: ShardWriter, source: ImageSource, staging: _Staging
+    pending: list,
+    cfg: RecordConfig,
+    recorder,
+    writer: ShardWriter,
+    source: ImageSource,
+    staging: _Staging,
+    start: int,
 ) -> list:
-    """Record the first images of `pending` that fit in the current shard; returns the rest.
+    """Record the first images of `pending` that share a block (at most a batch); returns the rest.
 
-    Images whose activations are not finite in the store's dtype are skipped like unreadable ones:
-    a NaN would poison every statistic and SAE trained on the store.
+    Images before `start` are already stored (a resumed block) and only encoded. Images whose
+    activations are not finite in the store's dtype are skipped like unreadable ones: a NaN would
+    poison every statistic and SAE trained on the store.
     """
-    n = min(cfg.batch_size, writer.room, len(pending))
-    batch, rest = pending[:n], pending[n:]
+    block = pending[0][0] // writer.per_shard
+    n = next((k for k, (i, _) in enumerate(pending) if i // writer.per_shard != block), len(pending))
+    batch, rest = pending[: min(n, cfg.batch_size)], pending[min(n, cfg.batch_size) :]
     x = staging.stack([t for _, t in batch])
     raw = recorder.record(x.to(cfg.device, non_blocking=True))
     acts = raw.to(getattr(torch, cfg.dtype))
     finite = torch.isfinite(acts).flatten(1).all(1).tolist()
-    indices = [i for i, _ in batch]
-    if not all(finite):
-        for k in [k for k, ok in enumerate(finite) if not ok]:
-            name = _source_name(source, indices[k])
+    keep = [k for k, (i, _) in enumerate(batch) if i >= start and finite[k]]
+    for k, (i, _) in enumerate(batch):
+        if i >= start and not finite[k]:
+            name = _source_name(source, i)
             reason = _non_finite_reason(raw[k], recorder.layers, cfg.dtype)
             logger.warning("skipped %s: %s", name, reason)
-            writer.skip(indices[k], name, reason)
-        keep = [k for k, ok in enumerate(finite) if ok]
-        acts, indices = acts[keep], [indices[k] for k in keep]
-    if indices:
-        writer.write(to_stored(acts, cfg.dtype), indices, [source.record(i) for i in indices])
+            writer.skip(i, name, reason)
+    if not keep:
+        return rest
+    stored = to_stored(acts[keep], cfg.dtype)
+    indices = [batch[k][0] for k in keep]
+    while indices:  # a batch may straddle two shards when images before it were skipped
+        n_fit = min(writer.room, len(indices))
+        writer.write(stored[:n_fit], indices[:n_fit], [source.record(i) for i in indices[:n_fit]])
+        stored, indices = stored[n_fit:], indices[n_fit:]
     return rest
 
 
