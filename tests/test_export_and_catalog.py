@@ -65,6 +65,20 @@ def test_export_in_saelens_format_folds_the_statistics(run_dir, tmp_path):
         torch.testing.assert_close(exported.encode(x), original.encode(x), atol=1e-4, rtol=1e-4)
 
 
+def test_export_overwrite_replaces_only_what_an_export_writes(run_dir, tmp_path):
+    out = tmp_path / "hub"
+    main(["export", str(run_dir), str(out), "--format", "saelens"])
+    (out / "notes.txt").write_text("mine")
+    main(["export", str(run_dir), str(out), "--overwrite"])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "notes.txt",
+        "sae.safetensors",
+        "saev_run.json",
+    ]
+    assert formats.detect(out) == "native"
+
+
 def test_export_refuses_unfinished_runs_and_occupied_folders(run_dir, tmp_path, capsys):
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()

@@ -431,3 +431,18 @@ def test_convert_removes_a_result_that_disagrees(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="disagrees with .* it was not kept"):
         conversion.convert(tmp_path / "a.safetensors", tmp_path / "lens", "saelens")
     assert not (tmp_path / "lens").exists()
+
+
+def test_convert_overwrite_replaces_only_sae_files_and_never_its_source(tmp_path):
+    sae = random_sae(TopK(k=4))
+    checkpoints.dump(tmp_path / "a.safetensors", sae)
+    folder = tmp_path / "out"
+    conversion.convert(tmp_path / "a.safetensors", folder, "saelens")
+    (folder / "notes.txt").write_text("mine")
+    conversion.convert(tmp_path / "a.safetensors", folder, "sparsify", overwrite=True)
+    # The SAELens weights are gone (the folder would read as SAELens), the user's file stays.
+    assert formats.detect(folder) == "sparsify" and (folder / "notes.txt").read_text() == "mine"
+    assert not (folder / "sae_weights.safetensors").exists()
+    with pytest.raises(CheckpointError, match="is where .* is read from"):
+        conversion.convert(folder, folder, "saelens", overwrite=True)
+    assert formats.detect(folder) == "sparsify"

@@ -109,14 +109,25 @@ def convert(
     if to not in formats.WRITABLE:
         raise CheckpointError(f"cannot write format {to!r}; saev writes {', '.join(formats.WRITABLE)}.")
     _check_target(dst, to, overwrite)
+    source = checkpoints.locate(src).path
+    if dst.resolve() == source.resolve() or source.resolve() in dst.resolve().parents:
+        raise CheckpointError(
+            f"{dst}: is where {os.fspath(src)} is read from; write the conversion elsewhere."
+        )
     sae = checkpoints.load(src)
-    source_format = formats.detect(checkpoints.locate(src).path)
+    source_format = formats.detect(source)
     existed = dst.exists()
+    if existed and formats.FORMATS[to].folder:
+        # Files of another format left in the folder would make it read as that format.
+        for name in formats.HUB_FILES:
+            (dst / name).unlink(missing_ok=True)
     checkpoints.save(dst, sae, to)
     agreement = compare(sae, checkpoints.load(dst))
     if not agreement.agrees:
-        if not existed:
-            shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
+        if not existed and dst.is_dir():  # a folder this call made
+            shutil.rmtree(dst)
+        elif not existed:
+            dst.unlink()
         raise CheckpointError(
             f"{dst}: the converted SAE disagrees with {os.fspath(src)} (largest code difference "
             f"{agreement.max_code_error:.3g} of {agreement.code_scale:.3g}, reconstruction "

@@ -8,7 +8,6 @@ import dataclasses
 import json
 import math
 import pathlib
-import shutil
 from typing import Any
 
 from saev.errors import ConfigError
@@ -20,6 +19,9 @@ RUN_RECORD = "saev_run.json"
 """The run's config.json (training options, steps, tokens, held-out metrics), renamed: a `config.json`
 would read as a ViT-Prisma folder, and SAELens and sparsify keep theirs in `cfg.json`."""
 WEIGHT_FILE = {"native": "sae.safetensors", "saev-pt": "sae.pt"}
+EXPORT_FILES = ("README.md", RUN_RECORD, *formats.HUB_FILES)
+"""Every file an export may write, and those of the other formats (which would make the folder read
+as one of them)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,14 +44,19 @@ def export(
         raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(formats.WRITABLE)}.")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ConfigError(
-            f"{out}: already exists and is not an empty folder; pass --overwrite to replace it."
+            f"{out}: already exists and is not an empty folder; pass --overwrite to replace the files an "
+            "export writes there."
         )
     if out.resolve() == run_dir.resolve():
         raise ConfigError(f"{out}: is the run folder itself; give a new folder.")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: is a file; give a folder.")
     sae = checkpoints.load(run_dir / "sae.safetensors")
-    if out.exists() and overwrite:
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.mkdir(parents=True)
+    # --overwrite replaces what an export writes, never anything else a folder holds; files of
+    # another format would otherwise make the folder read as that format.
+    for name in EXPORT_FILES:
+        (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     weights = out / WEIGHT_FILE[fmt] if fmt in WEIGHT_FILE else out
     checkpoints.save(weights, sae, fmt)
     write_json(out / RUN_RECORD, record)
