@@ -26,7 +26,7 @@ class Config:
     to: Target | None = None
     """Target format; default from DST's suffix (.safetensors: native, .pt: saev-pt)."""
     overwrite: bool = False
-    """Replace DST if it exists."""
+    """Write over DST if it exists (for a folder: its SAE files; other files stay)."""
 
 
 def run(cfg: Config) -> conversion.Conversion:

@@ -32,7 +32,7 @@ class Config:
     repo: str = "ORG/NAME"
     """Hub repo id the card's loading snippet names."""
     overwrite: bool = False
-    """Replace OUT if it exists and is not empty."""
+    """Write into an OUT that holds files: the SAE files there (of any format) and the card are replaced, the rest stay."""
 
 
 def run(cfg: Config) -> export.Exported:
