@@ -2,16 +2,14 @@
 and a killed distributed recording resumes to it."""
 
 import json
-import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from saev.data.writer import PARTS_DIR
 from tests.test_recording import cli_args, many_images
-from tests.torchrun import torchrun
+from tests.torchrun import kill_when, torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -56,29 +54,7 @@ def test_a_killed_distributed_recording_resumes_to_the_same_store(tmp_path, tiny
     images = many_images(tmp_path, photos, 20)
     expected = single(tiny_clip, images, tmp_path / "one")
     args = cli_args(tiny_clip, images, tmp_path / "two", **(EXTRA | dict(batch_size=1)))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "saev",
-        *args,
-    ]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "SAEV_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        done = list((tmp_path / "two").glob(f"*/{PARTS_DIR}/*/acts000001.bin"))
-        if done:
-            break
-        time.sleep(0.01)
-    # Both ranks die at once (a node lost), then the launcher.
-    subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)], check=False)
-    proc.kill()
-    proc.wait()
-    time.sleep(0.5)
+    done = kill_when(args, lambda: bool(list((tmp_path / "two").glob(f"*/{PARTS_DIR}/*/acts000001.bin"))))
     [store] = list((tmp_path / "two").iterdir())
     assert done and not (store / "metadata.json").exists(), "the recording finished before it could be killed"
 

@@ -15,7 +15,7 @@ import torch
 
 import saev.nn
 from tests.ground_truth import make_dictionary_store
-from tests.torchrun import torchrun
+from tests.torchrun import kill_when, torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -119,26 +119,8 @@ def test_a_killed_run_resumes_with_two_or_one_processes(tmp_path, store):
     torchrun(train_args(store, tmp_path / "whole"))
     [run] = [p.name for p in (tmp_path / "whole").iterdir() if p.is_dir()]
     args = train_args(store, tmp_path / "killed")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "saev",
-        *args,
-    ]
-    proc = subprocess.Popen(
-        cmd, env=os.environ | {"SAEV_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     ckpt = tmp_path / "killed" / run / "checkpoint.pt"
-    deadline = time.time() + 120
-    while time.time() < deadline and not ckpt.exists():
-        time.sleep(0.01)
-    subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)], check=False)
-    proc.kill()
-    proc.wait()
+    kill_when(args, ckpt.exists)
     assert ckpt.exists() and not (tmp_path / "killed" / run / "sae.safetensors").exists()
     step = torch.load(ckpt, weights_only=True)["step"]
     assert 0 < step < 40
@@ -160,8 +142,7 @@ def test_ranks_given_different_options_stop_at_start(tmp_path, store):
         "if os.environ['RANK'] == '1':\n    args[args.index('--lr') + 1] = '1e-3'\n"
         "main(args)\n"
     )
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    result = torchrun([], script=str(script), check=False)
     assert result.returncode != 0
     assert "the 2 ranks were given different options (lr: rank 0 0.003, rank 1 0.001)" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -181,10 +162,8 @@ def test_a_lost_rank_stops_the_others_with_a_message(tmp_path, store, failure, t
         f"    trainer._Run.train_step = lambda self, x: {failure}\n"
         f"main({train_args(store, tmp_path / 'out')!r})\n"
     )
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
     start = time.time()
-    env = os.environ | {"SAEV_DIST_TIMEOUT": timeout, "SAEV_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    result = torchrun([], script=str(script), check=False, env={"SAEV_DIST_TIMEOUT": timeout})
     assert result.returncode != 0 and time.time() - start < 120
     message = "saev: error: rank 0 of 2: lost contact with the other processes during an all-reduce"
     if failure.startswith("time"):

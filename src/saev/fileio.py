@@ -7,6 +7,8 @@ import os
 import pathlib
 import re
 import secrets
+import struct
+import zlib
 from collections.abc import Iterator
 from typing import IO, Annotated, Any
 
@@ -75,3 +77,21 @@ def _create_temporary(path: pathlib.Path) -> tuple[int, pathlib.Path]:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
         except FileExistsError:
             continue
+
+
+def canonical_safetensors(payload: bytes, checksum_key: str | None = None) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted, and with the CRC-32 of the tensor
+    data recorded in its metadata under `checksum_key` if given.
+
+    safetensors writes its header in hash-map order, which changes from process to process; sorting
+    makes the same tensors give the same bytes. Data offsets count from the end of the header, so
+    only the header is rewritten (space-padded to 8 bytes, as the format allows).
+    """
+    (n,) = struct.unpack("<Q", payload[:8])
+    header = json.loads(payload[8 : 8 + n])
+    data = memoryview(payload)[8 + n :]
+    if checksum_key is not None:
+        header.setdefault("__metadata__", {})[checksum_key] = f"{zlib.crc32(data):08x}"
+    blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    return struct.pack("<Q", len(blob)) + blob + data

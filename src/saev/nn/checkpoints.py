@@ -104,21 +104,40 @@ def resolve(path: str) -> pathlib.Path:
     if sub.endswith(_FILE_SUFFIXES):
         local = _download(path, repo_id, sub)
         # Folder formats keep their config next to the weights.
-        for name in ("cfg.json", "config.json"):
-            _try_download(repo_id, posixpath.join(posixpath.dirname(sub), name))
+        _fetch_present(path, repo_id, posixpath.dirname(sub), ("cfg.json", "config.json"))
         return local
-    found = [
-        local
-        for name in formats.HUB_FILES
-        if (local := _try_download(repo_id, posixpath.join(sub, name))) is not None
-    ]
-    if not found:
+    found = _fetch_present(path, repo_id, sub, formats.HUB_FILES)
+    if found is None:
         raise CheckpointError(
             f"{path}: none of {', '.join(formats.HUB_FILES)} is in the Hugging Face cache, and they cannot "
-            "be downloaded now (or the repo has none). Download the repo once with network access; "
-            "afterwards it loads offline."
+            "be downloaded now (downloads are off: HF_HUB_OFFLINE). Download the repo once with network "
+            "access; afterwards it loads offline."
         )
+    if not found:
+        raise CheckpointError(f"{path}: the repo holds none of {', '.join(formats.HUB_FILES)} there.")
     return found[0].parent
+
+
+def _fetch_present(uri: str, repo_id: str, folder: str, names: tuple[str, ...]) -> list[pathlib.Path] | None:
+    """Those of `folder/names` the repo has, from the cache if any are there, else after one listing of
+    the repo (asking for each file in turn would cost a request, and retries, per missing file).
+    None when nothing is cached and downloads are off."""
+    paths = [posixpath.join(folder, name) for name in names]
+    present = [p for p in paths if isinstance(huggingface_hub.try_to_load_from_cache(repo_id, p), str)]
+    if not present:
+        try:
+            listed = set(huggingface_hub.list_repo_files(repo_id))
+        except hf_errors.OfflineModeIsEnabled:
+            return None
+        except hf_errors.RepositoryNotFoundError:
+            raise CheckpointError(
+                f"{uri}: no such repo on the Hugging Face Hub (or it is private)."
+            ) from None
+        # The Hub client raises its HTTP library's own errors (requests or httpx, by version).
+        except Exception as err:
+            raise CheckpointError(f"{uri}: cannot list the repo on the Hugging Face Hub ({err}).") from None
+        present = [p for p in paths if p in listed]
+    return [_download(uri, repo_id, p) for p in present]
 
 
 def _download(uri: str, repo_id: str, filename: str) -> pathlib.Path:
@@ -131,13 +150,3 @@ def _download(uri: str, repo_id: str, filename: str) -> pathlib.Path:
         ) from None
     except hf_errors.HfHubHTTPError as err:
         raise CheckpointError(f"{uri}: download failed: {err}") from None
-
-
-def _try_download(repo_id: str, filename: str) -> pathlib.Path | None:
-    """The cached or downloaded file, or None if the repo (or, offline, the cache) lacks it."""
-    try:
-        return pathlib.Path(huggingface_hub.hf_hub_download(repo_id, filename))
-    except (hf_errors.EntryNotFoundError, hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled):
-        return None
-    except hf_errors.HfHubHTTPError as err:
-        raise CheckpointError(f"hf://{repo_id}/{filename}: download failed: {err}") from None

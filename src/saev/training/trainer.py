@@ -354,8 +354,10 @@ class _Run:
         per_token = self.step < int(cfg.architecture.per_token_warmup(cfg) * self.n_steps)
         with torch.autocast(x_n.device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
             out = training_loss(self.sae, x_n, coeff, dead, self.objective, per_token)
-        # Every process must agree on whether the step failed, or they would part ways.
-        finite = torch.isfinite(distributed.all_reduce(out.loss.detach().reshape(1).clone())[0])
+        loss = out.loss.detach()
+        if world.distributed:  # every process must agree on whether the step failed, or they would part ways
+            loss = distributed.all_reduce(loss.reshape(1).clone())[0]
+        finite = torch.isfinite(loss)
         if self.check_every_step:
             if not finite:
                 raise self.stopped(self.step + 1, "non-finite loss", x_n)
@@ -369,8 +371,10 @@ class _Run:
         self.opt.step()
         self.sae.normalize_w_dec()
         self.step += 1
-        fired = distributed.all_reduce(out.fired_S.to(torch.uint8), "max").bool()
-        self.last_fired[fired] = self.step
+        fired_S = out.fired_S
+        if world.distributed:  # a latent fired if it fired on any process's slice
+            fired_S = distributed.all_reduce(fired_S.to(torch.uint8), "max").bool()
+        self.last_fired[fired_S] = self.step
         if self.step % cfg.log_every == 0 or self.step == self.n_steps:
             self.check_recorded()
             terms = torch.stack([out.loss.detach(), out.mse, out.l0, out.l1, out.sparsity, out.aux]).float()
@@ -478,9 +482,7 @@ def _train_parallel(
     """`_train_group` under torchrun: each rank trains its share of the runs (`--split runs`) or a slice
     of every batch (`--split batch`); every rank returns every run's result, in the sweep's order."""
     world = distributed.current()
-    if not world.distributed:
-        return _train_group(cfgs, store, norm)
-    if cfgs[0].split == "runs":
+    if world.distributed and cfgs[0].split == "runs":
         mine = [cfg for i, cfg in enumerate(cfgs) if i % world.size == world.rank]
         with distributed.alone():
             done, failed = _train_group(mine, store, norm) if mine else ([], [])

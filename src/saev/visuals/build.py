@@ -2,12 +2,10 @@
 
 import dataclasses
 import html
-import json
 import logging
 import math
 import pathlib
 import shlex
-import struct
 from collections import defaultdict
 from typing import Literal
 
@@ -22,7 +20,7 @@ from saev.activations.families import make_img_transform
 from saev.activations.transforms import visible_crop
 from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError, ModelError, StoreError
-from saev.fileio import OutputFolder, atomic_open, write_json
+from saev.fileio import OutputFolder, atomic_open, canonical_safetensors, write_json
 from saev.nn import checkpoints
 from saev.nn.evaluation import DEAD_DEFINITION, DENSE_DEFINITION, dead_and_dense
 from saev.visuals import gallery
@@ -227,7 +225,7 @@ def _save_data(
         "n_tokens": str(top.stats.n_tokens),
     }
     with atomic_open(cfg.out / "topk.safetensors") as f:
-        f.write(_sorted_header(save(tensors, metadata=meta)))
+        f.write(canonical_safetensors(save(tensors, metadata=meta)))
     rendered = set(chosen)
     latents = []
     for row in _stat_rows(top):
@@ -244,17 +242,6 @@ def _save_data(
         {"sort_by": cfg.sort_by, "n_tokens": top.stats.n_tokens, "latents": latents},
         indent=None,
     )
-
-
-def _sorted_header(payload: bytes) -> bytes:
-    """The same safetensors file with its JSON header's keys sorted: safetensors writes the metadata
-    in hash-map order, which changes from process to process, and the same pass must give the same
-    bytes (with one process or under torchrun). Data offsets count from the end of the header, so only
-    the header is rewritten (space-padded to 8 bytes, as the format allows)."""
-    (n,) = struct.unpack("<Q", payload[:8])
-    header = json.dumps(json.loads(payload[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)
-    return struct.pack("<Q", len(header)) + header + payload[8 + n :]
 
 
 def _grid(store: ShardStore) -> tuple[int, int]:

@@ -179,7 +179,11 @@ def read_json_object(path: pathlib.Path) -> dict[str, Any]:
 
 def read_safetensors(path: pathlib.Path) -> dict[str, Tensor]:
     """The tensors of a safetensors file (no code runs while reading), failures naming the file."""
-    blob = read_regular_file(path)
+    return parse_safetensors(path, read_regular_file(path))
+
+
+def parse_safetensors(path: pathlib.Path, blob: bytes) -> dict[str, Tensor]:
+    """The tensors of `blob`, the bytes of the safetensors file `path`."""
     try:
         return st_load(blob)
     except SafetensorError as err:

@@ -8,13 +8,11 @@ import struct
 import zlib
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 import saev
 from saev.errors import CheckpointError, ConfigError
-from saev.fileio import atomic_open
+from saev.fileio import atomic_open, canonical_safetensors
 from saev.nn import config
 from saev.nn.formats import checks
 from saev.nn.modeling import SparseAutoencoder
@@ -62,10 +60,7 @@ def read(path: pathlib.Path, allow_nonfinite: bool) -> SparseAutoencoder:
             f"{path}: truncated: the safetensors header declares {n} bytes, but the file has {len(blob)}."
         )
     # safetensors checks the structure first: offsets within the file, metadata values all strings.
-    try:
-        tensors = st_load(blob)
-    except SafetensorError as err:
-        raise CheckpointError(f"{path}: safetensors file is truncated or corrupt ({err}).") from None
+    tensors = checks.parse_safetensors(path, blob)
     header = checks.parse_json(path, blob[8 : 8 + n], "safetensors header")
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != NATIVE_FORMAT:
@@ -154,21 +149,4 @@ def dump(path: pathlib.Path, sae: SparseAutoencoder) -> None:
         )
     payload = st_save({k: v.cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
     with atomic_open(path) as f:
-        f.write(_canonical(payload))
-
-
-def _canonical(payload: bytes) -> bytes:
-    """The same safetensors file with its JSON header's keys sorted and the data's CRC-32 recorded.
-
-    safetensors writes metadata in hash-map order, which changes from run to run; sorting makes
-    identical SAEs produce identical bytes. Data offsets are relative to the end of the header,
-    so only the header is rewritten (space-padded to 8 bytes, as the format allows). safetensors
-    has no checksum of its own, so flipped bits in the weights would otherwise load silently.
-    """
-    (n,) = struct.unpack("<Q", payload[:8])
-    header = json.loads(payload[8 : 8 + n])
-    data = memoryview(payload)[8 + n :]
-    header["__metadata__"][CHECKSUM_KEY] = f"{zlib.crc32(data):08x}"
-    blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    return struct.pack("<Q", len(blob)) + blob + data
+        f.write(canonical_safetensors(payload, CHECKSUM_KEY))

@@ -29,7 +29,7 @@ from torch import Tensor
 
 import saev
 from saev.errors import CheckpointError
-from saev.fileio import atomic_open
+from saev.fileio import atomic_open, canonical_safetensors
 from saev.nn import config
 from saev.nn.architectures.batchtopk import BatchTopK
 from saev.nn.architectures.gated import Gated
@@ -194,7 +194,7 @@ def write(folder: pathlib.Path, sae: SparseAutoencoder) -> None:
         {k: v.detach().cpu().to(torch.float32).contiguous() for k, v in sorted(tensors.items())}
     )
     with atomic_open(folder / WEIGHTS) as f:
-        f.write(payload)
+        f.write(canonical_safetensors(payload))
     with atomic_open(folder / CFG) as f:
         f.write(json.dumps(cfg, indent=2).encode())
 

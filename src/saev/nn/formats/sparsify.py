@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from saev.errors import CheckpointError
-from saev.fileio import atomic_open
+from saev.fileio import atomic_open, canonical_safetensors
 from saev.nn import config
 from saev.nn.architectures.topk import TopK
 from saev.nn.formats import checks, folding
@@ -108,6 +108,6 @@ def write(folder: pathlib.Path, sae: SparseAutoencoder) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     payload = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
     with atomic_open(folder / WEIGHTS) as f:
-        f.write(payload)
+        f.write(canonical_safetensors(payload))
     with atomic_open(folder / CFG) as f:
         f.write(json.dumps(cfg).encode())
