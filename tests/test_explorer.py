@@ -40,7 +40,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(run):
     app, _ = serve.build(run[3])
-    return TestClient(app)
+    return TestClient(app, base_url="http://127.0.0.1:8000")  # the Host the server answers
 
 
 def square_image(out: pathlib.Path) -> tuple[str, list[int]]:

@@ -419,7 +419,7 @@ def test_named_pipe_is_refused_without_blocking(tmp_path):
     os.mkfifo(fifo)
     err = load_in_thread(fifo)
     assert isinstance(err, CheckpointError)
-    assert str(err) == f"{fifo}: is a named pipe (FIFO); checkpoints are read only from regular files."
+    assert str(err) == f"{fifo}: is a FIFO, not a checkpoint file; saev reads only regular files."
 
 
 def test_device_file_is_refused_without_reading(tmp_path):
@@ -470,4 +470,4 @@ def test_cli_reports_nan_weights(capsys, tmp_path):
 def test_cli_reports_named_pipe(capsys, tmp_path):
     fifo = tmp_path / "pipe.pt"
     os.mkfifo(fifo)
-    assert "is a named pipe (FIFO)" in cli_refuses(capsys, tmp_path, fifo)
+    assert "is a FIFO, not a checkpoint file" in cli_refuses(capsys, tmp_path, fifo)

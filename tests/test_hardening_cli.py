@@ -94,7 +94,7 @@ def test_an_output_folder_that_is_a_file_is_refused_and_the_file_kept(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile.txt").write_text("keep me")
     err = run_cli([command, *MINIMAL[command], flag, "afile.txt"], capsys)
-    assert f"{flag} afile.txt is an existing file" in err
+    assert f"{flag} afile.txt is a file, not a folder" in err
     assert (tmp_path / "afile.txt").read_text() == "keep me"
 
 
@@ -124,7 +124,7 @@ def test_a_full_disk_is_a_clear_error_naming_the_file(capsys, tmp_path, tiny_cli
     saev.nn.dump(tmp_path / "sae.safetensors", sae)
 
     def full(self, path, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a real write says it: no file name
 
     monkeypatch.setattr("PIL.Image.Image.save", full)
     args = ["inspect", str(photos[0]), "--sae", str(tmp_path / "sae.safetensors")]

@@ -31,7 +31,7 @@ from saev.data.writer import LOCK_FILE, ShardWriter, StoreLock
 from saev.errors import ConfigError, ImageError, StoreError
 from tests.test_recording import cli_args, store_files
 
-FINISHED = {"metadata.json", "shards.json", "images.json", "skipped.json", "layout.json"}
+FINISHED = {"metadata.json", "shards.json", "images.json", "skipped.json", "layout.json", "recording.json"}
 
 
 def within(seconds: float, fn: Callable[[], Any]) -> Any:

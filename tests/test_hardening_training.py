@@ -325,7 +325,7 @@ def test_the_cli_refuses_an_out_that_is_a_file(store, tmp_path, capsys):
         main(cli(store, out))
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert f"saev: error: --out {out} is an existing file; give a folder" in err
+    assert f"saev: error: --out {out} is a file, not a folder; give a folder" in err
     assert out.read_text() == "not a folder"
 
 

@@ -139,7 +139,7 @@ def test_inspect_checks_the_layer_and_fails_when_no_image_is_readable(tmp_path, 
     ]
     with pytest.raises(SystemExit) as err:
         main(["inspect", image, *base_args, "--layer", "0"])
-    assert err.value.code == 2 and "trained on block -2 but --layer 0" in capsys.readouterr().err
+    assert err.value.code == 2 and "it was trained on block -2, not block 0" in capsys.readouterr().err
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nothing")
     with pytest.raises(SystemExit) as err:

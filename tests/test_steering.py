@@ -156,7 +156,7 @@ def test_edits_against_a_plain_loop():
 def test_bad_splices_are_refused():
     vit = make_vit("builtin", "shapes-vit")
     x = torch.randn(1, 3, 128, 128)
-    with pytest.raises(ConfigError, match="trained on block -2 but block 0"):
+    with pytest.raises(ConfigError, match="trained on block -2, not block 0 of 4"):
         SplicedVit(vit, random_sae(vit.d_vit, -2), layer=0)
     SplicedVit(vit, random_sae(vit.d_vit, -2), layer=0, force=True)
     SplicedVit(vit, random_sae(vit.d_vit, -2), layer=2)  # the same block as -2 of 4

@@ -72,7 +72,7 @@ def test_steer_prints_before_and_after_and_draws_each_image(scene, tmp_path, cap
         (["--edit", "9999=0"], "latents \\[9999\\]"),
         (["--edit", "3"], "expected LATENT=V"),
         ([], "at least one --edit"),
-        (["--edit", "3=0", "--layer", "0"], "trained on block -2 but block 0"),
+        (["--edit", "3=0", "--layer", "0"], "trained on block -2, not block 0 of 4"),
         (["--edit", "3=0", "--patches", "1,x"], "comma-separated"),
         (["--edit", "3=0", "--patches", "64"], "out of range"),
     ],

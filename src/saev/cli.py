@@ -12,6 +12,7 @@ if int(os.environ.get("RANK", "0")) > 0:
 import dataclasses  # noqa: E402
 import errno  # noqa: E402
 import logging  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 from typing import Annotated, Any, NoReturn, Union  # noqa: E402
 
@@ -57,6 +58,14 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(2) from None
 
 
+def _reader_left() -> NoReturn:
+    """The program reading saev's output (`| head`) closed the pipe: end quietly, with the status
+    of a process killed by SIGPIPE, as other command-line tools do."""
+    # Python would flush stdout again at exit and print a second BrokenPipeError.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(128 + signal.SIGPIPE)
+
+
 def _join(name: str, command: Any, cfg: Any) -> tuple[Any, distributed.World]:
     """Join torchrun's process group for a command that runs distributed; the rank's config and world."""
     if not command.distributed:
@@ -75,6 +84,16 @@ def _join(name: str, command: Any, cfg: Any) -> tuple[Any, distributed.World]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        try:
+            _main(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        _reader_left()
+
+
+def _main(argv: list[str] | None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("saev").setLevel(logging.INFO)
     args = sys.argv[1:] if argv is None else argv

@@ -31,3 +31,7 @@ class TrainingError(SaevError):
 
 class DistributedError(SaevError):
     """Under torchrun, another process stopped answering (it failed, was killed, or timed out)."""
+
+
+class NonFiniteError(SaevError):
+    """A result to be saved holds NaN or infinity; nothing was written."""

@@ -1,8 +1,9 @@
 """Checks every config shares, for the CLI and the library alike: numbers are finite (infinite only
-where the default is) and a device exists on this machine."""
+where the default is), a device exists on this machine, and how much memory it offers."""
 
 import dataclasses
 import math
+import os
 from typing import Any
 
 import torch
@@ -26,6 +27,26 @@ def check_finite(cfg: Any) -> None:
         for v in values:
             if isinstance(v, float) and (math.isnan(v) or (math.isinf(v) and not infinite_default)):
                 raise ConfigError(f"{flag(field.name)} must be a finite number, got {value}.")
+
+
+def available_memory(device: str) -> tuple[int, str] | None:
+    """Bytes a command may use on `device` and what they are, or None where torch cannot tell."""
+    dev = check_device(device)
+    if dev.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory"
+        except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+            return None
+    if dev.type == "cuda":
+        return torch.cuda.mem_get_info(dev)[0], "free GPU memory"
+    return None
+
+
+def size_text(n_bytes: int) -> str:
+    """A size for messages, in MiB below a GiB."""
+    if n_bytes < 2**30:
+        return f"{n_bytes / 2**20:,.1f} MiB"
+    return f"{n_bytes / 2**30:,.1f} GiB"
 
 
 def check_device(name: str) -> torch.device:

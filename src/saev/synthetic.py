@@ -21,7 +21,6 @@ image bytes from its label record.
 """
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -30,6 +29,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from saev.errors import ConfigError
+from saev.fileio import read_json, save_image, write_json
 
 SHAPES = ("circle", "square", "triangle", "star")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -443,7 +445,7 @@ def generate(
         record = dataclasses.replace(record, file=f"images/{record.index:0{width}d}.png")
         img, _ = render(record)
         # Low zlib effort: PNG stays lossless, and thousands of images write in seconds.
-        Image.fromarray(img).save(root / record.file, compress_level=1)
+        save_image(root / record.file, Image.fromarray(img), compress_level=1)
         records.append(record)
     labels = {
         "format": LABELS_FORMAT,
@@ -453,16 +455,20 @@ def generate(
         "patch_threshold": PATCH_THRESHOLD,
         "images": [r.to_dict() for r in records],
     }
-    (root / "labels.json").write_text(json.dumps(labels))
+    write_json(root / "labels.json", labels, indent=None)
     return Dataset(root, tuple(records))
 
 
 def load(root: str | os.PathLike) -> Dataset:
     """Read a folder written by `generate`."""
     root = pathlib.Path(root)
-    labels = json.loads((root / "labels.json").read_text())
-    if labels.get("format") != LABELS_FORMAT:
-        raise ValueError(f"{root / 'labels.json'}: not a {LABELS_FORMAT} labels file.")
-    if tuple(labels["concepts"]) != CONCEPTS:
-        raise ValueError(f"{root / 'labels.json'}: written with other concepts {labels['concepts']}.")
-    return Dataset(root, tuple(ImageRecord.from_dict(r) for r in labels["images"]))
+    path = root / "labels.json"
+    labels = read_json(path, "labels file")
+    if not isinstance(labels, dict) or labels.get("format") != LABELS_FORMAT:
+        raise ConfigError(f"{path}: not a {LABELS_FORMAT} labels file.")
+    if tuple(labels.get("concepts", ())) != CONCEPTS:
+        raise ConfigError(f"{path}: written with other concepts {labels.get('concepts')}.")
+    try:
+        return Dataset(root, tuple(ImageRecord.from_dict(r) for r in labels["images"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: malformed image record ({type(err).__name__}: {err}).") from None

@@ -138,7 +138,9 @@ def record(cfg: RecordConfig) -> RecordResult:
     world = distributed.current()
     if world.distributed:
         return _record_parts(cfg, world, source, transform, recorder, planned, layout)
-    writer = ShardWriter(cfg.dump_to, planned, source.fingerprint(), source.describe(), layout)
+    writer = ShardWriter(
+        cfg.dump_to, planned, source.fingerprint(), source.describe(), layout, options=_value_options(cfg)
+    )
     if writer.complete:
         logger.info("store already complete, nothing to do: %s", writer.root)
         return RecordResult(writer.root, md.read(writer.root / "metadata.json"), 0, True)
@@ -158,6 +160,13 @@ def record(cfg: RecordConfig) -> RecordResult:
         raise
     final = writer.finish()
     return _result(writer.root, final, writer.skips)
+
+
+def _value_options(cfg: RecordConfig) -> dict[str, Any]:
+    """The options that change the stored values without changing the store's name (its metadata):
+    half-precision autocast, the device's arithmetic, and the batches (a model's arithmetic may
+    depend on the batch; saev's built-in ViT's does)."""
+    return {"autocast": cfg.autocast, "device": torch.device(cfg.device).type, "batch_size": cfg.batch_size}
 
 
 def _result(root: pathlib.Path, final: md.Metadata, skips: list[Skip]) -> RecordResult:
@@ -195,6 +204,7 @@ def _record_parts(
             "(a folder shared by the nodes)."
         )
     if (root / "metadata.json").exists():
+        md.check_recording(root, md.read_recording(root), _value_options(cfg))
         logger.info("store already complete, nothing to do: %s", root)
         return RecordResult(root, md.read(root / "metadata.json"), 0, True)
     # Rank 0 holds the store's lock for the whole recording; each rank also locks its own part.
@@ -210,6 +220,7 @@ def _record_parts(
             layout,
             root=part,
             first_source=images.start,
+            options=_value_options(cfg),
         )
         if not writer.complete:
             if writer.next_source > images.start:
@@ -237,7 +248,14 @@ def _record_parts(
         distributed.barrier(patient=True)
         if world.main:
             ranges = distributed.split(len(source), world.size, align=planned.n_imgs_per_shard)
-            parts.finish(root, [parts.part_root(root, r) for r in ranges], planned, source.describe(), layout)
+            parts.finish(
+                root,
+                [parts.part_root(root, r) for r in ranges],
+                planned,
+                source.describe(),
+                layout,
+                _value_options(cfg),
+            )
         distributed.barrier(patient=True)
     finally:
         if lock is not None:
@@ -287,6 +305,7 @@ def _run(
             ):
                 pending = _forward(pending, cfg, recorder, writer, source, staging, start)
             bar.update(max(0, items[-1][0] + 1 - start - bar.n))
+            distributed.progress()
         while pending:
             pending = _forward(pending, cfg, recorder, writer, source, staging, start)
     bar.update(bar.total - bar.n)
@@ -324,6 +343,7 @@ def _forward(
     activations are not finite in the store's dtype are skipped like unreadable ones: a NaN would
     poison every statistic and SAE trained on the store.
     """
+    distributed.progress()
     block = pending[0][0] // writer.per_shard
     n = next((k for k, (i, _) in enumerate(pending) if i // writer.per_shard != block), len(pending))
     batch, rest = pending[: min(n, cfg.batch_size)], pending[min(n, cfg.batch_size) :]

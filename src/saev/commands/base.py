@@ -9,7 +9,7 @@ from typing import Any
 from saev.activations.families import FamilyName, Transform
 from saev.data.layout import Tokens
 from saev.errors import ConfigError
-from saev.fileio import OutputFolderMark
+from saev.fileio import OutputMark, check_output
 from saev.nn import checkpoints
 from saev.options import check_device, check_finite, flag
 from saev.steering import inputs
@@ -48,7 +48,7 @@ class SplicedOptions:
     tokens: Tokens | None = None
     """Tokens the SAE reads (and edits); defaults to those it was trained on."""
     force: bool = False
-    """Splice the SAE in at another layer than the one it was trained on."""
+    """Splice the SAE into another ViT, at another layer or on other tokens than it was trained on."""
     prompt: str = DEFAULT_PROMPT
     """clip-zero-shot prompt template; {} is replaced by each class name."""
     batch_size: int = 16
@@ -60,6 +60,8 @@ class SplicedOptions:
         """The SAE spliced into its ViT, the ViT's transform, and the heads; bad options fail here."""
         if not self.head:
             raise ConfigError("give at least one --head.")
+        if len(set(self.head)) < len(self.head):
+            raise ConfigError(f"--head {' '.join(self.head)}: a head is given twice.")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be positive, got {self.batch_size}.")
         sae = checkpoints.load(self.sae, device=self.device).eval()
@@ -86,8 +88,6 @@ def check_options(cfg: Any) -> None:
         value = getattr(cfg, field.name)
         if field.name == "device":
             check_device(value)
-        if any(isinstance(m, OutputFolderMark) for m in getattr(hints[field.name], "__metadata__", ())):
-            if value.exists() and not value.is_dir():
-                raise ConfigError(
-                    f"{flag(field.name)} {value} is an existing file; give a folder (it may not exist yet)."
-                )
+        for mark in getattr(hints[field.name], "__metadata__", ()):
+            if isinstance(mark, OutputMark) and value is not None:
+                check_output(value, mark.want, f"{flag(field.name)} ")

@@ -10,8 +10,10 @@ import torch
 import tyro
 
 from saev.commands.base import Command, SplicedOptions
+from saev.errors import ConfigError
 from saev.fileio import OutputFolder, write_json
 from saev.steering import inputs
+from saev.steering.effects import number
 from saev.steering.reconstruction import SpliceEvaluation, evaluate_splice
 
 
@@ -74,6 +76,14 @@ def _labelled(paths, transform, batch_size, labels, head, skipped):
             yield batch.x_B3HW, None
             continue
         rows = labels.patch_NPC[idx] if head.kind == "patch" else labels.image_NC[idx]
+        if not head.multilabel and not (rows.sum(-1) == 1).all():
+            # argmax would score such a unit against the head's first class.
+            odd = next(p for p, r in zip(batch.paths, rows, strict=True) if not (r.sum(-1) == 1).all())
+            raise ConfigError(
+                f"{odd}: its labels give some {'patches' if head.kind == 'patch' else 'images'} no class (or "
+                f"several) of head {head.name}, which predicts exactly one of {', '.join(head.classes)}; give "
+                "images of those classes only, or none with labels to compare with the clean predictions."
+            )
         yield batch.x_B3HW, rows.float() if head.multilabel else rows.float().argmax(-1)
 
 
@@ -82,8 +92,8 @@ def report(result: Result) -> None:
         print(f"head {ev.head} ({ev.n_units} units, labels: {ev.labels})", file=sys.stderr)
         print(ev.table(), file=sys.stderr)
         print(
-            f"recovered: {ev.recovered_zero:.4f} against zero ablation, {ev.recovered_mean:.4f} against mean "
-            f"ablation; FVE {ev.fve:.4f}, L0 {ev.l0:.1f}",
+            f"recovered: {number(ev.recovered_zero, '.4f')} against zero ablation, "
+            f"{number(ev.recovered_mean, '.4f')} against mean ablation; FVE {number(ev.fve, '.4f')}, L0 {ev.l0:.1f}",
             file=sys.stderr,
         )
     if result.skipped:

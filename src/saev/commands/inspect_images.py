@@ -1,7 +1,6 @@
 """`saev inspect`: which latents fire on each image, drawn as heatmaps over the crop the ViT saw."""
 
 import dataclasses
-import json
 import logging
 import pathlib
 import sys
@@ -11,14 +10,14 @@ import torch
 import tqdm
 import tyro
 
-from saev.activations import families
+from saev.activations import families, provenance
 from saev.activations.families import FamilyName
 from saev.activations.recorder import RecordedVisionTransformer
 from saev.activations.transforms import visible_crop
 from saev.commands.base import Command
 from saev.data.images import load_rgb
 from saev.errors import ConfigError, ImageError
-from saev.fileio import OutputFolder
+from saev.fileio import OutputFolder, save_image, write_json
 from saev.nn import checkpoints
 from saev.nn.modeling import SparseAutoencoder
 from saev.visuals.heatmap import hstack, labelled, overlay
@@ -44,7 +43,7 @@ class Config:
     layer: int | None = None
     """Transformer block the SAE reads; defaults to the SAE's recorded provenance."""
     force: bool = False
-    """Read another block than the one the SAE was trained on."""
+    """Read another block, ViT or token selection than the SAE was trained on."""
     top: int = 5
     """Number of latents drawn per image."""
     batch_size: int = 16
@@ -74,12 +73,8 @@ def run(cfg: Config) -> Result:
             cfg.sae,
         )
     vit = families.make_vit(family, ckpt).to(cfg.device)
-    trained = sae.provenance.layer
-    if trained is not None and vit.block_index(trained) != vit.block_index(layer) and not cfg.force:
-        raise ConfigError(
-            f"{cfg.sae} was trained on block {trained} but --layer {layer} is another block of {vit.name}; "
-            "its latents mean nothing there (--force to do it anyway)."
-        )
+    reading = provenance.Reading(family, ckpt, layer, len(vit.blocks), "patches")
+    provenance.check(sae.provenance, reading, force=cfg.force, where=cfg.sae)
     transform = families.make_img_transform(family, ckpt)
     recorder = RecordedVisionTransformer(vit, vit.layout.n_patches, False, [layer]).to(cfg.device)
     if vit.d_vit != sae.cfg.d_vit:
@@ -117,7 +112,7 @@ def run(cfg: Config) -> Result:
             ]
             # Not with_suffix: a name like "x.1" keeps its dot (x.1.png, x.1.json).
             png, meta = cfg.out / f"{names[path]}.png", cfg.out / f"{names[path]}.json"
-            hstack(tiles).save(png)
+            save_image(png, hstack(tiles))
             record = {
                 "image": str(path),
                 "sae": cfg.sae,
@@ -125,7 +120,7 @@ def run(cfg: Config) -> Result:
                 "layer": layer,
                 "latents": [dataclasses.asdict(s) for s in top],
             }
-            meta.write_text(json.dumps(record, indent=2) + "\n")
+            write_json(meta, record)
             written.append(png)
             bar.update(1)
     bar.close()

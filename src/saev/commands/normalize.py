@@ -3,11 +3,13 @@
 import dataclasses
 import pathlib
 
+from saev.activations import provenance
 from saev.commands.base import Command
 from saev.data.layout import Tokens
 from saev.data.statistics import store_normalization
 from saev.data.store import open_shards
 from saev.errors import ConfigError
+from saev.fileio import OutputFile
 from saev.nn import checkpoints
 
 
@@ -19,12 +21,14 @@ class Config:
     """SAE checkpoint to complete: a path, hf://ORG/NAME or hf://ORG/NAME/FILE."""
     shards: pathlib.Path
     """Activation store recorded from the SAE's ViT and layer, on images like its training set."""
-    out: pathlib.Path
+    out: OutputFile
     """Where to write the SAE with its statistics (.safetensors)."""
-    layer: int = -2
-    """Layer of the store the SAE reads."""
-    tokens: Tokens = "patches"
-    """Token selection the SAE was trained on."""
+    layer: int | None = None
+    """Layer of the store the SAE reads (default: the one it records, else the store's only layer)."""
+    tokens: Tokens | None = None
+    """Token selection the SAE was trained on (default: the one it records, else patches)."""
+    force: bool = False
+    """Take statistics from a layer, model or token selection other than the SAE records."""
 
 
 def run(cfg: Config) -> pathlib.Path:
@@ -36,13 +40,17 @@ def run(cfg: Config) -> pathlib.Path:
         raise ConfigError(
             f"{cfg.sae} reads {sae.cfg.d_vit}-dim activations; {store.path} holds {store.d_vit}-dim ones."
         )
-    sae.set_normalization(store_normalization(store, cfg.layer, cfg.tokens))
+    layer = cfg.layer if cfg.layer is not None else provenance.default_layer(sae.provenance, store, cfg.sae)
+    tokens = cfg.tokens or sae.provenance.tokens or "patches"
+    reading = provenance.store_reading(store, layer, tokens)
+    provenance.check(sae.provenance, reading, force=cfg.force, where=cfg.sae)
+    sae.set_normalization(store_normalization(store, layer, tokens))
     sae.provenance = dataclasses.replace(
         sae.provenance,
         vit_family=store.meta.vit_family,
         vit_ckpt=store.meta.vit_ckpt,
-        layer=cfg.layer,
-        tokens=cfg.tokens,
+        layer=layer,
+        tokens=tokens,
         n_patches_per_img=store.meta.n_patches_per_img,
     )
     checkpoints.dump(cfg.out, sae)

@@ -7,7 +7,6 @@ runs the same pipeline on the user's images and model (no concept table then).
 """
 
 import dataclasses
-import json
 import logging
 import pathlib
 import statistics
@@ -27,7 +26,7 @@ from saev.commands.base import Command
 from saev.commands.train import plot_runs
 from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError
-from saev.fileio import OutputFolder, write_json
+from saev.fileio import OutputFolder, existing_kind, read_json, save_image, write_json
 from saev.nn import checkpoints
 from saev.steering import effects, inputs
 from saev.steering.edits import Edit
@@ -131,9 +130,13 @@ def _generate(cfg: Config) -> str:
     root = cfg.out / "images"
     size = builtin.config(builtin.DEFAULT).img_size
     labels = root / "labels.json"
-    if labels.exists():
-        meta = json.loads(labels.read_text())
-        if meta.get("seed") == cfg.seed and len(meta.get("images", [])) == cfg.n_images:
+    if existing_kind(labels) is not None:
+        meta = read_json(labels, "labels file")
+        if (
+            isinstance(meta, dict)
+            and meta.get("seed") == cfg.seed
+            and len(meta.get("images", [])) == cfg.n_images
+        ):
             return str(root / "images")
     logger.info("generating %d concept images", cfg.n_images)
     synthetic.generate(root, cfg.n_images, seed=cfg.seed, size=size)
@@ -257,7 +260,7 @@ def _steering_figures(cfg, spliced, head, transform, paths, targets, max_S) -> d
             head.top_class(after).numpy(),
             class_names=head.classes,
         )
-        panels.save(folder / f"{latent}.png")
+        save_image(folder / f"{latent}.png", panels)
         caption = (
             f"{paths[i].name}: latent {latent} set to -1x its largest activation ({float(max_S[latent]):.3g}) where it "
             f"fires; patch-head classes before and after (colours), and the patches whose classes changed."
@@ -320,7 +323,7 @@ def print_report(result: Result, file: TextIO | None = None) -> None:
             print(
                 f"{row['concept']:<18} {lat['unit']:>15} {lat['f1']:5.2f} {lat['precision']:5.2f} {lat['recall']:5.2f}   "
                 f"{neuron:>15} {neu['f1']:5.2f} {neu['precision']:5.2f} {neu['recall']:5.2f}   "
-                f"{rates.get('target_rate', float('nan')):5.2f} {rates.get('other_rate', float('nan')):5.2f}",
+                f"{effects.number(rates.get('target_rate'), '.2f'):>5} {effects.number(rates.get('other_rate'), '.2f'):>5}",
                 file=file,
             )
         sae_f1 = [r["latent"]["f1"] for r in result.concepts]
@@ -331,17 +334,17 @@ def print_report(result: Result, file: TextIO | None = None) -> None:
             file=file,
         )
         for head, test in result.steering.items():
-            m = test["medians"]
+            m = {k: effects.number(v, ".0%" if "target" in k else ".1%") for k, v in test["medians"].items()}
             print(
-                f"steering, {head}: setting each concept's latent to -1x its max where it fires stops {m['target']:.0%} "
-                f"(median) of its predictions and changes {m['other']:.1%} of the other {'object patches' if 'patch' in head else 'images'}; a random latent "
-                f"stops {m['random_latent_target']:.0%}, a random direction {m['random_direction_target']:.0%}",
+                f"steering, {head}: setting each concept's latent to -1x its max where it fires stops {m['target']} "
+                f"(median) of its predictions and changes {m['other']} of the other {'object patches' if 'patch' in head else 'images'}; a random latent "
+                f"stops {m['random_latent_target']}, a random direction {m['random_direction_target']}",
                 file=file,
             )
         for head, ev in result.splice.items():
             print(
-                f"spliced SAE, {head}: recovers {ev['recovered_zero']:.3f} of the loss against zero ablation, "
-                f"{ev['recovered_mean']:.3f} against mean ablation (KL to clean {ev['scores']['spliced']['kl']:.4f})",
+                f"spliced SAE, {head}: recovers {effects.number(ev['recovered_zero'], '.3f')} of the loss against zero "
+                f"ablation, {effects.number(ev['recovered_mean'], '.3f')} against mean ablation (KL to clean {ev['scores']['spliced']['kl']:.4f})",
                 file=file,
             )
     print(f"report: {result.report}", file=file)

@@ -4,9 +4,11 @@ import dataclasses
 import ipaddress
 import logging
 import pathlib
+import re
+import socket
 import sys
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from saev.activations.families import FamilyName
 from saev.commands.base import Command
@@ -15,6 +17,7 @@ from saev.data.sources import scan_folder
 from saev.data.store import open_shards
 from saev.errors import ConfigError, ImageError
 from saev.explorer.session import Explorer, ImageSet, LatentInfo, Limits
+from saev.fileio import check_input
 from saev.nn import checkpoints
 from saev.steering import inputs
 from saev.steering.heads import DEFAULT_PROMPT, open_head
@@ -46,11 +49,11 @@ class Config:
     tokens: Tokens | None = None
     """Tokens the SAE reads and edits; defaults to those it was trained on."""
     force: bool = False
-    """Splice the SAE in at another layer than the one it was trained on."""
+    """Splice the SAE into another ViT, at another layer or on other tokens than it was trained on."""
     prompt: str = DEFAULT_PROMPT
     """clip-zero-shot prompt template; {} is replaced by each class name."""
     host: str = "127.0.0.1"
-    """Address to listen on; anything but loopback exposes the explorer to the network."""
+    """Address to listen on: an IP address, localhost or a host name that resolves. Anything but loopback exposes the explorer to the network. Only requests addressed (Host header) to it or to a loopback name are answered; with 0.0.0.0 or ::, also to any IP address or this machine's name."""
     port: int = 8000
     """Port to listen on."""
     cache_images: int = 64
@@ -80,6 +83,10 @@ def build(cfg: Config):
         ) from None
     if cfg.cache_images < 1 or cfg.upload_mb <= 0 or not 0 < cfg.port < 65536:
         raise ConfigError("--cache-images and --upload-mb must be positive, --port in 1..65535.")
+    if not 0 < cfg.dense_freq <= 1:
+        raise ConfigError(f"--dense-freq is a fraction of tokens in (0, 1], got {cfg.dense_freq}.")
+    check_host(cfg.host, cfg.port)
+    images = _images(cfg)
     sae = checkpoints.load(cfg.sae, device=cfg.device).eval()
     spliced, transform = inputs.spliced_model(
         sae,
@@ -98,13 +105,41 @@ def build(cfg: Config):
         )
     head = open_head(head_spec, spliced.vit, cfg.prompt)
     latents = LatentInfo.from_visuals(cfg.visuals, sae.cfg.d_sae)
-    if not 0 < cfg.dense_freq <= 1:
-        raise ConfigError(f"--dense-freq is a fraction of tokens in (0, 1], got {cfg.dense_freq}.")
     limits = Limits(
         cache_images=cfg.cache_images, upload_bytes=int(cfg.upload_mb * 2**20), dense_freq=cfg.dense_freq
     )
-    explorer = Explorer(spliced, transform, head, _images(cfg), latents, limits, title=cfg.sae)
-    return web.create_app(explorer, cfg.visuals), explorer
+    explorer = Explorer(spliced, transform, head, images, latents, limits, title=cfg.sae)
+    return web.create_app(explorer, cfg.visuals, cfg.host), explorer
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
+
+
+def check_host(host: str, port: int) -> None:
+    """Refuse a --host uvicorn could not listen on, before any work: an IP address is taken as it
+    is; a name must be a valid host name that resolves (offline, only names in /etc/hosts do)."""
+    if host == "localhost":
+        return
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if host.startswith("["):
+        raise ConfigError(f"--host {host}: give an IPv6 address without brackets, e.g. ::1.")
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ConfigError(
+            f"--host {host!r}: not an IP address or a host name (dot-separated labels of letters, digits "
+            "and hyphens); e.g. 127.0.0.1, 0.0.0.0 or localhost."
+        )
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        raise ConfigError(
+            f"--host {host}: cannot resolve this name ({err.strerror or err}); "
+            "give an IP address, e.g. 127.0.0.1 or 0.0.0.0."
+        ) from None
 
 
 def _images(cfg: Config) -> ImageSet:
@@ -132,9 +167,9 @@ def _loader(load):
 
 def _visuals_store(visuals: pathlib.Path) -> pathlib.Path:
     try:
-        with safe_open(str(visuals / "topk.safetensors"), "pt") as f:
+        with safe_open(str(check_input(visuals / "topk.safetensors")), "pt") as f:
             return pathlib.Path((f.metadata() or {})["shards"])
-    except (FileNotFoundError, OSError, KeyError) as err:
+    except (ConfigError, SafetensorError, OSError, KeyError) as err:
         raise ConfigError(
             f"--visuals {visuals}: cannot find the store it was made from ({err}); give --shards or --images."
         ) from None

@@ -16,9 +16,9 @@ from PIL import Image
 from saev.activations.transforms import visible_crop
 from saev.commands.base import Command, SplicedOptions
 from saev.errors import ConfigError
-from saev.fileio import OutputFolder, write_json
+from saev.fileio import OutputFolder, save_image, write_json
 from saev.steering import effects, inputs
-from saev.steering.edits import Edit, Where, check_latents, parse_edit
+from saev.steering.edits import Edit, Where, check_latents, describe, parse_edit
 from saev.steering.heads import Head
 from saev.steering.splice import SplicedVit
 from saev.visuals.heatmap import steering_panels
@@ -68,6 +68,8 @@ def run(cfg: Config) -> Result:
     _validate(cfg, edits)
     spliced, transform, heads = cfg.spliced()
     check_latents(edits, spliced.sae.cfg.d_sae, cfg.sae)
+    if patches is not None and spliced.tokens == "cls":
+        raise ConfigError("--patches: the SAE reads only the [CLS] token here, so no patch can be edited.")
     spliced.eligible(patches)  # range check before any work
     paths = inputs.image_files(cfg.images)
     skipped: dict[str, str] = {}
@@ -77,19 +79,22 @@ def run(cfg: Config) -> Result:
     if cfg.evaluate:
         return _evaluate(cfg, spliced, transform, heads, paths, max_S, skipped)
     records, lines = [], []
+    # Two images (or heads) of the same name in other folders must not draw over each other.
+    stems = dict(zip(paths, _unique([p.stem for p in paths]), strict=True))
+    slugs = _unique([_slug(h.name) for h in heads])
     for batch in inputs.load_batches(paths, transform, cfg.batch_size, skipped):
         prefix = spliced.prefix(batch.x_B3HW)
         codes = spliced.edit(prefix, edits, where=cfg.where, patches=patches, max_S=max_S)
         before = spliced.finish(prefix.tokens_BTD)
-        after = spliced.finish(spliced.tokens_with(prefix, codes))
+        after = spliced.finish(spliced.tokens_with(prefix, codes), describe(edits))
         delta_BN = spliced.decode_delta(prefix.codes_BNS, codes).norm(dim=-1).cpu()
-        for h in heads:
+        for h, slug in zip(heads, slugs, strict=True):
             lb, la = h.logits(before).cpu(), h.logits(after).cpu()
             for i, path in enumerate(batch.paths):
                 record, line = _compare(h, lb[i], la[i], cfg.top)
                 crop = visible_crop(transform, batch.images[i])
-                png = cfg.out / f"{path.stem}.{_slug(h.name)}.png"
-                _draw(h, crop, lb[i], la[i], delta_BN[i], spliced).save(png)
+                png = cfg.out / f"{stems[path]}.{slug}.png"
+                save_image(png, _draw(h, crop, lb[i], la[i], delta_BN[i], spliced))
                 records.append({"image": str(path), "head": h.name, "png": str(png)} | record)
                 lines.append(f"{path.name} [{h.name}] {line}")
     report = cfg.out / "report.json"
@@ -110,6 +115,14 @@ def run(cfg: Config) -> Result:
 def _validate(cfg: Config, edits: list[Edit]) -> None:
     if not cfg.evaluate and not edits:
         raise ConfigError("give at least one --edit (or --evaluate).")
+    if cfg.evaluate and (edits or cfg.patches is not None):
+        raise ConfigError(
+            "--evaluate applies its own edit (--value where each class's latent fires); drop --edit and --patches."
+        )
+    if cfg.latents and not cfg.evaluate:
+        raise ConfigError(
+            "--latents chooses the latents of --evaluate; give --evaluate, or --edit without it."
+        )
     if cfg.top < 1:
         raise ConfigError(f"--top must be positive, got {cfg.top}.")
     if not np.isfinite(cfg.value):
@@ -120,11 +133,17 @@ def _patch_list(text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
-        return [int(p) for p in text.replace(" ", "").split(",") if p]
+        patches = [int(p) for p in text.replace(" ", "").split(",") if p]
     except ValueError:
         raise ConfigError(
             f"--patches {text!r}: expected comma-separated patch indices, e.g. 10,11,26."
         ) from None
+    if not patches:
+        raise ConfigError(f"--patches {text!r}: names no patch; leave it out to edit every patch.")
+    repeated = sorted({p for p in patches if patches.count(p) > 1})
+    if repeated:
+        raise ConfigError(f"--patches {text!r}: patch(es) {repeated} given more than once.")
+    return patches
 
 
 def _max_activations(cfg: Config, spliced: SplicedVit, transform, paths: list[pathlib.Path]) -> torch.Tensor:
@@ -188,11 +207,29 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in pathlib.Path(name).stem)[:40]
 
 
+def _unique(names: list[str]) -> list[str]:
+    """`names` with repeats numbered (x, x-2, x-3, ...)."""
+    used: set[str] = set()
+    out = []
+    for name in names:
+        unique, i = name, 1
+        while unique in used:
+            i += 1
+            unique = f"{name}-{i}"
+        used.add(unique)
+        out.append(unique)
+    return out
+
+
 def _evaluate(cfg, spliced: SplicedVit, transform, heads: list[Head], paths, max_S, skipped) -> Result:
     classes = heads[0].classes
     if any(h.classes != classes for h in heads):
         raise ConfigError("--evaluate with several heads needs heads over the same classes.")
     targets = _targets(cfg, spliced, transform, heads, paths, classes)
+    if not targets:
+        raise ConfigError(
+            f"--evaluate: none of the classes {', '.join(classes)} occurs in these images' labels; nothing to test."
+        )
     batches = (b.x_B3HW for b in inputs.load_batches(paths, transform, cfg.batch_size, skipped))
     tests = effects.steering_test(spliced, heads, batches, targets, max_S, value=cfg.value, seed=cfg.seed)
     report = cfg.out / "report.json"
@@ -207,11 +244,11 @@ def _evaluate(cfg, spliced: SplicedVit, transform, heads: list[Head], paths, max
     )
     lines = []
     for t in tests:
-        m = t.medians()
+        m = {k: effects.number(v, ".3f") for k, v in t.medians().items()}
         lines += [f"head {t.head}: set each latent {t.edit}", t.table()]
         lines.append(
-            f"median target change rate {m['target']:.3f}, other {m['other']:.3f}; random latent {m['random_latent_target']:.3f}; "
-            f"random direction {m['random_direction_target']:.3f}"
+            f"median target change rate {m['target']}, other {m['other']}; random latent {m['random_latent_target']}; "
+            f"random direction {m['random_direction_target']}"
         )
     return Result(report, lines, skipped)
 

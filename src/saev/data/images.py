@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from saev.errors import ImageError
+from saev.fileio import kind
 
 MIN_SIDE = 8
 """Images smaller than this (in either side) carry no usable patches and are skipped."""
@@ -23,7 +24,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         raise ImageError(f"{path}: cannot open ({err.strerror})") from None
     if not stat.S_ISREG(mode):
         # Opening a FIFO waits for a writer forever, and reading a device never ends.
-        raise ImageError(f"{path}: a {file_kind(mode)}, not an image file")
+        raise ImageError(f"{path}: {kind(mode)}, not an image file")
     try:
         with warnings.catch_warnings():
             # Pillow only warns between its pixel limit and twice that; treat both as a bomb.
@@ -42,22 +43,6 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     if min(rgb.size) < MIN_SIDE:
         raise ImageError(f"{path}: too small ({rgb.width}x{rgb.height} px; minimum side {MIN_SIDE} px)")
     return rgb
-
-
-def file_kind(mode: int) -> str:
-    """What an `st_mode` is, in words, for messages about paths that are not regular files."""
-    for test, kind in (
-        (stat.S_ISREG, "file"),
-        (stat.S_ISDIR, "folder"),
-        (stat.S_ISFIFO, "FIFO"),
-        (stat.S_ISSOCK, "socket"),
-        (stat.S_ISCHR, "character device"),
-        (stat.S_ISBLK, "block device"),
-        (stat.S_ISLNK, "symlink"),
-    ):
-        if test(mode):
-            return kind
-    return "special file"
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

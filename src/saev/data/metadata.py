@@ -7,6 +7,7 @@ import pathlib
 from typing import Any
 
 from saev.errors import StoreError
+from saev.fileio import existing_kind, read_json
 
 PROTOCOL = "1.0.0"
 DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -126,15 +127,44 @@ def parse(dct: dict[str, Any], source: str = "metadata.json") -> Metadata:
 
 
 def read(path: pathlib.Path) -> Metadata:
-    try:
-        dct = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StoreError(f"{path.parent}: not an activation store (no metadata.json).") from None
-    except json.JSONDecodeError as err:
-        raise StoreError(f"{path}: not valid JSON ({err}).") from None
+    if existing_kind(path) is None:
+        raise StoreError(f"{path.parent}: not an activation store (no metadata.json).")
+    dct = read_json(path, "store metadata", StoreError)
     if not isinstance(dct, dict):
         raise StoreError(f"{path}: expected a JSON object.")
     return parse(dct, str(path))
+
+
+RECORDING_FILE = "recording.json"
+"""saev's own addition to a store: the recording options that change the stored values but are not in
+metadata.json (so not in the store's name), such as --autocast. A resume or a rerun with other values
+would mix two kinds of activations in one store; `check_recording` refuses it."""
+
+
+def check_recording(root: pathlib.Path, recorded: dict[str, Any] | None, given: dict[str, Any]) -> None:
+    """Refuse to add to (or reuse) the store at `root`, recorded with options `recorded`, with the
+    options `given` when any differs. Stores recorded before saev kept these (`recorded` None) pass."""
+    if recorded is None:
+        return
+    changed = [k for k in given if k in recorded and recorded[k] != given[k]]
+    if changed:
+        was = ", ".join(f"--{k.replace('_', '-')} {recorded[k]}" for k in changed)
+        now = ", ".join(f"--{k.replace('_', '-')} {given[k]}" for k in changed)
+        raise StoreError(
+            f"{root}: was recorded with {was}, but this run says {now}, which changes the stored values: "
+            f"rerun with {was} to resume or reuse it, or record into another --dump-to (or remove {root})."
+        )
+
+
+def read_recording(root: pathlib.Path) -> dict[str, Any] | None:
+    """The options in a store's RECORDING_FILE, None when it has none."""
+    path = root / RECORDING_FILE
+    if existing_kind(path) is None:
+        return None
+    dct = read_json(path, "recording record", StoreError)
+    if not isinstance(dct, dict):
+        raise StoreError(f"{path}: expected a JSON object.")
+    return dct
 
 
 LAYOUT_FILE = "layout.json"
@@ -159,8 +189,8 @@ class PatchLayout:
 
 
 def read_layout(path: pathlib.Path, meta: Metadata) -> PatchLayout:
+    dct = read_json(path, "patch layout", StoreError)
     try:
-        dct = json.loads(path.read_text())
         n_blocks = dct.get("n_blocks")
         layout = PatchLayout(
             (int(dct["grid"][0]), int(dct["grid"][1])),

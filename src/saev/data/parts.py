@@ -17,6 +17,7 @@ import pathlib
 import shutil
 from typing import Any
 
+from saev import distributed
 from saev.data import metadata as md
 from saev.data.writer import PARTS_DIR, Skip
 from saev.fileio import write_json
@@ -76,10 +77,16 @@ def _copy(source: pathlib.Path, root: pathlib.Path, first: int, n: int, per: int
             finally:
                 os.close(fd)
             done += count
+            distributed.progress()
 
 
 def finish(
-    root: pathlib.Path, parts: list[pathlib.Path], planned: md.Metadata, source: dict[str, Any], layout
+    root: pathlib.Path,
+    parts: list[pathlib.Path],
+    planned: md.Metadata,
+    source: dict[str, Any],
+    layout,
+    options: dict[str, Any],
 ) -> md.Metadata:
     """Write the store's JSON files from its placed parts (in source order) and remove the parts."""
     images: list[dict[str, Any]] = []
@@ -87,6 +94,7 @@ def finish(
     for part in parts:
         images += json.loads((part / "images.json").read_text())["images"]
         skips += [Skip(**s) for s in json.loads((part / "skipped.json").read_text())]
+        distributed.progress()
     per = planned.n_imgs_per_shard
     shards = [
         {"name": shard_name(k), "n_imgs": min(per, len(images) - k * per)}
@@ -97,6 +105,8 @@ def finish(
     write_json(root / "images.json", {"source": source, "images": images}, indent=None)
     if layout is not None:
         write_json(root / md.LAYOUT_FILE, layout.to_dict())
+    if options:
+        write_json(root / md.RECORDING_FILE, options)
     final = dataclasses.replace(planned, n_imgs=len(images))
     write_json(root / "metadata.json", final.to_dict(), indent=4)
     shutil.rmtree(root / PARTS_DIR, ignore_errors=True)

@@ -14,6 +14,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from saev import distributed
 from saev.data.layout import Run, Tokens, TokenView
 from saev.data.statistics import store_normalization
 from saev.data.store import ShardStore, nonfinite_rows, open_shards
@@ -83,6 +84,7 @@ def find_nonfinite(
     for run in store.runs(_image_range(store, images), max(1, int(32 * MiB // row_bytes))):
         bad = nonfinite_rows(store.read(run.shard, run.local, layer_i, view.slice))
         hits += [(run.start + int(i), view.start + int(t)) for i, t in bad[: limit - len(hits)]]
+        distributed.progress()
         if len(hits) == limit:
             break
     return hits

@@ -11,8 +11,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
-from saev.data.images import file_kind, load_rgb, to_rgb
+from saev.data.images import load_rgb, to_rgb
 from saev.errors import ConfigError, ImageError
+from saev.fileio import kind
 
 logger = logging.getLogger("saev.data")
 
@@ -97,7 +98,7 @@ def _image_folder(given: str | os.PathLike) -> pathlib.Path:
     except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop, before Python 3.13
         raise ConfigError(f"{path}: cannot open the image folder ({err}).") from None
     if not stat.S_ISDIR(mode):
-        raise ConfigError(f"{root}: a {file_kind(mode)}, not an image folder.")
+        raise ConfigError(f"{root}: {kind(mode)}, not an image folder.")
     return root
 
 
@@ -128,16 +129,16 @@ class _Scan:
         files, dirs = [], []
         for entry in entries:
             try:
-                kind = self._kind(entry)
+                found = self._kind(entry)
             except OSError as err:
                 logger.warning("skipped %s: %s", entry.path, _link_problem(entry.path, err))
                 continue
-            if kind == "file":
+            if found == "file":
                 files.append(entry.name)
-            elif kind == "dir":
+            elif found == "dir":
                 dirs.append(entry.name)
-            elif kind is not None:
-                logger.warning("skipped %s: a %s, not an image file", entry.path, kind)
+            elif found is not None:
+                logger.warning("skipped %s: %s, not an image file", entry.path, found)
         return files, dirs
 
     def tree(self, top: str) -> list[tuple[str, list[str]]]:
@@ -162,7 +163,7 @@ class _Scan:
             return "file"  # the common case decides from the directory listing, without a stat call
         else:
             st = entry.stat(follow_symlinks=False)
-        return "file" if stat.S_ISREG(st.st_mode) else file_kind(st.st_mode)
+        return "file" if stat.S_ISREG(st.st_mode) else kind(st.st_mode)
 
     def _enter(self, path: str, st: os.stat_result, link: bool) -> str | None:
         key = (st.st_dev, st.st_ino)

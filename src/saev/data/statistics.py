@@ -5,7 +5,6 @@ image-major example index (image i, token t) -> i * n_tokens + t, then takes the
 L2 distance to it over sqrt(d_vit). Here the sampled examples are gathered in one ordered pass.
 """
 
-import json
 import logging
 import math
 import pathlib
@@ -14,10 +13,11 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from saev import distributed
 from saev.data.layout import Tokens
 from saev.data.store import ShardStore, nonfinite_rows
 from saev.errors import StoreError
-from saev.fileio import write_json
+from saev.fileio import existing_kind, read_json, write_json
 from saev.normalization import DEFAULT_CLAMP, ActNorm, estimate_normalization
 
 logger = logging.getLogger("saev.data")
@@ -56,6 +56,7 @@ def sample_examples(
                 image_i, int(toks[row]), layer, block[row], "computing normalisation statistics"
             )
         filled += len(local)
+        distributed.progress()
     return torch.from_numpy(out)
 
 
@@ -99,15 +100,15 @@ def store_normalization(store: ShardStore, layer: int, tokens: Tokens) -> ActNor
 def _read_cache(path: pathlib.Path, store: ShardStore) -> ActNorm | None:
     """The cached statistics, or None when there are none or they cannot be trusted: written for
     other contents of the store, not finite (older saev cached NaN), or unreadable."""
-    if not path.exists():
+    if existing_kind(path) != "a file":
         return None
     try:
-        dct = json.loads(path.read_text())
+        dct = read_json(path, "statistics cache", StoreError)
         norm = ActNorm(
             torch.tensor(dct["mean"], dtype=torch.float32), float(dct["scale"]), float(dct["clamp"])
         )
         fresh = dct.get("store") == store.fingerprint and norm.mean.shape == (store.d_vit,)
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (StoreError, ValueError, TypeError, KeyError, AttributeError):
         fresh = False
     if fresh and torch.isfinite(norm.mean).all() and math.isfinite(norm.scale):
         return norm

@@ -6,7 +6,6 @@ Layout (reference protocol 1.0.0): `metadata.json`, optional `shards.json`, and 
 
 import functools
 import hashlib
-import json
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ from jaxtyping import Float
 from saev.data import metadata as md
 from saev.data.layout import Run, Shard, Tokens, TokenView, runs, token_view
 from saev.errors import StoreError
+from saev.fileio import existing_kind, read_json
 
 logger = logging.getLogger("saev.data")
 STATE_FILE = ".saev-recording.json"
@@ -67,7 +67,7 @@ class ShardStore:
                 f"{self.path}: recording did not finish; rerun the same `saev activations` command to resume it."
             )
         self.meta = md.read(self.path / "metadata.json")
-        self.metadata: dict[str, Any] = json.loads((self.path / "metadata.json").read_text())
+        self.metadata: dict[str, Any] = read_json(self.path / "metadata.json", "store metadata", StoreError)
         # Everything below compares metadata.json with the other files using stat() calls and
         # small reads only: a store can hold hundreds of GB.
         if (self.path / md.LAYOUT_FILE).exists():
@@ -150,7 +150,7 @@ class ShardStore:
         end when layout.json gives the model's depth."""
         if layer in self.meta.layers:
             return layer
-        n_blocks = self._n_blocks
+        n_blocks = self.n_blocks
         if n_blocks is not None and -n_blocks <= layer < n_blocks:
             for label in self.meta.layers:
                 if label % n_blocks == layer % n_blocks:
@@ -164,7 +164,7 @@ class ShardStore:
         return self.meta.layers.index(self.layer_label(layer))
 
     @functools.cached_property
-    def _n_blocks(self) -> int | None:
+    def n_blocks(self) -> int | None:
         """The model's depth, when layout.json gives it."""
         return self.layout.n_blocks if (self.path / md.LAYOUT_FILE).exists() else None
 
@@ -186,7 +186,7 @@ class ShardStore:
     @functools.cached_property
     def _images_json(self) -> dict[str, Any]:
         path = self.path / "images.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return read_json(path, "image list", StoreError) if existing_kind(path) is not None else {}
 
     def image_name(self, image_i: int) -> str:
         """`image 3 (cats/tabby.jpg)`: the index and, when images.json records it, the source image."""
@@ -237,7 +237,7 @@ class ShardStore:
     def _check_layer_order(self) -> None:
         """The shards' layer axis follows the model's forward hooks, so ascending block order; the
         list in metadata.json must be in that order for `layer_index` to find the right slice."""
-        layers, n_blocks = self.meta.layers, self._n_blocks
+        layers, n_blocks = self.meta.layers, self.n_blocks
         if n_blocks is not None:
             if not all(-n_blocks <= layer < n_blocks for layer in layers):
                 raise StoreError(
@@ -377,7 +377,7 @@ class ShardStore:
             return
         skipped = self.path / "skipped.json"
         if skipped.exists():
-            n_skipped = len(json.loads(skipped.read_text()))
+            n_skipped = len(read_json(skipped, "list of skipped images", StoreError))
             # saev names the folder before recording, counting the images it will skip.
             if name == md.dict_hash(self.metadata | {"n_imgs": self.meta.n_imgs + n_skipped}):
                 return
@@ -393,10 +393,10 @@ class ShardStore:
 
 def _read_listing(path: pathlib.Path) -> list[tuple[Any, int]]:
     """(name, n_imgs) of each entry of shards.json, in order."""
+    listing = read_json(path, "shard listing", StoreError)
     try:
-        listing = json.loads(path.read_text())
         entries = [(entry["name"], entry["n_imgs"]) for entry in listing]
-    except (json.JSONDecodeError, TypeError, KeyError) as err:
+    except (TypeError, KeyError) as err:
         raise StoreError(f'{path}: expected a list of {{"name": ..., "n_imgs": ...}} ({err!r}).') from None
     for name, n in entries:
         if isinstance(n, bool) or not isinstance(n, int):

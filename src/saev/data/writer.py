@@ -24,7 +24,7 @@ import torch
 from saev.data import metadata as md
 from saev.data.store import STATE_FILE, to_stored
 from saev.errors import StoreError
-from saev.fileio import temporaries, write_json
+from saev.fileio import check_output, read_json, temporaries, write_json
 
 logger = logging.getLogger("saev.data")
 
@@ -34,7 +34,15 @@ LOCK_FILE = ".saev-recording.lock"
 PARTS_DIR = ".parts"
 """Where the ranks of a distributed recording keep their parts (see `saev.data.parts`)."""
 
-JSON_FILES = ("metadata.json", "shards.json", "images.json", "skipped.json", md.LAYOUT_FILE, STATE_FILE)
+JSON_FILES = (
+    "metadata.json",
+    "shards.json",
+    "images.json",
+    "skipped.json",
+    md.LAYOUT_FILE,
+    md.RECORDING_FILE,
+    STATE_FILE,
+)
 """What a recording writes atomically, through temporaries that a killed run leaves behind."""
 
 
@@ -63,17 +71,23 @@ class ShardWriter:
         *,
         root: pathlib.Path | None = None,
         first_source: int = 0,
+        options: dict[str, Any] | None = None,
     ):
         """`root` overrides `dump_to/<hash>` and `first_source` is where a fresh recording starts (a
-        rank's part of a distributed recording, see `saev.data.parts`)."""
+        rank's part of a distributed recording, see `saev.data.parts`). `options` are the recording's
+        value-changing options that the metadata does not hold (see `md.RECORDING_FILE`): a resume
+        or a rerun with others is refused."""
         self.planned = planned
+        self.options = options or {}
         self.layout = layout
         self.root = root if root is not None else pathlib.Path(dump_to) / planned.hash
         self.first_source = first_source
         self.source = source
         self.per_shard = planned.n_imgs_per_shard
+        check_output(self.root, "folder")
         self.complete = self._finished()
         if self.complete:
+            md.check_recording(self.root, md.read_recording(self.root), self.options)
             return
         self._lock = StoreLock(self.root)
         try:
@@ -181,6 +195,8 @@ class ShardWriter:
         write_json(self.root / "images.json", {"source": self.source, "images": self.images}, indent=None)
         if self.layout is not None:
             write_json(self.root / md.LAYOUT_FILE, self.layout.to_dict())
+        if self.options:
+            write_json(self.root / md.RECORDING_FILE, self.options)
         final = dataclasses.replace(self.planned, n_imgs=len(self.images))
         write_json(self.root / "metadata.json", final.to_dict(), indent=4)
         (self.root / STATE_FILE).unlink(missing_ok=True)
@@ -250,6 +266,7 @@ class ShardWriter:
         fresh = {
             "planned": self.planned.to_dict(),
             "fingerprint": fingerprint,
+            "options": self.options,
             "shards": [],
             "next_source": self.first_source,
             "images": [],
@@ -258,13 +275,14 @@ class ShardWriter:
         if not path.exists():
             write_json(path, fresh, indent=None)
             return fresh
-        state = json.loads(path.read_text())
-        if state.get("planned") != self.planned.to_dict():
+        state = read_json(path, "recording state", StoreError)
+        if not isinstance(state, dict) or state.get("planned") != self.planned.to_dict():
             raise StoreError(f"{self.root}: holds a different recording; remove it or change --dump-to.")
         if state.get("fingerprint") != fingerprint:
             raise StoreError(
                 f"{self.root}: the image source changed since this recording started; restore it or remove {self.root}."
             )
+        md.check_recording(self.root, state.get("options"), self.options)
         return state
 
     def _clean_stray_files(self) -> None:

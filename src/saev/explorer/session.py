@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import pathlib
+import re
 import threading
 import warnings
 from collections.abc import Sequence
@@ -21,16 +22,27 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from saev.activations.families.base import Transform
 from saev.activations.transforms import visible_crop
 from saev.data.images import to_rgb
-from saev.errors import ConfigError, ImageError
+from saev.errors import ConfigError, SaevError
+from saev.fileio import check_input, read_text
 from saev.steering.edits import Edit
 from saev.steering.heads import Head
 from saev.steering.splice import Prefix, SplicedVit
+
+MAX_ID = 32
+"""Longest image id the API reads; real ones are `s` and an index, or `u` and 16 hex digits."""
+STORE_ID = re.compile(r"s(0|[1-9][0-9]{0,17})")
+"""`s` and an index in ASCII digits, without leading zeros: one id per image, and `int` never sees
+a digit of another script or an unbounded number."""
+
+
+class UnknownImage(SaevError):
+    """An image id that names no image the explorer can show (the server answers 404)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,22 +71,31 @@ class LatentInfo:
     @classmethod
     def from_visuals(cls, folder: pathlib.Path, d_sae: int) -> "LatentInfo":
         try:
-            with safe_open(str(folder / "topk.safetensors"), "pt") as f:
+            # Checked first: opening a FIFO or a device in their place would block or never end.
+            with safe_open(str(check_input(folder / "topk.safetensors")), "pt") as f:
                 max_S, freq_S = f.get_tensor("max").float(), f.get_tensor("freq").float()
-            rows = json.loads((folder / "latents.json").read_text())["latents"]
-        except (FileNotFoundError, OSError, KeyError, ValueError) as err:
+            rows = json.loads(read_text(folder / "latents.json"))["latents"]
+        except (ConfigError, SafetensorError, OSError, KeyError, ValueError, TypeError) as err:
             raise ConfigError(f"--visuals {folder}: not a saev visuals output folder ({err}).") from None
         if max_S.shape != (d_sae,):
             raise ConfigError(
                 f"--visuals {folder}: describes {max_S.shape[0]} latents, but the SAE has {d_sae}."
             )
-        return cls(
-            max_S,
-            freq_S,
-            {r["latent"]: r["note"] for r in rows if r.get("note")},
-            {r["latent"]: [{"image_i": t["image_i"], "value": t["value"]} for t in r["top"]] for r in rows},
-            {r["latent"] for r in rows if r.get("rendered")},
-        )
+        try:
+            return cls(
+                max_S,
+                freq_S,
+                {r["latent"]: r["note"] for r in rows if r.get("note")},
+                {
+                    r["latent"]: [{"image_i": t["image_i"], "value": t["value"]} for t in r["top"]]
+                    for r in rows
+                },
+                {r["latent"] for r in rows if r.get("rendered")},
+            )
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ConfigError(
+                f"--visuals {folder}: latents.json is not a saev visuals list of latents ({type(err).__name__}: {err})."
+            ) from None
 
 
 class ImageSet:
@@ -89,7 +110,7 @@ class ImageSet:
     def load(self, i: int) -> Image.Image:
         img = self._load(i)
         if img is None:
-            raise ImageError(f"image {i} ({self.names[i]}) cannot be read")
+            raise UnknownImage(f"image s{i} ({self.names[i]}) is missing or cannot be read.")
         return img
 
 
@@ -272,11 +293,15 @@ class Explorer:
             return entry
 
     def _image(self, image_id: str) -> Image.Image:
-        if image_id.startswith("u") and image_id in self._uploads:
-            return self._uploads[image_id]
-        if image_id.startswith("s") and image_id[1:].isdigit() and int(image_id[1:]) < len(self.images):
-            return self.images.load(int(image_id[1:]))
-        raise KeyError(image_id)
+        # `get`: thumbnails read uploads without the lock, while an upload may evict this one.
+        upload = self._uploads.get(image_id) if image_id.startswith("u") else None
+        if upload is not None:
+            return upload
+        store = STORE_ID.fullmatch(image_id)
+        if store is not None and int(store[1]) < len(self.images):
+            return self.images.load(int(store[1]))
+        shown = image_id if len(image_id) <= MAX_ID else image_id[:MAX_ID] + "..."
+        raise UnknownImage(f"no image {shown!r}: pick one from /api/images or upload it.")
 
     def _patch_codes(self, entry: _Entry) -> Tensor:
         """[patches, d_sae]: the codes of the patch tokens, in patch order."""

@@ -8,13 +8,13 @@ needs no `--vit-*` or `--layer` options.
 
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 import reprlib
 from typing import Any
 
 from saev.errors import CheckpointError, ConfigError
+from saev.fileio import read_json
 from saev.nn import config
 
 PREFIX = "catalog:"
@@ -86,9 +86,9 @@ def _entries(extra: str) -> tuple[Entry, ...]:
 
 def _read(path: pathlib.Path) -> list[Entry]:
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path, "saev catalogue", CheckpointError)
         raw = data["entries"]
-    except (OSError, ValueError, TypeError, KeyError) as err:
+    except (TypeError, KeyError) as err:
         raise CheckpointError(f"{path}: not a saev catalogue (a JSON object with 'entries'): {err}") from None
     out = []
     for i, e in enumerate(raw):

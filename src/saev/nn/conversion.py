@@ -15,6 +15,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from saev.errors import CheckpointError
+from saev.fileio import check_output, existing_kind
 from saev.nn import checkpoints, formats
 from saev.nn.modeling import SparseAutoencoder
 
@@ -138,12 +139,17 @@ def convert(
 
 def _check_target(dst: pathlib.Path, to: str, overwrite: bool) -> None:
     folder = formats.FORMATS[to].folder
-    if folder and dst.exists() and not dst.is_dir():
-        raise CheckpointError(f"{dst}: {to} is a folder format, but this is an existing file.")
-    if not folder and dst.is_dir():
+    found = existing_kind(dst)
+    if folder and found not in (None, "a folder"):
+        raise CheckpointError(f"{dst}: {to} is a folder format, but this is {found}.")
+    if not folder and found == "a folder":
         raise CheckpointError(
             f"{dst}: {to} is written to a file, but this is a folder; name the file inside it."
         )
+    # Devices, FIFOs and sockets are never replaced, whatever --overwrite says; nor, in a folder,
+    # are the files a conversion would replace there.
+    for path in [dst / name for name in formats.HUB_FILES] if folder and found else [dst]:
+        check_output(path)
     taken = dst.is_file() or (dst.is_dir() and any(dst.iterdir()))
     if taken and not overwrite:
         raise CheckpointError(f"{dst}: already exists; pass --overwrite to replace it.")

@@ -7,6 +7,7 @@ activation" (`686=-1x`: set latent 686 to minus its maximum, the original demos'
 """
 
 import dataclasses
+import math
 import re
 from collections.abc import Sequence
 from typing import Literal
@@ -56,6 +57,16 @@ def parse_edit(text: str) -> Edit:
     latent, sign, value, x = match.groups()
     op: Op = {"": "set", "+": "add", "*": "scale"}[sign]
     return Edit(int(latent), op, float(value), relative=bool(x))
+
+
+def describe(edits: Sequence[Edit]) -> str:
+    """`edit 5=+3` or `edits 5=+3, 7=0`, for messages."""
+    return f"edit{'s' if len(edits) > 1 else ''} {', '.join(map(str, edits))}"
+
+
+def finite(x: Tensor) -> bool:
+    """Whether every value of `x` is finite; min and max propagate NaN, so two scalars decide."""
+    return x.numel() == 0 or all(math.isfinite(float(v)) for v in torch.aminmax(x.float()))
 
 
 def check_latents(edits: Sequence[Edit], d_sae: int, where: str) -> None:

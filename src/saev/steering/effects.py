@@ -11,9 +11,13 @@ compared with the clean ones:
 
 Two baselines take the same edit: a random live latent instead of the chosen one, and a random
 direction with the same norm as the edit's change, added on the same tokens.
+
+A rate with nothing to count (no unit predicted c before, or no other unit) is undefined: None,
+null in JSON and "-" in tables, with a warning, never NaN.
 """
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -23,9 +27,17 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from saev.concepts import best_detectors
+from saev.errors import ConfigError
 from saev.steering.edits import Edit
 from saev.steering.heads import Head
 from saev.steering.splice import Prefix, SplicedVit
+
+logger = logging.getLogger("saev.steering")
+
+
+def number(value: float | None, spec: str) -> str:
+    """`value` formatted by `spec`, or "-" where it is undefined (None)."""
+    return "-" if value is None else format(value, spec)
 
 
 @dataclasses.dataclass
@@ -46,14 +58,14 @@ class Counts:
         self.other_changed += int((other_N & (before_NC != after_NC).any(1)).sum())
 
     @property
-    def target(self) -> float:
-        return self.target_changed / self.n_target if self.n_target else float("nan")
+    def target(self) -> float | None:
+        return self.target_changed / self.n_target if self.n_target else None
 
     @property
-    def other(self) -> float:
-        return self.other_changed / self.n_other if self.n_other else float("nan")
+    def other(self) -> float | None:
+        return self.other_changed / self.n_other if self.n_other else None
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | None]:
         return dataclasses.asdict(self) | {"target_rate": self.target, "other_rate": self.other}
 
 
@@ -84,10 +96,10 @@ class SteeringTest:
     """The edit applied to each chosen latent, e.g. `=-1x where active`."""
     results: list[ClassResult]
 
-    def medians(self) -> dict[str, float]:
-        def med(values: Iterable[float]) -> float:
-            finite = [v for v in values if np.isfinite(v)]
-            return float(np.median(finite)) if finite else float("nan")
+    def medians(self) -> dict[str, float | None]:
+        def med(values: Iterable[float | None]) -> float | None:
+            defined = [v for v in values if v is not None]
+            return float(np.median(defined)) if defined else None
 
         return {
             "target": med(r.edit.target for r in self.results),
@@ -112,17 +124,24 @@ class SteeringTest:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in self.results:
+            rates = [
+                number(v, ".3f")
+                for c in (r.edit, r.random_latent_edit, r.random_direction)
+                for v in (c.target, c.other)
+            ]
             rows.append(
-                f"| {r.cls} | {r.latent} | {r.edit.target:.3f} | {r.edit.other:.3f} | {r.random_latent} | "
-                f"{r.random_latent_edit.target:.3f} | {r.random_latent_edit.other:.3f} | "
-                f"{r.random_direction.target:.3f} | {r.random_direction.other:.3f} |"
+                f"| {r.cls} | {r.latent} | {' | '.join(rates[:2])} | {r.random_latent} | {' | '.join(rates[2:])} |"
             )
-        m = self.medians()
+        m = {k: number(v, ".3f") for k, v in self.medians().items()}
         rows.append(
-            f"| median | | {m['target']:.3f} | {m['other']:.3f} | | {m['random_latent_target']:.3f} | "
-            f"{m['random_latent_other']:.3f} | {m['random_direction_target']:.3f} | {m['random_direction_other']:.3f} |"
+            f"| median | | {m['target']} | {m['other']} | | {m['random_latent_target']} | "
+            f"{m['random_latent_other']} | {m['random_direction_target']} | {m['random_direction_other']} |"
         )
         return "\n".join(rows)
+
+    def undefined(self) -> list[str]:
+        """Classes whose chosen edit has an undefined target rate: never predicted before it."""
+        return [r.cls for r in self.results if r.edit.target is None]
 
 
 def steering_test(
@@ -141,7 +160,15 @@ def steering_test(
     """
     rng = np.random.default_rng(seed)
     live = torch.nonzero(max_S > 0).flatten().tolist()
-    randoms = [int(rng.choice([s for s in live if s != latent])) for _, latent in targets]
+    randoms = []
+    for _, latent in targets:
+        others = [s for s in live if s != latent]
+        if not others:
+            raise ConfigError(
+                f"no live latent other than {latent} for the random-latent baseline: every other latent's "
+                "largest activation is 0."
+            )
+        randoms.append(int(rng.choice(others)))
     g = torch.Generator().manual_seed(seed)
     directions_KD = F.normalize(torch.randn(len(targets), spliced.vit.d_vit, generator=g), dim=-1).to(
         spliced.device
@@ -154,11 +181,14 @@ def steering_test(
             real, delta_BND = _edited(spliced, prefix, latent, value, max_S)
             random, _ = _edited(spliced, prefix, randoms[k], value, max_S)
             norm_BN1 = delta_BND.norm(dim=-1, keepdim=True)
-            direction = spliced.finish(spliced.add_to_read(prefix, norm_BN1 * directions_KD[k]))
+            direction = spliced.finish(
+                spliced.add_to_read(prefix, norm_BN1 * directions_KD[k]),
+                f"a random direction of the norm of the edit of latent {latent} (--value {value:g})",
+            )
             for h in heads:
                 for kind, final in enumerate((real, random, direction)):
                     counts[h.name, k, kind].add(before[h.name], _predict(h, final), c, h.multilabel)
-    return [
+    tests = [
         SteeringTest(
             h.name,
             f"={value:g}x where active",
@@ -169,14 +199,24 @@ def steering_test(
         )
         for h in heads
     ]
+    for t in tests:
+        if t.undefined():
+            logger.warning(
+                "head %s: %s never predicted on these images before the edit; target change rates "
+                "undefined (null in the report)",
+                t.head,
+                ", ".join(t.undefined()),
+            )
+    return tests
 
 
 def _edited(
     spliced: SplicedVit, prefix: Prefix, latent: int, value: float, max_S: Tensor
 ) -> tuple[Tensor, Float[Tensor, "batch n d_vit"]]:
-    codes = spliced.edit(prefix, [Edit(latent, "set", value, relative=True)], where="active", max_S=max_S)
+    edit = Edit(latent, "set", value, relative=True)
+    codes = spliced.edit(prefix, [edit], where="active", max_S=max_S)
     delta_BND = spliced.decode_delta(prefix.codes_BNS, codes)
-    return spliced.finish(spliced.add_to_read(prefix, delta_BND)), delta_BND
+    return spliced.finish(spliced.add_to_read(prefix, delta_BND), f"edit {edit} where active"), delta_BND
 
 
 def _predict(head: Head, final_BTD: Tensor) -> Bool[Tensor, "n c"]:

@@ -20,7 +20,9 @@ from torch import Tensor
 from saev import synthetic
 from saev.activations.families import openclip
 from saev.activations.vit import Vit
-from saev.errors import ConfigError
+from saev.errors import ConfigError, ModelError
+from saev.fileio import read_text
+from saev.steering.edits import finite
 from saev.steering.probe_format import load_probe
 
 Kind = Literal["image", "patch"]
@@ -40,7 +42,14 @@ class Head:
     @torch.inference_mode()
     def logits(self, final_BTD: Float[Tensor, "batch tokens d_vit"]) -> Tensor:
         """[batch, classes] or [batch, patches, classes] from the last block's output."""
-        return self.fn(final_BTD)
+        logits = self.fn(final_BTD)
+        if not finite(logits):
+            # Predictions from NaN logits are arbitrary (argmax, comparisons): refuse them.
+            raise ModelError(
+                f"head {self.name}: its outputs are not finite (inputs up to "
+                f"{float(final_BTD.abs().amax()):.3g}); its weights may be too large."
+            )
+        return logits
 
     def predict(self, logits: Tensor) -> Bool[Tensor, "..."]:
         """Which classes are predicted, as booleans over the last axis."""
@@ -83,6 +92,8 @@ def probe_head(vit: Vit, path: pathlib.Path) -> Head:
         raise ConfigError(
             f"{path}: reads {probe.weight_DC.shape[0]}-dim features; {vit.name} makes {vit.d_vit}."
         )
+    if probe.task == "classification" and probe.pool == "cls" and not vit.layout.has_cls:
+        raise ConfigError(f"{path}: reads the [CLS] token (pool 'cls'), which {vit.name} does not have.")
     weight, bias = (
         probe.weight_DC.to(next(vit.parameters()).device),
         probe.bias_C.to(next(vit.parameters()).device),
@@ -99,12 +110,7 @@ def clip_zero_shot_head(vit: Vit, classes_file: pathlib.Path, prompt: str = DEFA
         raise ConfigError(f"clip-zero-shot needs a CLIP model (--vit-family clip), not {vit.name}.")
     if "{}" not in prompt:
         raise ConfigError(f"--prompt {prompt!r} has no {{}} where the class name goes.")
-    try:
-        classes = tuple(line.strip() for line in classes_file.read_text().splitlines() if line.strip())
-    except OSError as err:
-        raise ConfigError(f"{classes_file}: cannot read the class names ({err.strerror}).") from None
-    if len(classes) < 2:
-        raise ConfigError(f"{classes_file}: needs at least two class names, one per line.")
+    classes = class_names(classes_file)
     model = openclip.create(vit.ckpt, "weights")
     tokenizer = openclip.tokenizer(vit.ckpt)
     with torch.inference_mode():
@@ -118,6 +124,17 @@ def clip_zero_shot_head(vit: Vit, classes_file: pathlib.Path, prompt: str = DEFA
         return scale * F.normalize(image_BE, dim=-1) @ text_CE.T
 
     return Head(f"clip-zero-shot:{classes_file}", classes, "image", False, fn)
+
+
+def class_names(path: pathlib.Path) -> tuple[str, ...]:
+    """The class names of a text file, one per line (blank lines skipped): at least two, each once."""
+    classes = tuple(line.strip() for line in read_text(path, "class-name file").splitlines() if line.strip())
+    if len(classes) < 2:
+        raise ConfigError(f"{path}: needs at least two class names, one per line; found {len(classes)}.")
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    if repeated:
+        raise ConfigError(f"{path}: class names {repeated} appear more than once; each class needs one line.")
+    return classes
 
 
 def open_head(spec: str, vit: Vit, prompt: str = DEFAULT_PROMPT) -> Head:

@@ -14,11 +14,13 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from saev import synthetic
+from saev.activations import provenance
 from saev.activations.families import Transform, make_img_transform, make_vit
 from saev.data.images import load_rgb
 from saev.data.layout import Tokens
 from saev.data.sources import EXTENSIONS
 from saev.errors import ConfigError, ImageError
+from saev.fileio import check_input, existing_kind
 from saev.nn.modeling import SparseAutoencoder
 from saev.steering.splice import SplicedVit
 
@@ -44,10 +46,11 @@ def spliced_model(
         missing.append("--layer")
     if missing:
         raise ConfigError(f"{where} does not record which ViT it reads; pass {', '.join(missing)}.")
+    # Before building a model only to refuse it.
+    provenance.check(prov, provenance.Reading(family, ckpt), force=force, where=where)
     vit = make_vit(family, ckpt).to(device)
-    return SplicedVit(vit, sae.to(device).eval(), layer, tokens, force=force), make_img_transform(
-        family, ckpt
-    )
+    spliced = SplicedVit(vit, sae.to(device).eval(), layer, tokens, force=force, where=where)
+    return spliced, make_img_transform(family, ckpt)
 
 
 def image_files(paths: Sequence[pathlib.Path]) -> list[pathlib.Path]:
@@ -60,7 +63,7 @@ def image_files(paths: Sequence[pathlib.Path]) -> list[pathlib.Path]:
             out.append(path)
     if not out:
         raise ConfigError(f"no image files in {', '.join(map(str, paths))}.")
-    return out
+    return list(dict.fromkeys(out))  # an image given twice (or in two folders given) counts once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +76,10 @@ class Loaded:
 def load_batches(
     paths: Sequence[pathlib.Path], transform: Transform, batch_size: int, skipped: dict[str, str]
 ) -> Iterator[Loaded]:
-    """Readable images in batches; unreadable ones are logged and recorded in `skipped`."""
+    """Readable images in batches; unreadable ones are logged and recorded in `skipped`. When none
+    is readable, ImageError saying why each was skipped: every command would otherwise report on
+    nothing and succeed."""
+    reasons = []
     for start in range(0, len(paths), batch_size):
         ok, images = [], []
         for path in paths[start : start + batch_size]:
@@ -83,8 +89,12 @@ def load_batches(
             except ImageError as err:
                 logger.warning("skipped %s", err)
                 skipped[str(path)] = str(err)
+                reasons.append(str(err))
         if ok:
             yield Loaded(ok, images, torch.stack([transform(img) for img in images]))
+    if reasons and len(reasons) == len(paths):
+        more = f" (and {len(reasons) - 5} more)" if len(reasons) > 5 else ""
+        raise ImageError(f"none of the {len(paths)} image(s) could be read: {'; '.join(reasons[:5])}{more}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +111,7 @@ def labels_for(paths: Sequence[pathlib.Path], classes: Sequence[str], grid: tupl
     or from class subfolders (an image's folder name is its class); None when neither applies."""
     root = _synthetic_root(paths)
     if root is not None:
-        records = {(root / r.file).resolve(): r for r in synthetic.load(root).records}
-        chosen = [records[p.resolve()] for p in paths]
+        chosen = _synthetic_records(root, paths)
         index = [synthetic.CONCEPTS.index(c) if c in synthetic.CONCEPTS else None for c in classes]
         if all(i is None for i in index):
             return None
@@ -122,6 +131,26 @@ def labels_for(paths: Sequence[pathlib.Path], classes: Sequence[str], grid: tupl
     return Labels(tuple(classes), image, None)
 
 
+def _synthetic_records(root: pathlib.Path, paths: Sequence[pathlib.Path]) -> list[synthetic.ImageRecord]:
+    """The labels.json records of `paths`; ConfigError naming the file when it is unreadable,
+    malformed or misses an image."""
+    labels = root / "labels.json"
+    try:
+        dataset = synthetic.load(root)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        raise ConfigError(
+            f"{labels}: not a readable saev.synthetic labels file ({type(err).__name__}: {err})."
+        ) from None
+    records = {(root / r.file).resolve(): r for r in dataset.records}
+    missing = [p for p in paths if p.resolve() not in records]
+    if missing:
+        raise ConfigError(
+            f"{labels}: no labels for {len(missing)} of the {len(paths)} image(s) (e.g. {missing[0]}); "
+            "regenerate the folder or give the images without it."
+        )
+    return [records[p.resolve()] for p in paths]
+
+
 def _synthetic_root(paths: Sequence[pathlib.Path]) -> pathlib.Path | None:
     roots = {p.resolve().parent.parent for p in paths}
     if len(roots) == 1:
@@ -134,17 +163,18 @@ def _synthetic_root(paths: Sequence[pathlib.Path]) -> pathlib.Path | None:
 def max_from_visuals(folder: pathlib.Path, d_sae: int) -> Float[Tensor, " d_sae"]:
     """Each latent's largest activation from a `saev visuals` output folder (its topk.safetensors)."""
     path = folder / "topk.safetensors"
+    if existing_kind(path) is None:
+        raise ConfigError(f"--visuals {folder}: no topk.safetensors (the output folder of saev visuals).")
+    check_input(path, "topk file")  # safe_open would wait on a FIFO forever
     try:
         with safe_open(str(path), "pt") as f:
             max_S = f.get_tensor("max")
-    except FileNotFoundError:
+    except (SafetensorError, OSError, KeyError) as err:
+        raise ConfigError(f"{path}: cannot read the latents' maxima ({type(err).__name__}: {err}).") from None
+    if max_S.shape != (d_sae,) or not max_S.is_floating_point():
         raise ConfigError(
-            f"--visuals {folder}: no topk.safetensors (the output folder of saev visuals)."
-        ) from None
-    except (SafetensorError, OSError) as err:
-        raise ConfigError(f"{path}: cannot read the latents' maxima ({err}).") from None
-    if max_S.shape != (d_sae,):
-        raise ConfigError(f"{path}: maxima of {max_S.shape[0]} latents, but the SAE has {d_sae}.")
+            f"{path}: maxima of shape {list(max_S.shape)} ({max_S.dtype}), but the SAE has {d_sae} latents."
+        )
     bad = torch.nonzero(~torch.isfinite(max_S)).flatten().tolist()
     if bad:
         raise ConfigError(f"{path}: the maxima of latents {bad[:10]} are not finite; rerun saev visuals.")

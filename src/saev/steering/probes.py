@@ -49,7 +49,7 @@ from saev.activations.vit import Vit
 from saev.data.images import load_rgb
 from saev.data.sources import scan_folder
 from saev.errors import ConfigError, ImageError
-from saev.fileio import OutputFolder, atomic_open
+from saev.fileio import OutputFolder, atomic_open, read_text
 from saev.steering.probe_format import LinearProbe, Pool, Task, save_probe
 
 logger = logging.getLogger("saev.probe")
@@ -269,16 +269,18 @@ def _check_mask_header(path: pathlib.Path) -> tuple[int, int]:
 def _read_class_names(path: pathlib.Path | None) -> tuple[str, ...] | None:
     if path is None:
         return None
-    try:
-        names = tuple(line.strip() for line in path.read_text().splitlines())
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read the class names ({err}).") from None
+    names = tuple(line.strip() for line in read_text(path, "class-name file").splitlines())
     while names and not names[-1]:
         names = names[:-1]
     if len(names) < 2:
         raise ConfigError(f"{path}: needs at least two class names, one per line (line i names label i).")
     if not all(names):
         raise ConfigError(f"{path}: line {names.index('') + 1} is empty; line i names label i.")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(
+            f"{path}: class names {repeated} appear on several lines; each label needs its own."
+        )
     return names
 
 
@@ -496,7 +498,11 @@ def compute_features(
             bar.update(len(items))
     bar.close()
     if not chunks:
-        raise ConfigError(f"{root}: none of the {len(files)} image(s) could be read.")
+        reasons = list(skipped.values())
+        more = f" (and {len(reasons) - 5} more)" if len(reasons) > 5 else ""
+        raise ImageError(
+            f"{root}: none of the {len(files)} image(s) could be read: {'; '.join(reasons[:5])}{more}."
+        )
     return torch.cat(chunks), kept, skipped
 
 

@@ -8,9 +8,14 @@ clean predictions when there are none), its accuracy (F1 for multi-label heads) 
 divergence from the clean output, averaged over units (images or patches). Then
 `recovered = (L_ablated - L_spliced) / (L_ablated - L_clean)`, a ratio of dataset means, and the
 SAE's FVE and L0 on these tokens.
+
+`recovered` is undefined when ablating changes nothing (L_ablated = L_clean), the FVE when the
+tokens do not vary: None (null in JSON), with a warning, never NaN.
 """
 
 import dataclasses
+import logging
+import math
 from collections.abc import Iterable
 
 import torch
@@ -18,11 +23,13 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from saev.errors import ImageError
 from saev.nn.evaluation import Accumulator
 from saev.steering.heads import Head
 from saev.steering.splice import SplicedVit
 
 CONDITIONS = ("clean", "spliced", "zero", "mean")
+logger = logging.getLogger("saev.steering")
 
 
 @dataclasses.dataclass
@@ -52,9 +59,9 @@ class SpliceEvaluation:
     labels: str
     """"given" or "clean predictions" (what the loss and accuracy compare against)."""
     scores: dict[str, Scores]
-    recovered_zero: float
-    recovered_mean: float
-    fve: float
+    recovered_zero: float | None
+    recovered_mean: float | None
+    fve: float | None
     l0: float
 
     def to_dict(self) -> dict:
@@ -99,13 +106,28 @@ def evaluate_splice(
         )
         for c in CONDITIONS:
             _accumulate(sums[c], head, logits[c], logits["clean"], target)
+    if not sums["clean"].n:
+        raise ImageError(f"head {head.name}: no images to evaluate.")
     scores = {c: _scores(s, head.multilabel) for c, s in sums.items()}
     ev = acc.result()
 
-    def recovered(ablated: str) -> float:
+    def recovered(ablated: str) -> float | None:
         gap = scores[ablated].loss - scores["clean"].loss
-        return (scores[ablated].loss - scores["spliced"].loss) / gap if gap else float("nan")
+        if gap:
+            return (scores[ablated].loss - scores["spliced"].loss) / gap
+        logger.warning(
+            "head %s: %s ablation leaves the loss as it is, so the loss recovered against it is undefined "
+            "(null in the report)",
+            head.name,
+            ablated,
+        )
+        return None
 
+    fve = ev.fve if math.isfinite(ev.fve) else None
+    if fve is None:
+        logger.warning(
+            "the SAE's tokens do not vary on these images: its FVE is undefined (null in the report)"
+        )
     return SpliceEvaluation(
         head.name,
         sums["clean"].n,
@@ -113,7 +135,7 @@ def evaluate_splice(
         scores,
         recovered("zero"),
         recovered("mean"),
-        ev.fve,
+        fve,
         ev.l0,
     )
 

@@ -11,6 +11,7 @@ reruns only the decoder and the blocks after L.
 """
 
 import dataclasses
+import typing
 from collections.abc import Sequence
 from typing import Literal
 
@@ -18,11 +19,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from saev.activations import provenance
 from saev.activations.vit import Vit
 from saev.data.layout import Tokens
-from saev.errors import ConfigError
+from saev.errors import ConfigError, ModelError
 from saev.nn.modeling import SparseAutoencoder
-from saev.steering.edits import Edit, Where, apply_edits, check_latents
+from saev.steering.edits import Edit, Where, apply_edits, check_latents, describe, finite
 
 Mode = Literal["error", "replace"]
 
@@ -48,21 +50,25 @@ class SplicedVit:
         tokens: Tokens | None = None,
         *,
         force: bool = False,
+        where: str = "the SAE",
     ):
+        """Refuses a layer, ViT or token selection other than the SAE records, unless `force`
+        (`where` names the SAE in messages)."""
         prov = sae.provenance
-        if layer is None and prov.layer is None:
-            raise ConfigError("the SAE does not record its layer: give the layer it reads.")
-        layer = prov.layer if layer is None else layer
-        block = vit.block_index(layer)
-        if prov.layer is not None and vit.block_index(prov.layer) != block and not force:
-            raise ConfigError(
-                f"the SAE was trained on block {prov.layer} but block {layer} was asked for; its latents "
-                "mean nothing there (force it if you really mean to)."
-            )
         if sae.cfg.d_vit != vit.d_vit:
             raise ConfigError(
-                f"the SAE reads {sae.cfg.d_vit}-dim activations; {vit.name} makes {vit.d_vit}-dim ones."
+                f"{where} reads {sae.cfg.d_vit}-dim activations; {vit.name} makes {vit.d_vit}-dim ones."
             )
+        if layer is None and prov.layer is None:
+            raise ConfigError(f"{where} does not record its layer: give the layer it reads.")
+        layer = prov.layer if layer is None else layer
+        block = vit.block_index(layer)
+        if prov.tokens is not None and prov.tokens not in typing.get_args(Tokens):
+            raise ConfigError(
+                f"{where} records tokens {prov.tokens!r}; expected one of {', '.join(typing.get_args(Tokens))}."
+            )
+        reading = provenance.Reading(vit.family, vit.ckpt, layer, len(vit.blocks), tokens)
+        provenance.check(prov, reading, force=force, where=where)
         self.vit, self.sae, self.layer = vit, sae, block
         self.tokens: Tokens = tokens or prov.tokens or "patches"
         layout = vit.layout
@@ -96,11 +102,37 @@ class SplicedVit:
         patches: Sequence[int] | None = None,
         max_S: Float[Tensor, " d_sae"] | None = None,
     ) -> Float[Tensor, "batch n d_sae"]:
-        """The codes after `edits`, on every read token or only `patches` (patch indices)."""
+        """The codes after `edits`, on every read token or only `patches` (patch indices).
+
+        Refused (ConfigError) when the edited codes, or the activations they give back to the
+        residual stream, are not finite: the rest of the model would turn them into NaN predictions.
+        """
         check_latents(edits, self.sae.cfg.d_sae, "the SAE")
-        return apply_edits(
+        codes_BNS = apply_edits(
             prefix.codes_BNS, edits, where=where, eligible_N=self.eligible(patches), max_S=max_S
         )
+        if not edits:
+            return codes_BNS
+        latents = sorted({e.latent for e in edits})
+        edited_BNL = codes_BNS[..., latents]
+        if not finite(edited_BNL):
+            bad = [s for s, col in zip(latents, edited_BNL.unbind(-1), strict=True) if not finite(col)]
+            culprits = [e for e in edits if e.latent in bad]
+            raise ConfigError(
+                f"{describe(culprits)}: the code of latent {bad[0]} reaches "
+                f"{_extreme(edited_BNL[..., latents.index(bad[0])])}, beyond float32; use smaller values."
+            )
+        # Only the edited latents change the activations: (f' - f) W_dec on their columns.
+        delta_BND = (edited_BNL - prefix.codes_BNS[..., latents]) @ self.sae.W_dec[latents]
+        if self.sae.act_scale is not None:
+            delta_BND = delta_BND * self.sae.act_scale
+        written_BND = prefix.tokens_BTD[:, self.index_N] + delta_BND
+        if not finite(written_BND):
+            raise ConfigError(
+                f"{describe(edits)}: codes up to {float(edited_BNL.abs().amax()):.3g} make the activations "
+                f"written back into the residual stream reach {_extreme(written_BND)}; use smaller values."
+            )
+        return codes_BNS
 
     def eligible(self, patches: Sequence[int] | None) -> Bool[Tensor, " n"] | None:
         if patches is None:
@@ -150,9 +182,23 @@ class SplicedVit:
         return tokens_BTD
 
     @torch.inference_mode()
-    def finish(self, tokens_BTD: Float[Tensor, "batch tokens d_vit"]) -> Float[Tensor, "batch tokens d_vit"]:
-        """The last block's output from the residual stream after block L."""
-        return self.vit.blocks_from(tokens_BTD, self.layer)
+    def finish(
+        self, tokens_BTD: Float[Tensor, "batch tokens d_vit"], cause: str = ""
+    ) -> Float[Tensor, "batch tokens d_vit"]:
+        """The last block's output from the residual stream after block L. `cause` names what made
+        `tokens_BTD` (an edit) for the error when the output is not finite."""
+        out_BTD = self.vit.blocks_from(tokens_BTD, self.layer)
+        if finite(out_BTD):
+            return out_BTD
+        if cause:
+            raise ConfigError(
+                f"{cause}: the model's output is not finite after it (the activations at block {self.layer} "
+                f"reach {float(tokens_BTD.abs().amax()):.3g}, too large for the blocks after); use smaller values."
+            )
+        raise ModelError(
+            f"{self.vit.name}: the output of its last block is not finite (activations at block {self.layer} "
+            f"up to {float(tokens_BTD.abs().amax()):.3g})."
+        )
 
     def __call__(
         self,
@@ -167,4 +213,11 @@ class SplicedVit:
         """The last block's output with `edits` applied (feed it to a head, or `vit.head`)."""
         prefix = self.prefix(x_B3HW)
         codes = self.edit(prefix, edits, where=where, patches=patches, max_S=max_S) if edits else None
-        return self.finish(self.tokens_with(prefix, codes, mode))
+        return self.finish(self.tokens_with(prefix, codes, mode), describe(edits) if edits else "")
+
+
+def _extreme(x: Tensor) -> str:
+    """The value of `x` farthest from zero, NaN first, for messages."""
+    if x.isnan().any():
+        return "nan"
+    return f"{float(x.flatten()[x.abs().argmax()]):.3g}"

@@ -11,7 +11,7 @@ import pathlib
 from typing import Any
 
 from saev.errors import ConfigError
-from saev.fileio import atomic_open, write_json
+from saev.fileio import atomic_open, check_output, read_text, write_json
 from saev.nn import checkpoints, formats
 from saev.nn.modeling import SparseAutoencoder
 
@@ -42,18 +42,20 @@ def export(
     record = _run_record(run_dir)
     if fmt not in formats.WRITABLE:
         raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(formats.WRITABLE)}.")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    check_output(out, "folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(
             f"{out}: already exists and is not an empty folder; pass --overwrite to replace the files an "
             "export writes there."
         )
     if out.resolve() == run_dir.resolve():
         raise ConfigError(f"{out}: is the run folder itself; give a new folder.")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: is a file; give a folder.")
     sae = checkpoints.load(run_dir / "sae.safetensors")
-    # --overwrite replaces what an export writes, never anything else a folder holds; files of
-    # another format would otherwise make the folder read as that format.
+    # --overwrite replaces what an export writes, never anything else a folder holds (nor a device
+    # or FIFO under an export's file name); files of another format would otherwise make the folder
+    # read as that format.
+    for name in EXPORT_FILES:
+        check_output(out / name)
     for name in EXPORT_FILES:
         (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,8 +78,8 @@ def _run_record(run_dir: pathlib.Path) -> dict[str, Any]:
         )
         raise ConfigError(f"{run_dir}: holds no finished SAE (sae.safetensors).{hint}")
     try:
-        record = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError) as err:
+        record = json.loads(read_text(run_dir / "config.json", "run record"))
+    except ValueError as err:
         raise ConfigError(f"{run_dir / 'config.json'}: cannot read the run's record ({err}).") from None
     if not isinstance(record, dict) or "config" not in record:
         raise ConfigError(f"{run_dir / 'config.json'}: not a saev run record (no 'config').")

@@ -9,6 +9,7 @@ import typing
 from typing import Any
 
 from saev.errors import ConfigError
+from saev.fileio import read_text
 from saev.training.config import TrainConfig
 
 NOT_SWEEPABLE = ("sweep", "resume", "out")
@@ -39,9 +40,7 @@ def load(base: TrainConfig) -> list[TrainConfig]:
         return [base]
     path = pathlib.Path(base.sweep)
     try:
-        sweep = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: sweep file not found.") from None
+        sweep = tomllib.loads(read_text(path, "sweep file"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err}).") from None
     cfgs = expand(base, sweep, str(path))

@@ -5,7 +5,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import pathlib
 from collections.abc import Iterator
 
@@ -20,14 +19,14 @@ from saev.data.readers import iter_batches
 from saev.data.statistics import store_normalization
 from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError, TrainingError
-from saev.fileio import atomic_open, naming_errors, write_json
+from saev.fileio import atomic_open, check_output, existing_kind, naming_errors, write_json
 from saev.nn import checkpoints
 from saev.nn.config import Provenance
 from saev.nn.evaluation import DEAD_DEFINITION, DENSE_DEFINITION, Accumulator, EvalResult
 from saev.nn.modeling import SparseAutoencoder
 from saev.nn.objectives import training_loss
 from saev.normalization import ActNorm
-from saev.options import check_device
+from saev.options import available_memory, size_text
 from saev.training import schedules, sweep
 from saev.training.config import NOT_IDENTITY, TrainConfig, varying_settings
 
@@ -157,12 +156,12 @@ def _in_sweep(sweep_file: pathlib.Path | None, which: str = "") -> Iterator[None
 
 def _check_out(out: pathlib.Path) -> None:
     """Refuse an --out that is (or lies under) a file, or lies inside a run folder (a run in a run)."""
-    existing = next((f for f in [out, *out.absolute().parents] if f.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise ConfigError(
-            f"--out {out}: {existing} is an existing file; give a folder (it may not exist yet)."
-        )
+    existing = next((f for f in [out, *out.absolute().parents] if existing_kind(f) is not None), None)
+    if existing is not None:
+        check_output(existing, "folder", f"--out {out}: ")
     for folder in [out, *out.resolve().parents]:
+        if existing_kind(folder / "config.json") != "a file":
+            continue  # never open a FIFO or a device to look inside
         try:
             data = json.loads((folder / "config.json").read_text())
         except (OSError, ValueError):
@@ -204,7 +203,7 @@ def _check_memory(cfgs: list[TrainConfig], d_vit: int) -> None:
     their gradient, or an evaluation batch's pre-activations and codes (the SAEs step one after another,
     so only the widest counts)."""
     first = cfgs[0]
-    available = _available_memory(first.device)
+    available = available_memory(first.device)
     if available is None:
         return
     free, what = available
@@ -217,28 +216,11 @@ def _check_memory(cfgs: list[TrainConfig], d_vit: int) -> None:
         return
     raise ConfigError(
         f"--exp-factor {max(cfg.exp_factor for cfg in cfgs)}: the {len(cfgs)} SAE(s) trained in one pass "
-        f"need at least {_size(models + step)} on {first.device} ({_size(models)} of weights, gradients and "
-        f"Adam moments for d_sae up to {max(widths):,}, {_size(step)} for one step at --batch-size "
-        f"{first.batch_size}), but it has {_size(free)} of {what}: lower --exp-factor or --batch-size, or "
+        f"need at least {size_text(models + step)} on {first.device} ({size_text(models)} of weights, gradients and "
+        f"Adam moments for d_sae up to {max(widths):,}, {size_text(step)} for one step at --batch-size "
+        f"{first.batch_size}), but it has {size_text(free)} of {what}: lower --exp-factor or --batch-size, or "
         "put fewer runs in the sweep."
     )
-
-
-def _available_memory(device: str) -> tuple[int, str] | None:
-    """Bytes a run may use on `device` and what they are, or None where torch cannot tell."""
-    dev = check_device(device)
-    if dev.type == "cpu":
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory"
-        except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
-            return None
-    if dev.type == "cuda":
-        return torch.cuda.mem_get_info(dev)[0], "free GPU memory"
-    return None
-
-
-def _size(n_bytes: int) -> str:
-    return f"{n_bytes / 2**30:,.1f} GiB"
 
 
 def _check_run_dir(cfg: TrainConfig) -> None:
@@ -319,6 +301,7 @@ class _Run:
         if not self.writes:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
+        check_output(metrics)  # appended to below, never through atomic_open
         if self.saved_step is not None:
             with naming_errors(metrics):
                 _truncate_metrics(metrics, self.step)
@@ -542,6 +525,7 @@ def _train_group(
                 break
             step += 1
             bar.update(1)
+            distributed.progress()
             if active[0].last:
                 m = active[0].last
                 bar.set_postfix(
@@ -639,6 +623,7 @@ def _evaluate(
             break
         for acc in accs:
             acc.add(x_n)
+        distributed.progress()
     bad = sorted(i for rank_bad in distributed.gather(bad) for i in rank_bad)
     if bad:
         raise TrainingError(
@@ -656,7 +641,8 @@ def _truncate_metrics(path: pathlib.Path, step: int) -> None:
     if not path.exists():
         return
     lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in lines))
+    with atomic_open(path, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
 
 
 def results_table(results: list[RunResult]) -> str:

@@ -16,17 +16,19 @@ from PIL import Image
 from safetensors.torch import save
 
 from saev import distributed
+from saev.activations import provenance
 from saev.activations.families import make_img_transform
 from saev.activations.transforms import visible_crop
 from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError, ModelError, StoreError
-from saev.fileio import OutputFolder, atomic_open, canonical_safetensors, write_json
+from saev.fileio import OutputFolder, atomic_open, canonical_safetensors, save_image, write_json
 from saev.nn import checkpoints
 from saev.nn.evaluation import DEAD_DEFINITION, DENSE_DEFINITION, dead_and_dense
+from saev.options import available_memory, size_text
 from saev.visuals import gallery
 from saev.visuals.heatmap import placeholder, spotlight
 from saev.visuals.lookup import ImageLookup
-from saev.visuals.topk import HIST_EDGES, TopActivations, log_freq, top_activations
+from saev.visuals.topk import HIST_BINS, HIST_EDGES, TopActivations, log_freq, top_activations
 
 logger = logging.getLogger("saev.visuals")
 THUMB = 224
@@ -42,8 +44,8 @@ class VisualsConfig:
     """Activation store the SAE reads."""
     out: OutputFolder = pathlib.Path("visuals")
     """Folder for topk.safetensors, latents.json and the gallery (index.html)."""
-    layer: int = -2
-    """Layer of the store the SAE reads."""
+    layer: int | None = None
+    """Layer of the store the SAE reads (default: the one it was trained on)."""
     top_k: int = 16
     """Images kept per latent."""
     sort_by: Literal["patch", "img", "cls"] = "patch"
@@ -62,6 +64,8 @@ class VisualsConfig:
     """Seed of the latent sample."""
     device: str = "cpu"
     """Torch device for encoding."""
+    force: bool = False
+    """Read a layer, model or token selection other than the SAE was trained on."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +96,12 @@ def make_visuals(
     bad = [s for s in cfg.latents if not 0 <= s < sae.cfg.d_sae]
     if bad:
         raise ConfigError(f"--latents {bad} out of range: the SAE has {sae.cfg.d_sae} latents.")
+    if cfg.layer is None:
+        cfg = dataclasses.replace(cfg, layer=provenance.default_layer(sae.provenance, store, cfg.sae))
+    tokens = "cls" if cfg.sort_by == "cls" else "patches"
+    reading = provenance.store_reading(store, cfg.layer, tokens)
+    provenance.check(sae.provenance, reading, force=cfg.force, where=cfg.sae)
+    _check_memory(cfg, sae.cfg.d_sae, store)
     lookup = ImageLookup(store, cfg.images)
     if sae.normalization is None:
         logger.warning(
@@ -136,6 +146,26 @@ def make_visuals(
         # The top-k pass and the index are written (they are the expensive part); the pages asked for are not.
         raise ConfigError(f"no latent has a page: {_nothing_rendered(cfg, rows)} The index is {index}.")
     return VisualsResult(index, chosen, len(lookup.missing))
+
+
+def _check_memory(cfg: VisualsConfig, d_sae: int, store: ShardStore) -> None:
+    """Refuse a top-k pass whose state cannot fit on its device, before allocating it.
+
+    The tracker keeps every latent's K patch maps; its update, the copy to the CPU and (under
+    torchrun) every rank's gathered tracker hold more copies of them."""
+    available = available_memory(cfg.device)
+    if available is None:
+        return
+    free, what = available
+    maps = d_sae * cfg.top_k * (store.meta.n_patches_per_img * 4 + 16)
+    need = (2 + distributed.current().size) * maps + d_sae * HIST_BINS * 8
+    if need <= free:
+        return
+    raise ConfigError(
+        f"--top-k {cfg.top_k}: keeping {cfg.top_k} images with their {store.meta.n_patches_per_img} patch "
+        f"activations for each of {d_sae:,} latents needs at least {size_text(need)} on {cfg.device}, but it has "
+        f"{size_text(free)} of {what}; lower --top-k."
+    )
 
 
 def _nothing_rendered(cfg: VisualsConfig, rows: list[dict]) -> str:
@@ -313,8 +343,8 @@ def _render(
                 if img is None or not heatmaps
                 else spotlight(base, top.patch_maps_SKP[s, r].numpy(), grid, vmax[s])
             )
-            tile.save(folder / f"{r}.jpg", quality=82, optimize=True)
-            base.save(folder / f"{r}.orig.jpg", quality=82, optimize=True)
+            save_image(folder / f"{r}.jpg", tile, quality=82, optimize=True)
+            save_image(folder / f"{r}.orig.jpg", base, quality=82, optimize=True)
     edges = HIST_EDGES.tolist()
     pages = []
     for s in chosen:

@@ -155,6 +155,7 @@ def _scan(
             tracker.add(scores_BS, patches_BPS, torch.arange(run.start, run.stop, device=device))
             stats.add(counted_NS)
             bar.update(run.stop - run.start)
+            distributed.progress()
     bar.close()
     nonfinite_at = None
     if nonfinite:

@@ -9,7 +9,6 @@ import json
 import math
 import pathlib
 import pickle
-import stat
 import zipfile
 import zlib
 from typing import Any
@@ -19,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from torch import Tensor
 
+from saev import fileio
 from saev.errors import CheckpointError, ConfigError
 from saev.nn import config
 from saev.nn.modeling import SparseAutoencoder
@@ -28,34 +28,11 @@ WEIGHT_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
 REQUIRED = object()
 """`config_value` default meaning the field must be present."""
 
-_NOT_REGULAR = (
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
 
 def read_regular_file(path: pathlib.Path, limit: int = -1) -> bytes:
     """The bytes of `path` (the first `limit` if given), refusing folders, FIFOs, devices, sockets and
     empty files by name."""
-    # Checked before opening: reading a FIFO or a terminal blocks forever, a device file never ends.
-    try:
-        mode = path.stat().st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        raise CheckpointError(f"{path}: no such file.") from None
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot read: {err.strerror}.") from None
-    if stat.S_ISDIR(mode):
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint file.")
-    if not stat.S_ISREG(mode):
-        kind = next((words for test, words in _NOT_REGULAR if test(mode)), "not a regular file")
-        raise CheckpointError(f"{path}: is {kind}; checkpoints are read only from regular files.")
-    try:
-        with path.open("rb") as f:
-            blob = f.read(limit)
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot read: {err.strerror}.") from None
+    blob = fileio.read_input(path, "checkpoint file", CheckpointError, limit)
     if not blob:
         raise CheckpointError(f"{path}: file is empty.")
     return blob
