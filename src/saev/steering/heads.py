@@ -7,6 +7,7 @@
   embedded by the model's text tower through a prompt template.
 """
 
+import collections
 import dataclasses
 import pathlib
 from collections.abc import Callable
@@ -131,7 +132,7 @@ def class_names(path: pathlib.Path) -> tuple[str, ...]:
     classes = tuple(line.strip() for line in read_text(path, "class-name file").splitlines() if line.strip())
     if len(classes) < 2:
         raise ConfigError(f"{path}: needs at least two class names, one per line; found {len(classes)}.")
-    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    repeated = sorted(c for c, n in collections.Counter(classes).items() if n > 1)
     if repeated:
         raise ConfigError(f"{path}: class names {repeated} appear more than once; each class needs one line.")
     return classes

@@ -8,6 +8,7 @@ Probe files are as untrusted as SAE checkpoints: `load_probe` reads only regular
 checks every tensor's shape and values and every metadata field's type before a head uses them.
 """
 
+import collections
 import dataclasses
 import json
 import math
@@ -148,7 +149,7 @@ def _classes(path: pathlib.Path, classes: object) -> tuple[str, ...]:
         raise ConfigError(
             f"{path}: probe field 'classes' names {len(classes)} class(es); a probe has at least two."
         )
-    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    repeated = sorted(c for c, n in collections.Counter(classes).items() if n > 1)
     if repeated:
         raise ConfigError(f"{path}: probe field 'classes' names {repeated} more than once.")
     return tuple(classes)
