@@ -46,6 +46,7 @@ ENVIRONMENT_ERRNOS = {
     errno.ENAMETOOLONG,
     errno.EMFILE,
     errno.EIO,
+    errno.ELOOP,
 }
 
 
@@ -131,6 +132,11 @@ def _main(argv: list[str] | None) -> None:
         full = err.errno in (errno.ENOSPC, errno.EDQUOT)
         hint = " Files written before are whole (writes are atomic): make room and rerun; recordings and trainings resume."
         _fail(f"{err.filename or 'writing output'}: {err.strerror}.{hint if full else ''}")
+    except RuntimeError as err:
+        # pathlib's resolve() (before Python 3.13) reports a symbolic link to itself this way.
+        if not str(err).startswith("Symlink loop from"):
+            raise
+        _fail(f"{str(err).removeprefix('Symlink loop from ')}: a symbolic link that leads back to itself.")
     except (MemoryError, torch.OutOfMemoryError):
         _fail("out of memory; try a smaller --batch-size (or --exp-factor for training).")
     except KeyboardInterrupt:

@@ -20,7 +20,7 @@ import stat
 import struct
 import zlib
 from collections.abc import Iterator
-from typing import IO, Annotated, Any, Literal
+from typing import IO, Annotated, Any, Literal, NoReturn
 
 from PIL import Image
 
@@ -122,11 +122,15 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", error: type[Saev
     """A regular file's JSON value (see `read_input`); invalid JSON is `error` naming the file."""
     text = read_text(path, what, error)
     try:
-        return json.loads(text)
-    # ValueError covers decoding errors and integers past Python's digit limit; deeply nested JSON
-    # exhausts the recursion limit instead of failing to parse.
+        return json.loads(text, parse_constant=_no_constant)
+    # ValueError covers decoding errors, NaN and Infinity (not JSON, though Python writes them), and
+    # integers past Python's digit limit; deeply nested JSON exhausts the recursion limit instead.
     except (ValueError, RecursionError) as err:
         raise error(f"{path}: {what} is not valid JSON ({err}).") from None
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 @contextlib.contextmanager

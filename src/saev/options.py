@@ -29,6 +29,19 @@ def check_finite(cfg: Any) -> None:
                 raise ConfigError(f"{flag(field.name)} must be a finite number, got {value}.")
 
 
+MAX_SEED = 2**63 - 1
+"""Seeds go to numpy and torch generators, which take 0 .. 2**63 - 1."""
+
+
+def check_seeds(cfg: Any) -> None:
+    """A ConfigError naming the first seed field (`seed`, `data_seed`, ...) of the dataclass `cfg` outside
+    0 .. MAX_SEED."""
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if field.name.endswith("seed") and isinstance(value, int) and not 0 <= value <= MAX_SEED:
+            raise ConfigError(f"{flag(field.name)} must be in 0..2**63-1, got {value}.")
+
+
 def available_memory(device: str) -> tuple[int, str] | None:
     """Bytes a command may use on `device` and what they are, or None where torch cannot tell."""
     dev = check_device(device)

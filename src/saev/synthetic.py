@@ -159,6 +159,19 @@ class ImageRecord:
 
     @classmethod
     def from_dict(cls, dct: Mapping[str, Any]) -> "ImageRecord":
+        """The record written by `to_dict`; ValueError (or KeyError, TypeError) when it is not one."""
+        record = cls._parse(dct)
+        if record.size < 1 or record.texture_period_px < 1:
+            raise ValueError(f"image {record.index}: size and texture period must be positive.")
+        for obj in record.objects:
+            if obj.shape not in SHAPES or obj.colour not in COLOURS or obj.texture not in TEXTURES:
+                raise ValueError(f"image {record.index}: unknown concepts {obj.concepts}.")
+        if record.background.kind not in BACKGROUNDS:
+            raise ValueError(f"image {record.index}: unknown background {record.background.kind!r}.")
+        return record
+
+    @classmethod
+    def _parse(cls, dct: Mapping[str, Any]) -> "ImageRecord":
         bg = dct["background"]
         return cls(
             index=int(dct["index"]),

@@ -3,7 +3,9 @@
 import dataclasses
 import hashlib
 import json
+import math
 import pathlib
+import reprlib
 from typing import Any
 
 from saev.errors import StoreError
@@ -106,24 +108,36 @@ def parse(dct: dict[str, Any], source: str = "metadata.json") -> Metadata:
     missing += [k for k in ("layers", "n_patches_per_img", "cls_token", "d_vit", "n_imgs") if k not in dct]
     if missing:
         raise StoreError(f"{source}: missing keys {missing}.")
+    if not isinstance(dct["layers"], list):
+        raise StoreError(
+            f"{source}: 'layers' must be a list of block indices, got {reprlib.repr(dct['layers'])}."
+        )
     try:
         return Metadata(
-            vit_family=family,
-            vit_ckpt=ckpt,
-            layers=tuple(int(layer) for layer in dct["layers"]),
-            n_patches_per_img=int(dct["n_patches_per_img"]),
+            vit_family=str(family),
+            vit_ckpt=str(ckpt),
+            layers=tuple(whole(layer, f"{source}: 'layers'") for layer in dct["layers"]),
+            n_patches_per_img=whole(dct["n_patches_per_img"], f"{source}: 'n_patches_per_img'"),
             cls_token=bool(dct["cls_token"]),
-            d_vit=int(dct["d_vit"]),
-            n_imgs=int(dct["n_imgs"]),
-            max_patches_per_shard=int(budget),
+            d_vit=whole(dct["d_vit"], f"{source}: 'd_vit'"),
+            n_imgs=whole(dct["n_imgs"], f"{source}: 'n_imgs'"),
+            max_patches_per_shard=whole(budget, f"{source}: 'max_patches_per_shard'"),
             data=dct.get("data", ""),
-            dtype=dct.get("dtype", "float32"),
-            protocol=dct.get("protocol", "0"),
+            dtype=str(dct.get("dtype", "float32")),
+            protocol=str(dct.get("protocol", "0")),
         )
-    except (TypeError, ValueError) as err:
-        raise StoreError(f"{source}: invalid value ({err}).") from None
     except StoreError as err:
-        raise StoreError(f"{source}: {err}") from None
+        raise StoreError(err if str(err).startswith(source) else f"{source}: {err}") from None
+
+
+def whole(value: Any, what: str) -> int:
+    """`value` as an int: a JSON integer, or a float with no fraction (older writers); a StoreError
+    naming `what` otherwise (a string, a bool, NaN, infinity, a fraction)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise StoreError(f"{what} must be an integer, got {reprlib.repr(value)}.")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise StoreError(f"{what} must be an integer, got {value}.")
+    return int(value)
 
 
 def read(path: pathlib.Path) -> Metadata:
@@ -190,16 +204,19 @@ class PatchLayout:
 
 def read_layout(path: pathlib.Path, meta: Metadata) -> PatchLayout:
     dct = read_json(path, "patch layout", StoreError)
-    try:
-        n_blocks = dct.get("n_blocks")
-        layout = PatchLayout(
-            (int(dct["grid"][0]), int(dct["grid"][1])),
-            int(dct.get("n_registers", 0)),
-            None if n_blocks is None else int(n_blocks),
+    grid = dct.get("grid") if isinstance(dct, dict) else None
+    if not isinstance(grid, list) or len(grid) != 2:
+        raise StoreError(f"{path}: expected {{'grid': [rows, columns], 'n_registers': n}}.")
+    rows, cols = (whole(n, f"{path}: 'grid'") for n in grid)
+    n_registers = whole(dct.get("n_registers", 0), f"{path}: 'n_registers'")
+    n_blocks = dct.get("n_blocks")
+    n_blocks = None if n_blocks is None else whole(n_blocks, f"{path}: 'n_blocks'")
+    if min(rows, cols, 1 if n_blocks is None else n_blocks) < 1 or n_registers < 0:
+        raise StoreError(
+            f"{path}: grid {rows}x{cols}, {n_blocks} blocks and {n_registers} registers: the grid and the "
+            "number of blocks must be positive, the registers not negative."
         )
-    except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as err:
-        raise StoreError(f"{path}: expected {{'grid': [rows, columns], 'n_registers': n}} ({err}).") from None
-    rows, cols = layout.grid
+    layout = PatchLayout((rows, cols), n_registers, n_blocks)
     if rows * cols != meta.n_patches_per_img:
         raise StoreError(
             f"{path}: grid {rows}x{cols} has {rows * cols} patches, but metadata.json says "

@@ -185,8 +185,23 @@ class ShardStore:
 
     @functools.cached_property
     def _images_json(self) -> dict[str, Any]:
+        """images.json, checked: a source object and one record object per stored image."""
         path = self.path / "images.json"
-        return read_json(path, "image list", StoreError) if existing_kind(path) is not None else {}
+        if existing_kind(path) is None:
+            return {}
+        dct = read_json(path, "image list", StoreError)
+        expected = f'{{"source": {{...}}, "images": [one object per image, {self.meta.n_imgs} in all]}}'
+        if not isinstance(dct, dict):
+            raise StoreError(f"{path}: expected {expected}.")
+        images, source = dct.get("images", []), dct.get("source", {})
+        if not isinstance(source, dict) or not isinstance(images, list):
+            raise StoreError(f"{path}: expected {expected}.")
+        if images and (len(images) != self.meta.n_imgs or not all(isinstance(r, dict) for r in images)):
+            raise StoreError(
+                f"{path}: expected {expected}; it has {len(images)} entries"
+                f"{'' if all(isinstance(r, dict) for r in images) else ', not all objects'}."
+            )
+        return dct
 
     def image_name(self, image_i: int) -> str:
         """`image 3 (cats/tabby.jpg)`: the index and, when images.json records it, the source image."""
@@ -377,7 +392,8 @@ class ShardStore:
             return
         skipped = self.path / "skipped.json"
         if skipped.exists():
-            n_skipped = len(read_json(skipped, "list of skipped images", StoreError))
+            listed = read_json(skipped, "list of skipped images", StoreError)
+            n_skipped = len(listed) if isinstance(listed, list) else 0
             # saev names the folder before recording, counting the images it will skip.
             if name == md.dict_hash(self.metadata | {"n_imgs": self.meta.n_imgs + n_skipped}):
                 return

@@ -90,6 +90,8 @@ def _read(path: pathlib.Path) -> list[Entry]:
         raw = data["entries"]
     except (TypeError, KeyError) as err:
         raise CheckpointError(f"{path}: not a saev catalogue (a JSON object with 'entries'): {err}") from None
+    if not isinstance(raw, list):
+        raise CheckpointError(f"{path}: not a saev catalogue: 'entries' must be a list of objects.")
     out = []
     for i, e in enumerate(raw):
         try:
@@ -98,11 +100,22 @@ def _read(path: pathlib.Path) -> list[Entry]:
             config.check_types(
                 Entry, {k: v for k, v in e.items() if k not in ("unverified", "sources")}, "field"
             )
+            _check_notes(e.get("unverified", []), e.get("sources", []))
             out.append(Entry(**e))
         except (TypeError, ConfigError) as err:
             label = e.get("name") if isinstance(e, dict) else reprlib.repr(e)
             raise CheckpointError(f"{path}: catalogue entry {i} ({label}): {err}") from None
     return out
+
+
+def _check_notes(unverified: object, sources: object) -> None:
+    """`unverified` is a list of strings and `sources` a list of objects of strings (the citations)."""
+    if not isinstance(unverified, list) or not all(isinstance(u, str) for u in unverified):
+        raise TypeError("field 'unverified' must be a list of strings")
+    if not isinstance(sources, list) or not all(
+        isinstance(c, dict) and all(isinstance(v, str) for v in c.values()) for c in sources
+    ):
+        raise TypeError('field \'sources\' must be a list of {"url": ..., "quote": ...} objects of strings')
 
 
 def find(text: str) -> Entry | None:

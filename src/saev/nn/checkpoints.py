@@ -15,6 +15,7 @@ from typing import NamedTuple
 import huggingface_hub
 import torch
 from huggingface_hub import errors as hf_errors
+from huggingface_hub import utils as hf_validators
 
 from saev.errors import CheckpointError
 from saev.nn import catalog, formats
@@ -101,6 +102,12 @@ def resolve(path: str) -> pathlib.Path:
     if len(parts) < 2 or not all(parts):
         raise CheckpointError(f"{path}: expected hf://ORG/NAME, hf://ORG/NAME/FOLDER or hf://ORG/NAME/FILE.")
     repo_id, sub = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        hf_validators.validate_repo_id(repo_id)
+    except hf_errors.HFValidationError as err:
+        raise CheckpointError(f"{path}: {repo_id!r} is not a Hugging Face repo id ({err}).") from None
+    if any(part in (".", "..") for part in parts[2:]):
+        raise CheckpointError(f"{path}: a path inside a repo may not contain '.' or '..' segments.")
     if sub.endswith(_FILE_SUFFIXES):
         local = _download(path, repo_id, sub)
         # Folder formats keep their config next to the weights.

@@ -111,7 +111,9 @@ def convert(
         raise CheckpointError(f"cannot write format {to!r}; saev writes {', '.join(formats.WRITABLE)}.")
     _check_target(dst, to, overwrite)
     source = checkpoints.locate(src).path
-    if dst.resolve() == source.resolve() or source.resolve() in dst.resolve().parents:
+    # realpath, not resolve: a symlink loop is then refused by the load below, by name.
+    target, origin = pathlib.Path(os.path.realpath(dst)), pathlib.Path(os.path.realpath(source))
+    if target == origin or origin in target.parents:
         raise CheckpointError(
             f"{dst}: is where {os.fspath(src)} is read from; write the conversion elsewhere."
         )

@@ -116,7 +116,10 @@ def labels_for(paths: Sequence[pathlib.Path], classes: Sequence[str], grid: tupl
         if all(i is None for i in index):
             return None
         image = np.stack([synthetic.image_concepts(r) for r in chosen])
-        patch = np.stack([synthetic.patch_rows(r, grid) for r in chosen])
+        try:
+            patch = np.stack([synthetic.patch_rows(r, grid) for r in chosen])
+        except ValueError as err:  # images of another size than the model's grid tiles
+            raise ConfigError(f"{root / 'labels.json'}: {err}") from None
 
         def pick(per_concept: np.ndarray) -> np.ndarray:
             """The concept columns in `classes` order; classes that are no concept are never present."""

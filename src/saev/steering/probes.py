@@ -39,7 +39,7 @@ import tqdm
 from jaxtyping import Float, Int
 from PIL import Image, UnidentifiedImageError
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 from torch import Tensor
 
 from saev.activations.families import FamilyName, make_img_transform, make_vit
@@ -49,7 +49,7 @@ from saev.activations.vit import Vit
 from saev.data.images import load_rgb
 from saev.data.sources import scan_folder
 from saev.errors import ConfigError, ImageError
-from saev.fileio import OutputFolder, atomic_open, read_text
+from saev.fileio import OutputFolder, atomic_open, existing_kind, read_input, read_text
 from saev.steering.probe_format import LinearProbe, Pool, Task, save_probe
 
 logger = logging.getLogger("saev.probe")
@@ -523,17 +523,16 @@ def save_features(path: pathlib.Path, key: str, feats: Features) -> None:
 
 def load_features(path: pathlib.Path, key: str) -> Features | None:
     """The cached features, or None when the file is absent, stale or unreadable."""
-    if not path.is_file():
+    if existing_kind(path) != "a file":
         return None
     try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n)).get("__metadata__") or {}
+        blob = read_input(path, "feature cache")
+        header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")]).get("__metadata__") or {}
         if header.get("format") != FEATURES_FORMAT or header.get("key") != key:
             return None
-        tensors = load_file(path)
+        tensors = load(blob)
         meta = json.loads(header["meta"])
-        return Features(
+        features = Features(
             tensors["features"].float(),
             tensors.get("patch_labels"),
             tuple(meta["images"]),
@@ -542,9 +541,29 @@ def load_features(path: pathlib.Path, key: str) -> Features | None:
             (int(meta["grid"][0]), int(meta["grid"][1])),
             int(meta["n_prefix"]),
         )
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
+        _check_features(features)
+    # The cache is saev's own file, made again in a minute: anything wrong with it means recompute.
+    except (
+        SafetensorError,
+        ConfigError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        RecursionError,
+    ) as err:
         logger.warning("ignoring unreadable feature cache %s (%s); recomputing", path, err)
         return None
+    return features
+
+
+def _check_features(f: Features) -> None:
+    """ValueError unless the cached arrays agree with the images they claim to hold."""
+    rows = len(f.images) * (1 if f.patch_labels_IP is None else f.grid[0] * f.grid[1])
+    if f.features_ND.ndim != 2 or len(f.features_ND) != rows or not torch.isfinite(f.features_ND).all():
+        raise ValueError(f"features of shape {list(f.features_ND.shape)} for {len(f.images)} images")
+    if f.patch_labels_IP is not None and f.patch_labels_IP.shape != (len(f.images), f.grid[0] * f.grid[1]):
+        raise ValueError(f"patch labels of shape {list(f.patch_labels_IP.shape)}")
 
 
 def extract(cfg: ProbeConfig, inputs: _Inputs) -> Features:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import itertools
+import math
 import pathlib
 import tomllib
 import types
@@ -13,6 +14,8 @@ from saev.fileio import read_text
 from saev.training.config import TrainConfig
 
 NOT_SWEEPABLE = ("sweep", "resume", "out")
+MAX_RUNS = 1024
+"""The most runs one sweep file may expand to."""
 
 
 def expand(base: TrainConfig, sweep: dict[str, Any], source: str = "sweep") -> list[TrainConfig]:
@@ -28,6 +31,13 @@ def expand(base: TrainConfig, sweep: dict[str, Any], source: str = "sweep") -> l
         raise ConfigError(f"{source}: {fixed} cannot be swept.")
     keys = list(sweep)
     values = [_choices(k, v) for k, v in sweep.items()]
+    n_runs = math.prod(len(v) for v in values)
+    if n_runs > MAX_RUNS:
+        sizes = " x ".join(f"{len(v)} {k}" for k, v in zip(keys, values, strict=True) if len(v) > 1)
+        raise ConfigError(
+            f"{source}: expands to {n_runs:,} runs ({sizes}); saev trains at most {MAX_RUNS:,} per sweep "
+            "(each trains in memory beside the others): split it into several sweep files."
+        )
     cfgs = []
     for combo in itertools.product(*values):
         changes = {k: _coerce(k, v, source) for k, v in zip(keys, combo, strict=True)}
@@ -43,6 +53,8 @@ def load(base: TrainConfig) -> list[TrainConfig]:
         sweep = tomllib.loads(read_text(path, "sweep file"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err}).") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML (nested too deeply).") from None
     cfgs = expand(base, sweep, str(path))
     if not cfgs:
         raise ConfigError(f"{path}: expands to no configurations (an empty list?).")

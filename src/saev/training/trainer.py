@@ -6,6 +6,8 @@ import json
 import logging
 import math
 import pathlib
+import pickle
+import zipfile
 from collections.abc import Iterator
 
 import torch
@@ -19,7 +21,16 @@ from saev.data.readers import iter_batches
 from saev.data.statistics import store_normalization
 from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError, TrainingError
-from saev.fileio import atomic_open, check_output, existing_kind, naming_errors, write_json
+from saev.fileio import (
+    atomic_open,
+    check_input,
+    check_output,
+    existing_kind,
+    naming_errors,
+    read_json,
+    read_text,
+    write_json,
+)
 from saev.nn import checkpoints
 from saev.nn.config import Provenance
 from saev.nn.evaluation import DEAD_DEFINITION, DENSE_DEFINITION, Accumulator, EvalResult
@@ -226,9 +237,15 @@ def _check_memory(cfgs: list[TrainConfig], d_vit: int) -> None:
 def _check_run_dir(cfg: TrainConfig) -> None:
     run_dir = cfg.out / cfg.run_id
     config_path = run_dir / "config.json"
-    if not config_path.exists():
+    if existing_kind(config_path) is None:
         return
-    saved = json.loads(config_path.read_text()).get("config", {})
+    record = read_json(config_path, "run record")
+    saved = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(saved, dict):
+        raise ConfigError(
+            f"{config_path}: not a saev run record (no 'config' object); remove {run_dir} to start the "
+            "run again, or choose another --out."
+        )
     mine = json.loads(json.dumps(cfg.to_dict()))
     if any(saved.get(k) != mine[k] for k in mine if k not in NOT_IDENTITY):
         raise ConfigError(f"{run_dir} already holds a different run; choose another --out.")
@@ -291,12 +308,8 @@ class _Run:
 
     def start(self) -> None:
         metrics = self.dir / "metrics.jsonl"
-        if self.cfg.resume and self.ckpt_path.exists():
-            state = torch.load(self.ckpt_path, map_location=self.cfg.device, weights_only=True)
-            self.sae.load_state_dict(state["sae"])
-            self.opt.load_state_dict(state["opt"])
-            self.last_fired = state["last_fired"]
-            self.step = self.saved_step = state["step"]
+        if self.cfg.resume and existing_kind(self.ckpt_path) is not None:
+            self.resume_from(self.ckpt_path)
             logger.info("%s: resuming at step %d of %d", self.cfg.run_id, self.step, self.n_steps)
         if not self.writes:
             return
@@ -314,13 +327,53 @@ class _Run:
         if self.cfg.wandb_project and self.writes:
             import wandb  # optional extra, present once _require_wandb passed
 
-            self.wandb = wandb.init(
-                project=self.cfg.wandb_project,
-                name=self.cfg.run_id,
-                config=self.cfg.to_dict(),
-                dir=str(self.dir),
-                reinit="create_new",
-            )
+            try:
+                self.wandb = wandb.init(
+                    project=self.cfg.wandb_project,
+                    name=self.cfg.run_id,
+                    config=self.cfg.to_dict(),
+                    dir=str(self.dir),
+                    reinit="create_new",
+                )
+            except wandb.errors.Error as err:
+                raise ConfigError(
+                    f"--wandb-project {self.cfg.wandb_project}: Weights & Biases did not start ({err}); run "
+                    "`wandb login`, or set WANDB_MODE=offline to log locally."
+                ) from None
+
+    def resume_from(self, path: pathlib.Path) -> None:
+        """Load the weights, Adam state, last-fired steps and step of a checkpoint written by
+        `save_checkpoint`, each checked: a damaged or foreign file is a ConfigError saying so."""
+        check_input(path, "training checkpoint")
+        damaged = f"{path}: not a checkpoint of this run"
+        advice = "restore it, or remove it to start the run again"
+        try:
+            state = torch.load(path, map_location=self.cfg.device, weights_only=True)
+        except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"{path}: damaged checkpoint ({first[:200]}); {advice}.") from None
+        if not isinstance(state, dict) or {"sae", "opt", "last_fired", "step"} - set(state):
+            raise ConfigError(f"{damaged} (it lacks its weights, optimiser state or step); {advice}.")
+        step, last_fired = state["step"], state["last_fired"]
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= self.n_steps:
+            raise ConfigError(f"{damaged}: step {step!r} is not in 0..{self.n_steps}; {advice}.")
+        d_sae = self.sae.cfg.d_sae
+        if (
+            not isinstance(last_fired, Tensor)
+            or last_fired.shape != (d_sae,)
+            or last_fired.is_floating_point()
+        ):
+            raise ConfigError(f"{damaged}: 'last_fired' must be {d_sae} integers; {advice}.")
+        try:
+            self.sae.load_state_dict(state["sae"])
+            self.opt.load_state_dict(state["opt"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ConfigError(f"{damaged} ({first[:300]}); {advice}.") from None
+        if not all(torch.isfinite(t).all() for t in self.sae.state_dict().values() if t.is_floating_point()):
+            raise ConfigError(f"{damaged}: its weights are not finite; {advice}.")
+        self.last_fired = last_fired.to(self.last_fired)
+        self.step = self.saved_step = step
 
     def train_step(self, x_n: Float[Tensor, "batch d_vit"]) -> None:
         """One optimiser step; a TrainingError, with nothing written, once the loss is non-finite."""
@@ -638,11 +691,28 @@ def _evaluate(
 
 def _truncate_metrics(path: pathlib.Path, step: int) -> None:
     """Drop metric lines logged after the checkpoint we resume from."""
-    if not path.exists():
+    if existing_kind(path) is None:
         return
-    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    lines, damaged = [], 0
+    for line in read_text(path, "metrics log").splitlines():
+        logged = _logged_step(line)
+        damaged += logged is None and bool(line.strip())
+        if logged is not None and logged <= step:
+            lines.append(line)
+    if damaged:
+        logger.warning("%s: dropped %d line(s) that are not metrics records", path, damaged)
     with atomic_open(path, "w") as f:
         f.write("".join(line + "\n" for line in lines))
+
+
+def _logged_step(line: str) -> int | None:
+    """The step of a metrics.jsonl line; None for a line that is not a metrics record."""
+    try:
+        logged = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    step = logged.get("step") if isinstance(logged, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def results_table(results: list[RunResult]) -> str:

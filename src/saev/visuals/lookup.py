@@ -16,7 +16,7 @@ from PIL import Image
 from saev.data.images import load_rgb
 from saev.data.sources import open_source
 from saev.data.store import ShardStore
-from saev.errors import ConfigError, ImageError
+from saev.errors import ConfigError, ImageError, StoreError
 from saev.fileio import existing_kind
 
 logger = logging.getLogger("saev.visuals")
@@ -37,7 +37,13 @@ class ImageLookup:
             if not self.records:
                 self.source = open_source(override)  # no images.json: index i is the source's image i
         elif store.image_source.get("__class__") == "ImageFolder":
-            self.root = pathlib.Path(store.image_source["root"])
+            root = store.image_source.get("root")
+            if not isinstance(root, str):
+                raise StoreError(
+                    f"{store.path / 'images.json'}: its ImageFolder source names no root folder; "
+                    "pass --images with the folder of its images."
+                )
+            self.root = pathlib.Path(root)
             if existing_kind(self.root) != "a folder":
                 # The store's activations are still worth drawing: placeholders, not an error.
                 logger.warning(
@@ -47,7 +53,13 @@ class ImageLookup:
                     self.root,
                 )
         elif store.image_source.get("__class__") == "HfDataset":
-            self.source = open_source(f"hf:{store.image_source['name']}:{store.image_source['split']}")
+            name, split = store.image_source.get("name"), store.image_source.get("split")
+            if not (isinstance(name, str) and isinstance(split, str)):
+                raise StoreError(
+                    f"{store.path / 'images.json'}: its HfDataset source lacks a name or split; "
+                    "pass --images hf:NAME:SPLIT."
+                )
+            self.source = open_source(f"hf:{name}:{split}")
         if not self.records and self.source is None:
             raise ConfigError(
                 f"{store.path} has no images.json (written by another tool?); pass --images SOURCE to show its images."

@@ -10,6 +10,7 @@ import pathlib
 from collections.abc import Callable
 
 from saev.errors import CheckpointError
+from saev.fileio import check_input, existing_kind
 from saev.nn.formats import checks, native, prisma, reference, saelens, sparsify
 from saev.nn.modeling import SparseAutoencoder
 
@@ -61,8 +62,9 @@ def detect(path: pathlib.Path) -> str:
     """The name of the format at `path` (a file or a folder), or a CheckpointError saying what is there."""
     if path.is_dir():
         return _detect_folder(path)
-    if not path.exists():
+    if existing_kind(path) is None:
         raise CheckpointError(f"{path}: no such file or folder.")
+    check_input(path, "checkpoint file", CheckpointError)  # a FIFO, a device, a symlink loop
     head = _head(path)
     if native.looks_like_safetensors(head):
         folder_config = (path.parent / "cfg.json").is_file() or (path.parent / "config.json").is_file()
