@@ -306,3 +306,14 @@ def test_a_probe_feature_cache_that_disagrees_with_itself_is_recomputed(tmp_path
     assert load_features(path, "key") is None and "recomputing" in caplog.text
     os.truncate(path, 20)
     assert load_features(path, "key") is None
+
+
+@pytest.mark.parametrize(
+    "command, flag", [("probe", "--vit-batch-size"), ("probe", "--epochs"), ("quickstart", "--n-images")]
+)
+def test_integers_past_int64_are_refused_before_any_work(tmp_path, capsys, monkeypatch, command, flag):
+    from tests.test_hardening_cli import MINIMAL
+
+    monkeypatch.chdir(tmp_path)
+    err = run_cli([command, *MINIMAL[command], flag, str(10**30)], capsys)
+    assert f"{flag} {10**30} is out of range" in err and list(tmp_path.iterdir()) == []

@@ -33,13 +33,17 @@ MAX_SEED = 2**63 - 1
 """Seeds go to numpy and torch generators, which take 0 .. 2**63 - 1."""
 
 
-def check_seeds(cfg: Any) -> None:
-    """A ConfigError naming the first seed field (`seed`, `data_seed`, ...) of the dataclass `cfg` outside
-    0 .. MAX_SEED."""
+def check_integers(cfg: Any) -> None:
+    """A ConfigError naming the first integer field (or integer in a tuple field) of the dataclass `cfg`
+    beyond int64, where every count and index ends up (tensors, numpy, itertools), or a seed field
+    (`seed`, `data_seed`, ...) outside 0 .. MAX_SEED."""
     for field in dataclasses.fields(cfg):
         value = getattr(cfg, field.name)
         if field.name.endswith("seed") and isinstance(value, int) and not 0 <= value <= MAX_SEED:
             raise ConfigError(f"{flag(field.name)} must be in 0..2**63-1, got {value}.")
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, int) and not isinstance(v, bool) and not -MAX_SEED - 1 <= v <= MAX_SEED:
+                raise ConfigError(f"{flag(field.name)} {v} is out of range (at most 2**63-1 in size).")
 
 
 def available_memory(device: str) -> tuple[int, str] | None:

@@ -11,7 +11,7 @@ from saev.data.layout import Tokens
 from saev.errors import ConfigError
 from saev.fileio import OutputMark, check_output
 from saev.nn import checkpoints
-from saev.options import check_device, check_finite, check_seeds, flag
+from saev.options import check_device, check_finite, check_integers, flag
 from saev.steering import inputs
 from saev.steering.heads import DEFAULT_PROMPT, Head, open_head
 from saev.steering.splice import SplicedVit
@@ -83,7 +83,7 @@ def check_options(cfg: Any) -> None:
     numbers are finite (infinite only where the default is), the device exists on this machine,
     and output folders are not existing files."""
     check_finite(cfg)
-    check_seeds(cfg)
+    check_integers(cfg)
     hints = typing.get_type_hints(type(cfg), include_extras=True)
     for field in dataclasses.fields(cfg):
         value = getattr(cfg, field.name)
