@@ -183,10 +183,19 @@ def test_a_newer_request_replaces_the_waiting_one():
 
 def test_the_server_binds_loopback_unless_told(monkeypatch, run, caplog):
     calls = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, host, port, log_level: calls.update(host=host, port=port))
-    main(["serve", "--sae", run[1]["sae"], "--visuals", str(run[0] / "gallery"), "--port", "8123"])
-    assert calls == {"host": "127.0.0.1", "port": 8123}
-    main(["serve", "--sae", run[1]["sae"], "--visuals", str(run[0] / "gallery"), "--host", "0.0.0.0"])
+
+    def serve_on(server, sockets):
+        calls["address"] = sockets[0].getsockname()[:2]
+        sockets[0].close()
+
+    monkeypatch.setattr("uvicorn.Server.run", serve_on)
+    port = free_port()
+    main(["serve", "--sae", run[1]["sae"], "--visuals", str(run[0] / "gallery"), "--port", str(port)])
+    assert calls == {"address": ("127.0.0.1", port)}
+    port = free_port()
+    args = ["--host", "0.0.0.0", "--port", str(port)]
+    main(["serve", "--sae", run[1]["sae"], "--visuals", str(run[0] / "gallery"), *args])
+    assert calls == {"address": ("0.0.0.0", port)}
     assert "anyone who can reach this machine" in caplog.text
 
 

@@ -311,3 +311,32 @@ def test_a_disk_filling_during_a_checkpoint_is_one_line_and_the_run_resumes(tmp_
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 10
     main([*args, "--resume"])
     assert (run_dir / "sae.safetensors").exists()
+
+
+def test_a_closed_stdout_is_not_a_traceback():
+    """`saev catalog --json >&-`: Python starts with sys.stdout None."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "saev", "catalog", "--json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.close(1),
+        timeout=120,
+    )
+    assert "Traceback" not in proc.stderr.decode(), proc.stderr.decode()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_planted_lock_file_is_never_followed_or_written(tmp_path, kind):
+    from saev.data.writer import LOCK_FILE, StoreLock
+
+    root = tmp_path / "store"
+    root.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    if kind == "symlink":
+        (root / LOCK_FILE).symlink_to(victim)
+    else:
+        special(root / LOCK_FILE, "fifo")
+    with no_hang(), pytest.raises(saev.errors.StoreError, match=f"{LOCK_FILE}: is a"):
+        StoreLock(root)
+    assert victim.read_text() == "keep me" and os.path.lexists(root / LOCK_FILE)

@@ -5,6 +5,7 @@ store's images.json cannot make `saev visuals` or `saev serve` read a file outsi
 Odd JSON gets a 4xx with a message, never a 500."""
 
 import asyncio
+import io
 import json
 import logging
 import pathlib
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import saev.errors
 from saev.cli import main
 from saev.commands import serve
 from tests.test_hardening_cli import run_cli
@@ -141,7 +143,7 @@ def test_a_bad_or_unresolvable_host_is_a_one_line_error(quickstart, host, messag
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", fail)  # offline or not, the name does not resolve
-    monkeypatch.setattr("uvicorn.run", lambda *a, **k: pytest.fail("the server started"))
+    monkeypatch.setattr("uvicorn.Server.run", lambda *a, **k: pytest.fail("the server started"))
     out, sae = quickstart
     err = run_cli(["serve", "--sae", sae, "--visuals", str(out / "gallery"), f"--host={host}"], capsys)
     assert "saev: error: --host " in err and message in err
@@ -464,3 +466,74 @@ def test_requests_from_another_site_s_page_are_refused(built):
             "/api/upload", content=b"x", headers={"Origin": origin, "Content-Type": "text/plain"}
         )
         assert response.status_code == 403 and "are refused" in response.json()["error"], origin
+
+
+def test_request_fields_are_strict(client):
+    """Pydantic would read "3" as a patch index and "true" as a boolean: refused instead."""
+    bad = [
+        ("/api/latents", {"image": "s0", "include_dense": "true"}, "include_dense"),
+        ("/api/latents", {"image": "s0", "patches": ["3"]}, "patches"),
+        ("/api/predict", {"image": "s0", "edits": [{"latent": 1, "value": "3"}]}, "value"),
+    ]
+    for path, body, field in bad:
+        response = client.post(path, json=body)
+        assert response.status_code == 422 and field in response.json()["error"], (path, body)
+
+
+def test_an_image_too_small_to_read_is_refused_at_upload(client):
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, "PNG")
+    response = client.post("/api/upload", content=buf.getvalue())
+    assert response.status_code == 400 and "too small" in response.json()["error"]
+
+
+def test_edits_past_float32_from_tampered_maxima_are_refused(quickstart, tmp_path):
+    """A visuals folder whose maxima are finite but huge: value x max overflows float32."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    out, sae = quickstart
+    gallery = tmp_path / "gallery"
+    shutil.copytree(out / "gallery", gallery)
+    path = gallery / "topk.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(path)
+    tensors["max"][:] = 3e38
+    save_file(tensors, path, metadata=meta)
+    app, _ = serve.build(serve.Config(sae=sae, visuals=gallery, head="builtin-patch", dense_freq=0.25))
+    client = TestClient(app, base_url=f"http://{HOST}", raise_server_exceptions=False)
+    response = client.post("/api/predict", json={"image": "s0", "edits": [{"latent": 1, "value": 10}]})
+    assert response.status_code == 400 and "beyond the codes' torch.float32 range" in response.json()["error"]
+    tensors["max"][0] = float("inf")
+    save_file(tensors, path, metadata=meta)
+    with pytest.raises(saev.errors.ConfigError, match="non-finite maxima"):
+        serve.build(serve.Config(sae=sae, visuals=gallery, head="builtin-patch"))
+
+
+def test_a_deeply_nested_latents_list_is_refused(quickstart, tmp_path):
+    out, sae = quickstart
+    gallery = tmp_path / "gallery"
+    shutil.copytree(out / "gallery", gallery)
+    (gallery / "latents.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(saev.errors.ConfigError, match="not a saev visuals output folder"):
+        serve.build(serve.Config(sae=sae, visuals=gallery, head="builtin-patch"))
+
+
+@pytest.mark.parametrize("upload_mb", ["1e308", "0", "-1"])
+def test_an_absurd_upload_limit_is_refused(quickstart, capsys, upload_mb):
+    out, sae = quickstart
+    args = ["serve", "--sae", sae, "--visuals", str(out / "gallery"), "--upload-mb", upload_mb]
+    assert "--upload-mb in (0, 1024.0]" in run_cli(args, capsys)
+
+
+def test_a_port_in_use_is_a_clear_error(quickstart, capsys):
+    out, sae = quickstart
+    taken = socket.create_server(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    try:
+        args = ["serve", "--sae", sae, "--visuals", str(out / "gallery"), "--port", str(port)]
+        err = run_cli(args, capsys)
+    finally:
+        taken.close()
+    assert f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)" in err

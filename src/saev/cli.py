@@ -63,7 +63,8 @@ def _reader_left() -> NoReturn:
     """The program reading saev's output (`| head`) closed the pipe: end quietly, with the status
     of a process killed by SIGPIPE, as other command-line tools do."""
     # Python would flush stdout again at exit and print a second BrokenPipeError.
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if sys.stdout is not None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     raise SystemExit(128 + signal.SIGPIPE)
 
 
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             _main(argv)
         finally:
-            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            if sys.stdout is not None:  # None when started with stdout closed (`>&-`)
+                sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except BrokenPipeError:
         _reader_left()
 

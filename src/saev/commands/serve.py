@@ -3,6 +3,7 @@
 import dataclasses
 import ipaddress
 import logging
+import os
 import pathlib
 import re
 import socket
@@ -24,6 +25,10 @@ from saev.steering.heads import DEFAULT_PROMPT, open_head
 from saev.visuals.lookup import ImageLookup
 
 logger = logging.getLogger("saev.serve")
+
+
+MAX_UPLOAD_MB = 1024.0
+"""Uploads are decoded in memory: a gigabyte is already far past any photograph."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +86,10 @@ def build(cfg: Config):
         raise ConfigError(
             f"saev serve needs the serve extra ({err.name} is missing): pip install -e '.[serve]'."
         ) from None
-    if cfg.cache_images < 1 or cfg.upload_mb <= 0 or not 0 < cfg.port < 65536:
-        raise ConfigError("--cache-images and --upload-mb must be positive, --port in 1..65535.")
+    if cfg.cache_images < 1 or not 0 < cfg.upload_mb <= MAX_UPLOAD_MB or not 0 < cfg.port < 65536:
+        raise ConfigError(
+            f"--cache-images must be positive, --upload-mb in (0, {MAX_UPLOAD_MB}], --port in 1..65535."
+        )
     if not 0 < cfg.dense_freq <= 1:
         raise ConfigError(f"--dense-freq is a fraction of tokens in (0, 1], got {cfg.dense_freq}.")
     check_host(cfg.host, cfg.port)
@@ -182,9 +189,22 @@ def run(cfg: Config) -> Result:
     if not _loopback(cfg.host):
         logger.warning("listening on %s: anyone who can reach this machine can use the explorer", cfg.host)
     url = f"http://{cfg.host if ':' not in cfg.host else f'[{cfg.host}]'}:{cfg.port}/"
+    sock = _listen(cfg.host, cfg.port)
     print(f"saev explorer: {url}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return Result(url)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on `host`:`port`, made here so that a port in use or an address this
+    machine does not have is a `saev: error`, not uvicorn's exit status 3."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        return socket.create_server(address, family=family)
+    except OSError as err:
+        # create_server appends the address to strerror; the bare reason reads better.
+        reason = os.strerror(err.errno) if (err.errno or 0) > 0 else (err.strerror or str(err))
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({reason}).") from None
 
 
 def _loopback(host: str) -> bool:

@@ -7,6 +7,7 @@ written last: its presence marks a finished store. While a recording runs it hol
 """
 
 import dataclasses
+import errno
 import fcntl
 import json
 import logging
@@ -15,6 +16,7 @@ import pathlib
 import queue
 import shutil
 import socket
+import stat
 import threading
 from typing import Any
 
@@ -24,7 +26,7 @@ import torch
 from saev.data import metadata as md
 from saev.data.store import STATE_FILE, to_stored
 from saev.errors import StoreError
-from saev.fileio import check_output, read_json, temporaries, write_json
+from saev.fileio import check_output, kind, read_json, temporaries, write_json
 
 logger = logging.getLogger("saev.data")
 
@@ -312,7 +314,7 @@ class StoreLock:
         self.path = root / LOCK_FILE
         while True:
             root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = _open_lock(self.path)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -346,6 +348,24 @@ class StoreLock:
         _HELD.discard(self.fd)
         os.close(self.fd)
         self.fd = None
+
+
+def _open_lock(path: pathlib.Path) -> int:
+    """The lock file, created if need be; never through a symbolic link (it would lock, write and
+    later remove someone else's file) and never a FIFO or a device."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise StoreError(
+            f"{path}: is a symbolic link; saev's recording lock is a plain file it makes itself: remove the link."
+        ) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise StoreError(f"{path}: is {kind(mode)}; saev's recording lock is a plain file: remove it.")
+    return fd
 
 
 _HELD: set[int] = set()

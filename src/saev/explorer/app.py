@@ -26,7 +26,7 @@ from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -48,6 +48,8 @@ ImageId = Path(max_length=MAX_ID, description="Image id from /api/images or /api
 
 
 class LatentsRequest(BaseModel):
+    model_config = ConfigDict(strict=True)  # "3" is no patch index, "yes" no boolean
+
     image: str = Field(max_length=MAX_ID, description="Image id from /api/images or /api/upload.")
     patches: list[int] = Field(
         default=[],
@@ -61,6 +63,8 @@ class LatentsRequest(BaseModel):
 
 
 class EditItem(BaseModel):
+    model_config = ConfigDict(strict=True)  # "3" is no patch index, "yes" no boolean
+
     latent: int = Field(ge=0)
     value: float = Field(
         description="The latent is set to this multiple of its largest activation where it fires."
@@ -68,6 +72,8 @@ class EditItem(BaseModel):
 
 
 class PredictRequest(BaseModel):
+    model_config = ConfigDict(strict=True)  # "3" is no patch index, "yes" no boolean
+
     image: str = Field(max_length=MAX_ID)
     edits: list[EditItem] = Field(default=[], max_length=1000)
     patches: list[int] | None = Field(

@@ -11,7 +11,6 @@ import collections
 import dataclasses
 import hashlib
 import io
-import json
 import pathlib
 import re
 import threading
@@ -27,9 +26,9 @@ from torch import Tensor
 
 from saev.activations.families.base import Transform
 from saev.activations.transforms import visible_crop
-from saev.data.images import to_rgb
+from saev.data.images import MIN_SIDE, to_rgb
 from saev.errors import ConfigError, SaevError
-from saev.fileio import check_input, read_text
+from saev.fileio import check_input, read_json
 from saev.steering.edits import Edit
 from saev.steering.heads import Head
 from saev.steering.splice import Prefix, SplicedVit
@@ -74,12 +73,16 @@ class LatentInfo:
             # Checked first: opening a FIFO or a device in their place would block or never end.
             with safe_open(str(check_input(folder / "topk.safetensors")), "pt") as f:
                 max_S, freq_S = f.get_tensor("max").float(), f.get_tensor("freq").float()
-            rows = json.loads(read_text(folder / "latents.json"))["latents"]
+            rows = read_json(folder / "latents.json", "list of latents")["latents"]
         except (ConfigError, SafetensorError, OSError, KeyError, ValueError, TypeError) as err:
             raise ConfigError(f"--visuals {folder}: not a saev visuals output folder ({err}).") from None
-        if max_S.shape != (d_sae,):
+        if max_S.shape != (d_sae,) or freq_S.shape != (d_sae,):
             raise ConfigError(
                 f"--visuals {folder}: describes {max_S.shape[0]} latents, but the SAE has {d_sae}."
+            )
+        if not (torch.isfinite(max_S).all() and torch.isfinite(freq_S).all()):
+            raise ConfigError(
+                f"--visuals {folder}: topk.safetensors holds non-finite maxima or frequencies; rerun saev visuals."
             )
         try:
             return cls(
@@ -214,6 +217,10 @@ class Explorer:
             raise ConfigError("upload refused: over Pillow's decompression-bomb limit.") from None
         except Exception as err:  # Pillow raises many types for undecodable bytes
             raise ConfigError(f"upload is not an image Pillow can decode ({type(err).__name__}).") from None
+        if min(img.size) < MIN_SIDE:
+            raise ConfigError(
+                f"upload of {img.width}x{img.height} pixels is too small (minimum side {MIN_SIDE} px)."
+            )
         image_id = "u" + hashlib.sha256(data).hexdigest()[:16]
         with self._lock:
             self._uploads[image_id] = to_rgb(img)

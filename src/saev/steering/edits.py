@@ -93,6 +93,10 @@ def apply_edits(
                     f"edit {e}: 'x' units need each latent's largest activation (give --visuals)."
                 )
             value = e.value * float(max_S[e.latent])
+        if not abs(value) <= torch.finfo(codes_BNS.dtype).max:  # NaN fails too
+            raise ConfigError(
+                f"edit {e}: its value {value:.3g} is beyond the codes' {codes_BNS.dtype} range; use a smaller one."
+            )
         code_BN = out[..., e.latent]
         mask_BN = (
             torch.ones_like(code_BN, dtype=torch.bool) if where == "all" else codes_BNS[..., e.latent] > 0
