@@ -43,6 +43,7 @@ MINIMAL = {
     "convert": ["x.safetensors", "y.safetensors"],
     "catalog": [],
     "export": ["runs/x", "out/"],
+    "bench": ["--sae", "x.safetensors", "--shards", "nowhere"],
 }
 
 

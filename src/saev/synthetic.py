@@ -51,6 +51,15 @@ CONCEPTS: tuple[str, ...] = (
 )
 """Ground-truth concept names, in the order of every concept axis in this module."""
 
+HIERARCHY: dict[str, tuple[str, ...]] = {
+    "shape:polygon": ("shape:square", "shape:triangle", "shape:star"),
+    "colour:warm": ("colour:red", "colour:yellow"),
+    "colour:cool": ("colour:green", "colour:blue", "colour:purple"),
+    "texture:patterned": ("texture:stripes", "texture:dots"),
+}
+"""Parent concepts over the concepts: each parent is any of its children, so an object has it
+exactly when it has one of them. The ground truth of absorption tests (`saev bench`)."""
+
 PATCH_THRESHOLD = 0.25
 """Fraction of a patch's pixels that must belong to objects with a concept for the patch to have it."""
 
@@ -398,6 +407,13 @@ def patch_coverage(
     Pass `mask` (from `render`) to skip redrawing it.
     """
     record = _as_record(record)
+    frac_Ogg = _object_coverage(record, grid, mask)
+    # Objects never overlap, so concept coverage is the sum of its objects' coverage.
+    return np.einsum("oc,ohw->chw", _concept_matrix(record).astype(np.float64), frac_Ogg)
+
+
+def _object_coverage(record: ImageRecord, grid: tuple[int, int], mask: np.ndarray | None) -> np.ndarray:
+    """[n_objects, gh, gw] float: fraction of each patch's pixels on each object."""
     gh, gw = grid
     if record.size % gh or record.size % gw:
         raise ValueError(f"a {gh}x{gw} grid does not tile a {record.size}-px image into whole patches.")
@@ -406,9 +422,18 @@ def patch_coverage(
     ph, pw = record.size // gh, record.size // gw
     n_obj = len(record.objects)
     onehot_OHW = mask[None] == np.arange(1, n_obj + 1, dtype=np.uint8)[:, None, None]
-    frac_Ogg = onehot_OHW.reshape(n_obj, gh, ph, gw, pw).mean(axis=(2, 4))
-    # Objects never overlap, so concept coverage is the sum of its objects' coverage.
-    return np.einsum("oc,ohw->chw", _concept_matrix(record).astype(np.float64), frac_Ogg)
+    return onehot_OHW.reshape(n_obj, gh, ph, gw, pw).mean(axis=(2, 4))
+
+
+def object_patches(
+    record: ImageRecord | Mapping[str, Any],
+    grid: tuple[int, int],
+    threshold: float = PATCH_THRESHOLD,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """[n_objects, gh * gw] bool: the patches (row-major) each object covers by >= `threshold`."""
+    record = _as_record(record)
+    return (_object_coverage(record, grid, mask) >= threshold).reshape(len(record.objects), -1)
 
 
 def patch_concepts(

@@ -3,6 +3,7 @@ and report. It sits on top of the library, which never imports it (`make lint` c
 
 from saev.commands import (
     activations,
+    bench,
     catalog,
     convert,
     evaluate,
@@ -20,6 +21,7 @@ from saev.commands.base import Command
 
 COMMANDS: dict[str, Command] = {
     "activations": activations.COMMAND,
+    "bench": bench.COMMAND,
     "catalog": catalog.COMMAND,
     "convert": convert.COMMAND,
     "evaluate": evaluate.COMMAND,

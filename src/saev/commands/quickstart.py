@@ -86,6 +86,8 @@ class Result:
     """Spliced evaluation per head (`saev evaluate`)."""
     steering: dict[str, dict]
     """Steering test per head (`saev steer --evaluate`)."""
+    scorecard: pathlib.Path | None = None
+    """The SAE's `saev bench` page (built-in world only)."""
 
 
 def run(cfg: Config) -> Result:
@@ -106,7 +108,9 @@ def run(cfg: Config) -> Result:
     splice, steering, figures = (
         _splice_and_steer(cfg, store, run_result, scores, ckpt) if synthetic_run else ({}, {}, {})
     )
-    gallery = _visuals(cfg, store.path, run_result, scores, figures)
+    scorecard = _bench(cfg, store, run_result)
+    links = {"The SAE's scorecard (saev bench)": "../bench/index.html"} if scorecard else {}
+    gallery = _visuals(cfg, store.path, run_result, scores, figures, links)
     report = {
         "store": str(store.path),
         "sae": str(run_result.checkpoint),
@@ -115,6 +119,7 @@ def run(cfg: Config) -> Result:
         "concepts": scores,
         "splice": splice,
         "steering": steering,
+        "scorecard": scorecard,
         "seconds": time.perf_counter() - started,
     }
     if scores:
@@ -123,7 +128,8 @@ def run(cfg: Config) -> Result:
             "neuron": statistics.median(r["neuron"]["f1"] for r in scores),
         }
     write_json(cfg.out / "report.json", report)
-    return Result(gallery, cfg.out / "report.json", run_result.checkpoint, scores, splice, steering)
+    page = pathlib.Path(scorecard["page"]) if scorecard else None
+    return Result(gallery, cfg.out / "report.json", run_result.checkpoint, scores, splice, steering, page)
 
 
 def _generate(cfg: Config) -> str:
@@ -277,6 +283,7 @@ def _visuals(
     run_result: RunResult,
     scores: list[dict],
     figures: dict[int, list[Figure]],
+    links: dict[str, str],
 ) -> pathlib.Path:
     notes: dict[int, str] = {}
     for row in scores:
@@ -304,8 +311,25 @@ def _visuals(
         ),
         notes,
         figures,
+        links,
     )
     return result.index
+
+
+def _bench(cfg: Config, store: ShardStore, run_result: RunResult) -> dict | None:
+    """The SAE's scorecard (`saev bench`) in OUT/bench; None on the user's images without labels,
+    where most of it would be skipped (run saev bench with a head and an evaluator there)."""
+    if cfg.images is not None:
+        return None
+    # The metrics import scikit-learn (1.8 s), which the other commands should not pay for.
+    from saev.bench import report as bench_report
+    from saev.bench import run as bench_run
+
+    card = bench_run.score(
+        str(run_result.checkpoint), store, bench_run.BenchSettings(device=cfg.device, seed=cfg.seed)
+    )
+    bench_report.write([card], cfg.out / "bench", {"store": str(store.path)})
+    return card.to_json() | {"page": str(cfg.out / "bench" / "index.html")}
 
 
 def print_report(result: Result, file: TextIO | None = None) -> None:
@@ -356,6 +380,8 @@ def report(result: Result) -> None:
     if result.concepts:  # the built-in ViT and its generated images
         print(f"explore: {serve_command(result)}")
     print(f"gallery: {result.gallery}")
+    if result.scorecard is not None:
+        print(f"scorecard: {result.scorecard}")
 
 
 def serve_command(result: Result) -> str:

@@ -46,16 +46,37 @@ class Counts:
     target_changed: int = 0
     n_other: int = 0
     other_changed: int = 0
+    per_image: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
+    """[images, 4] blocks: the four counts of each image, in order (bootstrap intervals over images)."""
 
     def add(
-        self, before_NC: Bool[Tensor, "n c"], after_NC: Bool[Tensor, "n c"], c: int, multilabel: bool
+        self,
+        before_NC: Bool[Tensor, "n c"],
+        after_NC: Bool[Tensor, "n c"],
+        c: int,
+        multilabel: bool,
+        n_images: int = 1,
     ) -> None:
+        """Count units (rows) of `n_images` images, each with the same number of units."""
         target_N = before_NC[:, c]
         other_N = ~target_N & (before_NC.any(1) if multilabel else True)
-        self.n_target += int(target_N.sum())
-        self.target_changed += int((target_N & ~after_NC[:, c]).sum())
-        self.n_other += int(other_N.sum())
-        self.other_changed += int((other_N & (before_NC != after_NC).any(1)).sum())
+        tallies_N4 = torch.stack(
+            [target_N, target_N & ~after_NC[:, c], other_N, other_N & (before_NC != after_NC).any(1)], 1
+        )
+        per_image = tallies_N4.reshape(n_images, -1, 4).sum(1).cpu().numpy()
+        self.per_image.append(per_image)
+        self.n_target, self.target_changed, self.n_other, self.other_changed = (
+            a + int(b)
+            for a, b in zip(
+                (self.n_target, self.target_changed, self.n_other, self.other_changed),
+                per_image.sum(0),
+                strict=True,
+            )
+        )
+
+    def images(self) -> np.ndarray:
+        """[images, 4]: n_target, target_changed, n_other, other_changed of each image."""
+        return np.concatenate(self.per_image) if self.per_image else np.zeros((0, 4), dtype=np.int64)
 
     @property
     def target(self) -> float | None:
@@ -66,7 +87,8 @@ class Counts:
         return self.other_changed / self.n_other if self.n_other else None
 
     def to_dict(self) -> dict[str, float | int | None]:
-        return dataclasses.asdict(self) | {"target_rate": self.target, "other_rate": self.other}
+        counts = {k: getattr(self, k) for k in ("n_target", "target_changed", "n_other", "other_changed")}
+        return counts | {"target_rate": self.target, "other_rate": self.other}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,10 +175,12 @@ def steering_test(
     *,
     value: float = -1.0,
     seed: int = 0,
+    random_direction: bool = True,
 ) -> list[SteeringTest]:
     """Run the test for (class index, latent) pairs over image batches ([B, 3, H, W]); one result per head.
 
-    The edit sets each latent to `value` times its largest activation where it fires.
+    The edit sets each latent to `value` times its largest activation where it fires. Without
+    `random_direction` that baseline is not run (a third of the forward passes) and its counts stay 0.
     """
     rng = np.random.default_rng(seed)
     live = torch.nonzero(max_S > 0).flatten().tolist()
@@ -180,14 +204,18 @@ def steering_test(
         for k, (c, latent) in enumerate(targets):
             real, delta_BND = _edited(spliced, prefix, latent, value, max_S)
             random, _ = _edited(spliced, prefix, randoms[k], value, max_S)
-            norm_BN1 = delta_BND.norm(dim=-1, keepdim=True)
-            direction = spliced.finish(
-                spliced.add_to_read(prefix, norm_BN1 * directions_KD[k]),
-                f"a random direction of the norm of the edit of latent {latent} (--value {value:g})",
-            )
+            finals = [real, random]
+            if random_direction:
+                norm_BN1 = delta_BND.norm(dim=-1, keepdim=True)
+                finals.append(
+                    spliced.finish(
+                        spliced.add_to_read(prefix, norm_BN1 * directions_KD[k]),
+                        f"a random direction of the norm of the edit of latent {latent} (--value {value:g})",
+                    )
+                )
             for h in heads:
-                for kind, final in enumerate((real, random, direction)):
-                    counts[h.name, k, kind].add(before[h.name], _predict(h, final), c, h.multilabel)
+                for kind, final in enumerate(finals):
+                    counts[h.name, k, kind].add(before[h.name], _predict(h, final), c, h.multilabel, len(x))
     tests = [
         SteeringTest(
             h.name,

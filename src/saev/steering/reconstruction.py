@@ -144,28 +144,38 @@ def _clean_target(head: Head, logits: Tensor) -> Tensor:
     return (logits > 0).float() if head.multilabel else logits.argmax(-1)
 
 
-def _accumulate(s: _Sums, head: Head, logits: Tensor, clean: Tensor, target: Tensor) -> None:
+def unit_losses(head: Head, logits: Tensor, clean: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Each unit's (image's or patch's) loss against `target` and KL divergence from the clean
+    output, flattened over batch and patches: [units] each."""
     n_classes = logits.shape[-1]
     logits, clean = logits.reshape(-1, n_classes).float(), clean.reshape(-1, n_classes).float()
-    s.n += len(logits)
     if head.multilabel:
         target = target.reshape(-1, n_classes).float()
-        s.loss += float(F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1).sum())
-        p, q = clean.sigmoid(), logits.sigmoid()
+        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
+        p = clean.sigmoid()
         kl = p * (F.logsigmoid(clean) - F.logsigmoid(logits)) + (1 - p) * (
             F.logsigmoid(-clean) - F.logsigmoid(-logits)
         )
-        s.kl += float(kl.mean(1).sum())
-        pred = q > 0.5
+        return loss, kl.mean(1)
+    loss = F.cross_entropy(logits, target.reshape(-1).long(), reduction="none")
+    return loss, (clean.softmax(-1) * (clean.log_softmax(-1) - logits.log_softmax(-1))).sum(-1)
+
+
+def _accumulate(s: _Sums, head: Head, logits: Tensor, clean: Tensor, target: Tensor) -> None:
+    n_classes = logits.shape[-1]
+    loss, kl = unit_losses(head, logits, clean, target)
+    s.n += len(loss)
+    s.loss += float(loss.sum())
+    s.kl += float(kl.sum())
+    logits = logits.reshape(-1, n_classes)
+    if head.multilabel:
+        target = target.reshape(-1, n_classes).float()
+        pred = logits.float().sigmoid() > 0.5
         s.tp += float((pred & (target > 0)).sum())
         s.fp += float((pred & (target == 0)).sum())
         s.fn += float((~pred & (target > 0)).sum())
     else:
-        target = target.reshape(-1).long()
-        s.loss += float(F.cross_entropy(logits, target, reduction="sum"))
-        kl = (clean.softmax(-1) * (clean.log_softmax(-1) - logits.log_softmax(-1))).sum(-1)
-        s.kl += float(kl.sum())
-        s.correct += float((logits.argmax(-1) == target).sum())
+        s.correct += float((logits.argmax(-1) == target.reshape(-1).long()).sum())
 
 
 def _scores(s: _Sums, multilabel: bool) -> Scores:

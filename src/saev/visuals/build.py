@@ -80,9 +80,11 @@ def make_visuals(
     cfg: VisualsConfig,
     notes: dict[int, str] | None = None,
     figures: dict[int, list[gallery.Figure]] | None = None,
+    links: dict[str, str] | None = None,
 ) -> VisualsResult:
     """`notes` annotate latents in the index and on their pages (e.g. the concept a latent detects);
-    `figures` (files already in the output folder) are shown on their latents' pages."""
+    `figures` (files already in the output folder) are shown on their latents' pages; `links`
+    (text -> address relative to the gallery) are listed on the index, e.g. the SAE's scorecard."""
     if cfg.top_k < 1 or cfg.n_latents < 0:
         raise ConfigError(f"--top-k must be >= 1 and --n-latents >= 0 (got {cfg.top_k}, {cfg.n_latents}).")
     lo, hi = cfg.log_freq_range
@@ -138,7 +140,9 @@ def make_visuals(
         gallery.write_latent_page(cfg.out, page, prev_id, next_id, cfg.sort_by)
     meta = store.meta
     subtitle = f"{cfg.sae} on {meta.vit_family}/{meta.vit_ckpt} layer {cfg.layer}, {len(store):,} images."
-    about = _about(cfg, rows, chosen, notes, top.stats.n_tokens)
+    about = _about(cfg, rows, chosen, notes, top.stats.n_tokens) + "".join(
+        f' <a href="{html.escape(href)}">{html.escape(text)}</a>.' for text, href in (links or {}).items()
+    )
     index = gallery.write_index(cfg.out, rows, "SAE latents", subtitle, about, thumb_size(grid))
     if lookup.missing:
         logger.warning("%d image(s) could not be found or read; drawn as placeholders", len(lookup.missing))

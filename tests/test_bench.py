@@ -1,0 +1,152 @@
+"""`saev bench` end to end in the built-in world: the quickstart's scorecard, the ordering of SAEs of
+known quality (a trained SAE against a random dictionary), the outputs, and refusals."""
+
+import json
+
+import pytest
+import torch
+
+from saev import synthetic
+from saev.bench import inputs
+from saev.bench.report import best
+from saev.bench.run import reseeds_of
+from saev.cli import main
+from saev.data.store import open_shards
+from saev.nn import checkpoints
+from tests.test_hardening_cli import run_cli
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A reduced quickstart (its report carries the scorecard) and a random-dictionary twin of its SAE."""
+    out = tmp_path_factory.mktemp("bench") / "qs"
+    main(["quickstart", "--out", str(out), "--n-images", "300", "--n-train", "300000", "--n-latents", "4"])
+    report = json.loads((out / "report.json").read_text())
+    sae = checkpoints.load(report["sae"])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        w = torch.nn.functional.normalize(torch.randn(sae.W_dec.shape, generator=g), dim=1)
+        sae.W_dec.copy_(w)
+        sae.W_enc.copy_(w.T)
+        sae.b_enc.zero_()
+    random = out / "random.safetensors"
+    checkpoints.dump(random, sae)
+    return out, report, random
+
+
+def metric(card: dict, name: str) -> dict:
+    return next(m for m in card["metrics"] if m["name"] == name)
+
+
+def test_the_quickstart_reports_its_scorecard_and_the_gallery_links_it(world):
+    out, report, _ = world
+    card = report["scorecard"]
+    names = {m["name"] for m in card["metrics"]}
+    for expected in (
+        "fvu",
+        "l0",
+        "dead",
+        "morans_i",
+        "probe_k5",
+        "detection_f1",
+        "absorption_rate",
+        "monosemanticity",
+        "recovered_zero",
+        "steering_selectivity",
+    ):
+        assert expected in names
+    assert set(card["skipped"]) == {"stability"}
+    fvu = metric(card, "fvu")
+    assert fvu["n"] == 30  # the 10% the quickstart's SAE was not trained on
+    assert fvu["low"] <= fvu["value"] <= fvu["high"]
+    assert (out / "bench" / "index.html").is_file()
+    assert 'href="../bench/index.html"' in (out / "gallery" / "index.html").read_text()
+
+
+def test_a_trained_sae_beats_a_random_dictionary_outside_the_intervals(world, capsys):
+    out, report, random = world
+    store = json.loads((out / "report.json").read_text())["store"]
+    args = ["bench", "--sae", report["sae"], str(random), "--shards", store, "--out", str(out / "b2")]
+    main([*args, "--resamples", "50"])
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out / "b2" / "report.json")
+    assert "| fvu | down |" in captured.err
+    cards = json.loads((out / "b2" / "report.json").read_text())["saes"]
+    trained, rand = cards
+    for name in ("fvu", "detection_f1", "probe_k1", "recovered_zero", "steering_selectivity"):
+        better = metric(trained, name)["higher_is_better"]
+        a, b = metric(trained, name), metric(rand, name)
+        if better:
+            assert a["low"] > b["high"], name
+        else:
+            assert a["high"] < b["low"], name
+    page = (out / "b2" / "index.html").read_text()
+    assert page.count('class="best"') >= 5
+    assert "data:image/png;base64," in page
+
+
+def test_best_marks_only_a_winner_outside_every_other_interval():
+    from saev.bench.run import Scorecard
+    from saev.bench.stats import Estimate, Metric
+
+    def card(value, low, high):
+        return Scorecard("x", [Metric("m", "g", Estimate(value, low, high, 10), True)], {}, 10, 0.0)
+
+    assert best([card(0.9, 0.8, 1.0), card(0.5, 0.4, 0.6)], "m") == {0}
+    assert best([card(0.9, 0.5, 1.0), card(0.5, 0.4, 0.6)], "m") == set()
+
+
+def test_objects_are_absorption_items_with_the_world_hierarchy(world):
+    out, report, _ = world
+    store = open_shards(report["store"])
+    known = inputs.knowledge(store, range(len(store)), store.path.parent.parent / "images" / "images", None)
+    assert known.source == "built-in world"
+    assert len(known.tasks) == len(synthetic.CONCEPTS)
+    [shape, colour, texture] = known.hierarchies
+    assert shape.groups == {"shape:polygon": [1, 2, 3]}
+    assert colour.groups == {"colour:warm": [0, 3], "colour:cool": [1, 2, 4]}
+    assert len(known.items.image_M) == len(shape.labels_N) > len(store)  # 1-3 objects per image
+    # each object covers patches, and those patches carry its shape in the patch masks
+    m = 0
+    i, rows = known.items.image_M[m], known.items.patches_MP[m]
+    assert rows.any()
+    assert known.patch_NPC[i][rows, shape.labels_N[m]].all()
+
+
+def test_patch_codes_give_back_the_dense_codes():
+    codes = inputs.PatchCodes(4, 6)
+    dense = torch.relu(torch.randn(5, 4, 6))
+    codes.add(dense[:3])
+    codes.add(dense[3:])
+    codes.freeze()
+    assert torch.equal(codes.block(1, 4), dense[1:4])
+    assert torch.equal(torch.cat(list(codes.blocks())), dense)
+
+
+def test_reseeds_are_runs_that_differ_only_in_their_seed(tmp_path):
+    runs = []
+    for seed, k in ((0, 16), (1, 16), (2, 32)):
+        folder = tmp_path / f"run{seed}"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"config": {"k": k, "seed": seed, "data_seed": seed}}))
+        runs.append(str(folder / "sae.safetensors"))
+    assert reseeds_of(runs[:1], runs[1:]) == {runs[0]: [runs[1]]}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "give at least one --sae"),
+        (["--sae", "x.safetensors"], "give --shards STORE, or --images DIR"),
+        (["--sae", "x.safetensors", "--shards", "s", "--resamples", "3"], "--resamples must be at least 10"),
+    ],
+)
+def test_bad_options_are_one_line(args, message, capsys):
+    assert message in run_cli(["bench", *args], capsys)
+
+
+def test_a_hierarchy_file_that_is_not_a_mapping_is_named(tmp_path):
+    path = tmp_path / "h.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(Exception, match="h.json: a label hierarchy is a JSON object"):
+        inputs.read_hierarchy(path)
