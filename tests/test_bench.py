@@ -2,17 +2,21 @@
 known quality (a trained SAE against a random dictionary), the outputs, and refusals."""
 
 import json
+import pathlib
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from saev import synthetic
+from saev.activations.families import make_img_transform, make_vit
 from saev.bench import inputs
 from saev.bench.report import best
 from saev.bench.run import reseeds_of
 from saev.cli import main
 from saev.data.store import open_shards
-from saev.nn import checkpoints
+from saev.nn import Provenance, SaeConfig, SparseAutoencoder, TopK, checkpoints
 from tests.test_hardening_cli import run_cli
 
 
@@ -150,3 +154,58 @@ def test_a_hierarchy_file_that_is_not_a_mapping_is_named(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(Exception, match="h.json: a label hierarchy is a JSON object"):
         inputs.read_hierarchy(path)
+
+
+def test_label_masks_give_concept_detection_on_any_images(world, tmp_path):
+    """Masks mirroring the image folder (here: each object's shape) become the detection concepts."""
+    out, report, _ = world
+    dataset = synthetic.load(out / "images")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for r in dataset.records:
+        ids = synthetic.object_mask(r)
+        shape = np.array([0] + [synthetic.SHAPES.index(o.shape) + 1 for o in r.objects], dtype=np.uint8)
+        Image.fromarray(shape[ids]).save(masks / pathlib.PurePath(r.file).name)
+    names = tmp_path / "names.txt"
+    names.write_text("background\n" + "\n".join(synthetic.SHAPES) + "\n")
+    store = open_shards(report["store"])
+    files = [rec["path"] for rec in store.images]
+    known = inputs.knowledge(store, range(len(store)), None, None)
+    transform = make_img_transform("builtin", "shapes-vit")
+    known = inputs.with_masks(known, files, masks, names, transform, store.grid)
+    assert known.concepts == synthetic.SHAPES
+    square = synthetic.CONCEPTS.index("shape:square")
+    world_masks = inputs.knowledge(store, range(len(store)), out / "images" / "images", None).patch_NPC
+    # A square-majority patch is >= 25% square (the world's rule); the rule also takes smaller shares.
+    majority, covered = known.patch_NPC[..., 1], world_masks[..., square]
+    assert not (majority & ~covered).any()
+    assert (majority & covered).sum() / covered.sum() > 0.5
+    with pytest.raises(Exception, match="no mask for 1 image"):
+        (masks / files[0]).unlink()
+        inputs.with_masks(known, files, masks, names, transform, store.grid)
+
+
+def test_class_folders_record_first_and_skip_what_they_cannot_support(tmp_path, photos, tiny_clip, capsys):
+    """`--images` records the SAE's ViT and layer first; class folders give the probing task, a
+    CLIP zero-shot head gives preservation; detection, steering, absorption and stability say why not."""
+    images = tmp_path / "images"
+    for k, path in enumerate(photos + photos):
+        cls = images / ("outdoor" if k % 2 else "indoor")
+        cls.mkdir(parents=True, exist_ok=True)
+        Image.open(path).convert("RGB").rotate(15 * k).save(cls / f"{k:02d}.png")
+    vit = make_vit("clip", tiny_clip)
+    sae = SparseAutoencoder(
+        SaeConfig(d_vit=vit.d_vit, d_sae=4 * vit.d_vit, activation=TopK(k=4)),
+        Provenance(vit_family="clip", vit_ckpt=tiny_clip, layer=-2, tokens="patches"),
+    )
+    checkpoints.dump(tmp_path / "sae.safetensors", sae)
+    (tmp_path / "classes.txt").write_text("indoor\noutdoor\n")
+    args = ["--sae", str(tmp_path / "sae.safetensors"), "--images", str(images), "--out", str(tmp_path / "b")]
+    args += ["--head", f"clip-zero-shot:{tmp_path / 'classes.txt'}", "--resamples", "20"]
+    main(["bench", *args])
+    [card] = json.loads((tmp_path / "b" / "report.json").read_text())["saes"]
+    names = {m["name"] for m in card["metrics"]}
+    assert {"fvu", "probe_k1", "recovered_zero", "morans_i"} <= names
+    assert set(card["skipped"]) == {"detection", "absorption", "stability", "monosemanticity", "steering"}
+    assert "--evaluator" in card["skipped"]["monosemanticity"]
+    assert card["n_images"] == 2 * len(photos)

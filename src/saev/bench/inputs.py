@@ -15,15 +15,19 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from saev import synthetic
+from saev.activations.families.base import Transform
 from saev.bench.absorption import Hierarchy
 from saev.bench.reconstruction import TokenSums, token_sums
 from saev.data.store import ShardStore
 from saev.errors import ConfigError
 from saev.fileio import existing_kind, read_json
 from saev.nn.modeling import SparseAutoencoder
+from saev.steering.probes import mask_patch_labels, read_class_names
 
 logger = logging.getLogger("saev.bench")
 
+IGNORE_LABEL = 255
+"""Mask label of pixels without a class (as `saev probe`'s default)."""
 BLOCK_BYTES = 1 << 27
 """Dense code blocks handed to the metrics stay under this size (128 MiB)."""
 
@@ -264,3 +268,34 @@ def knowledge(
     return folder_knowledge(
         [r.get("label") for r in records], read_hierarchy(hierarchy) if hierarchy else None
     )
+
+
+def with_masks(
+    known: Knowledge,
+    files: Sequence[str],
+    masks: pathlib.Path,
+    names_file: pathlib.Path | None,
+    transform: Transform,
+    grid: tuple[int, int],
+) -> Knowledge:
+    """`known` with patch concepts read from label masks: each patch takes its majority label
+    through the model's crop (as `saev probe` segmentation); label 0 is background, 255 ignored."""
+    if existing_kind(masks) != "a folder":
+        raise ConfigError(f"--masks {masks}: not a folder.")
+    by_stem = {p.relative_to(masks).with_suffix("").as_posix(): p for p in masks.rglob("*") if p.is_file()}
+    missing = [f for f in files if pathlib.PurePath(f).with_suffix("").as_posix() not in by_stem]
+    if missing:
+        raise ConfigError(f"--masks {masks}: no mask for {len(missing)} image(s), e.g. {missing[0]}.")
+    labels_NP = np.stack(
+        [
+            mask_patch_labels(transform, by_stem[pathlib.PurePath(f).with_suffix("").as_posix()], grid)
+            for f in tqdm.tqdm(files, desc="masks", unit="img")
+        ]
+    )
+    names = read_class_names(names_file)
+    present = sorted(int(v) for v in np.unique(labels_NP) if v not in (0, IGNORE_LABEL))
+    if names is not None and present and present[-1] >= len(names):
+        raise ConfigError(f"{names_file}: names {len(names)} labels, but the masks use label {present[-1]}.")
+    concepts = tuple(names[v] if names else f"label-{v}" for v in present)
+    patch_NPC = labels_NP[..., None] == np.array(present)[None, None]
+    return dataclasses.replace(known, concepts=concepts, patch_NPC=patch_NPC)

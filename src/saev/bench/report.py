@@ -4,6 +4,7 @@ metric by metric with their intervals, with a sparsity/fidelity plot."""
 import base64
 import html
 import io
+import json
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,25 @@ from saev.bench.stats import Metric
 from saev.fileio import atomic_open, write_json
 
 DIRECTION = {True: "higher is better", False: "lower is better", None: "descriptive"}
+VALIDATION = pathlib.Path(__file__).with_name("validation.json")
+"""Each metric's agreement with ground truth in the built-in world, as `python -m
+benchmarks.bench_validation` measured it (Spearman rho against concept recovery, reseed noise)."""
+
+
+def validation() -> dict[str, dict[str, Any]]:
+    """metric name -> {"rho", "noise", "verdict"}; empty when the file is absent."""
+    if not VALIDATION.is_file():
+        return {}
+    data = json.loads(VALIDATION.read_text())
+    return data.get("metrics", {}) if isinstance(data, dict) else {}
+
+
+def verdict(name: str, found: dict[str, dict[str, Any]]) -> str:
+    v = found.get(name)
+    if not v:
+        return "not validated"
+    rho = v.get("rho")
+    return v["verdict"] + ("" if rho is None else f" (rho {rho:+.2f})")
 
 
 GROUPS = (
@@ -63,9 +83,10 @@ def best(cards: Sequence[Scorecard], name: str) -> set[int]:
 def table(cards: Sequence[Scorecard]) -> str:
     """Markdown table: one row per metric, one column per SAE (value [95% interval])."""
     names = [f"SAE {i + 1}" for i in range(len(cards))]
+    checked = validation()
     lines = [
-        "| metric | better | " + " | ".join(names) + " | baseline (SAE 1) |",
-        "|---|---|" + "---|" * len(cards) + "---|",
+        "| metric | better | " + " | ".join(names) + " | baseline (SAE 1) | validation |",
+        "|---|---|" + "---|" * len(cards) + "---|---|",
     ]
     for name in rows(cards):
         found = [lookup(c, name) for c in cards]
@@ -77,7 +98,7 @@ def table(cards: Sequence[Scorecard]) -> str:
         ]
         base = found[0].baseline.text() if found[0] is not None and found[0].baseline is not None else ""
         arrow = {True: "up", False: "down", None: ""}[first.higher_is_better]
-        lines.append(f"| {name} | {arrow} | " + " | ".join(cells) + f" | {base} |")
+        lines.append(f"| {name} | {arrow} | " + " | ".join(cells) + f" | {base} | {verdict(name, checked)} |")
     lines.append("")
     lines += [f"SAE {i + 1}: {c.sae} ({c.n_images} images, {c.seconds:.0f} s)" for i, c in enumerate(cards)]
     skipped = {k: v for c in cards for k, v in c.skipped.items()}
@@ -139,6 +160,7 @@ def _err(m: Metric) -> list[list[float]] | None:
 
 def _page(cards: Sequence[Scorecard], png_b64: str) -> str:
     head = "".join(f"<th>SAE {i + 1}</th>" for i in range(len(cards)))
+    checked = validation()
     body = []
     group = None
     for name in rows(cards):
@@ -146,7 +168,7 @@ def _page(cards: Sequence[Scorecard], png_b64: str) -> str:
         first = next(m for m in found if m is not None)
         if first.group != group:
             group = first.group
-            body.append(f'<tr class="group"><th colspan="{len(cards) + 3}">{html.escape(group)}</th></tr>')
+            body.append(f'<tr class="group"><th colspan="{len(cards) + 4}">{html.escape(group)}</th></tr>')
         winners = best(cards, name)
         cells = "".join(_cell(m, i in winners) for i, m in enumerate(found))
         base = found[0].baseline if found[0] is not None else None
@@ -156,7 +178,8 @@ def _page(cards: Sequence[Scorecard], png_b64: str) -> str:
             else f"{html.escape(base.text())}<br><small>{html.escape(found[0].baseline_name)}</small>"
         )  # type: ignore[union-attr]
         body.append(
-            f"<tr><td>{html.escape(name)}</td><td>{DIRECTION[first.higher_is_better]}</td>{cells}<td>{base_text}</td></tr>"
+            f"<tr><td>{html.escape(name)}</td><td>{DIRECTION[first.higher_is_better]}</td>{cells}<td>{base_text}</td>"
+            f"<td>{html.escape(verdict(name, checked))}</td></tr>"
         )
     saes = "".join(
         f"<li>SAE {i + 1}: <code>{html.escape(c.sae)}</code>: {c.n_images} images, {c.seconds:.0f} s</li>"
@@ -176,9 +199,12 @@ small {{ color: #666; }}
 </style></head><body>
 <h1>SAE scorecard</h1>
 <p>Each value with its 95% bootstrap interval over images (n below it). A green cell's interval
-lies beyond every other SAE's. Definitions: <code>docs/bench.md</code>.</p>
+lies beyond every other SAE's. Definitions: <code>docs/bench.md</code>. The last column says whether
+the metric tracked ground-truth concept recovery across SAEs of known quality in saev's built-in
+world (Spearman rho; <code>python -m benchmarks.bench_validation</code>): read a metric that
+"fails" there as a description, not a verdict on quality.</p>
 <ul>{saes}</ul>
-<table><tr><th>metric</th><th>direction</th>{head}<th>baseline (SAE 1)</th></tr>
+<table><tr><th>metric</th><th>direction</th>{head}<th>baseline (SAE 1)</th><th>validation</th></tr>
 {"".join(body)}
 </table>
 <h2>Sparsity and fidelity</h2>

@@ -79,6 +79,10 @@ def score(
         raise ConfigError(f"{store.path}: {len(images)} image(s); a scorecard needs at least 10.")
     lookup = ImageLookup(store, images_override)
     known = inputs.knowledge(store, images, lookup.root, settings.hierarchy)
+    if settings.masks is not None:
+        transform = make_img_transform(store.meta.vit_family, store.meta.vit_ckpt)
+        files = [store.images[i].get("path", "") for i in images] if store.images else []
+        known = inputs.with_masks(known, files, settings.masks, settings.mask_classes, transform, store.grid)
     gathered = inputs.gather(sae, store, layer, images, device=settings.device)
     skipped: dict[str, str] = {}
     bar = tqdm.tqdm(total=7, desc="metrics", unit="step")
@@ -136,7 +140,7 @@ def _array_metrics(
         )
         metrics += found
     else:
-        skipped["detection"] = "no patch masks (the built-in world has them; --masks is not supported yet)"
+        skipped["detection"] = "no patch masks (--masks; the built-in world has its own)"
     _step(bar, "absorption")
     if known.hierarchies and known.items is not None:
         unit = "images" if known.items.patches_MP is None else "objects"

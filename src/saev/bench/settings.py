@@ -17,6 +17,12 @@ class BenchSettings:
     evaluator: str | None = None
     """FAMILY/CKPT of the model embedding images for monosemanticity (default: the built-in ViT in
     the built-in world; elsewhere pick a model other than the SAE's)."""
+    masks: pathlib.Path | None = None
+    """Folder of label masks mirroring the image root (matched by relative path without extension;
+    integer labels as `saev probe` reads them; 0 is background, 255 ignored): concept detection
+    and steering then run on your images."""
+    mask_classes: pathlib.Path | None = None
+    """Names of the mask labels, line i naming label i (default: label-1, label-2, ...)."""
     hierarchy: pathlib.Path | None = None
     """JSON {parent: [child, ...]} over class-folder names, for absorption (built in for the built-in world)."""
     max_images: int | None = None

@@ -239,7 +239,7 @@ def gather_inputs(cfg: ProbeConfig) -> _Inputs:
         )
     if len(source.files) < 2:
         raise ConfigError(f"{source.root}: needs at least two images for a validation split.")
-    return _Inputs(source.files, masks, _read_class_names(cfg.class_names))
+    return _Inputs(source.files, masks, read_class_names(cfg.class_names))
 
 
 def _image_size(path: pathlib.Path) -> tuple[int, int] | None:
@@ -266,7 +266,7 @@ def _check_mask_header(path: pathlib.Path) -> tuple[int, int]:
     return size
 
 
-def _read_class_names(path: pathlib.Path | None) -> tuple[str, ...] | None:
+def read_class_names(path: pathlib.Path | None) -> tuple[str, ...] | None:
     if path is None:
         return None
     names = tuple(line.strip() for line in read_text(path, "class-name file").splitlines())
