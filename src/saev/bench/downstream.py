@@ -112,13 +112,14 @@ def steering(
 
         return statistic
 
+    per_concept = [{k: v for k, v in r.to_dict().items() if k != "random_direction"} for r in test.results]
+
     def metric(kind: str, better: bool) -> Metric:
         est = bootstrap(rates(edit_NK4, kind), n, resamples=resamples, seed=seed)
         base = bootstrap(rates(random_NK4, kind), n, resamples=resamples, seed=seed)
-        per_concept = [
-            {k: v for k, v in r.to_dict().items() if k != "random_direction"} for r in test.results
-        ]
-        details = {"head": head.name, "edit": test.edit, "per_concept": per_concept}
+        details = {"head": head.name, "edit": test.edit}
+        # The per-concept counts once, with the headline metric, not thrice.
+        details |= {"per_concept": per_concept} if kind == "selectivity" else {}
         return Metric(f"steering_{kind}", "steering", est, better, base, "a random live latent", details)
 
     return [metric("selectivity", True), metric("target", True), metric("other", False)]

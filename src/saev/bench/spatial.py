@@ -2,8 +2,11 @@
 
 Per (image, latent) with enough active patches, Moran's I of the latent's values over the patch
 grid; per latent, the mean over its valid images; the score is the mean over latents with enough
-valid images. The definition and its filters are visaebench's M1 (FeatureLocalization), so the
-numbers agree with it on the same codes (queen adjacency, its thresholds). The baseline is the same
+valid images. This is visaebench's M1 (FeatureLocalization) computation; with its settings (queen
+adjacency, `min_active=5`, `min_images=50`, `max_images_per_latent=200`) the numbers agree with it
+on the same codes. saev's defaults differ on purpose: rook adjacency (the issue's and Moran's
+textbook contiguity), and filters for small grids (an 8x8 grid's objects cover 3-12 patches, and a
+few hundred images leave few latents with 50 valid ones), with no per-latent cap. The baseline is the same
 score after shuffling every image's patches, which keeps each map's values and destroys its layout.
 """
 
