@@ -19,7 +19,7 @@ def test_reduced_quickstart_finds_concepts_and_builds_the_gallery(tmp_path, caps
     lines = quickstart(capsys, "--out", str(out), "--n-images", "600", "--n-train", "600000")
 
     index = out / "gallery" / "index.html"
-    assert lines[-1] == f"gallery: {index}"
+    assert lines[-2:] == [f"gallery: {index}", f"scorecard: {out / 'bench' / 'index.html'}"]
     report = json.loads((out / "report.json").read_text())
     assert [row["concept"] for row in report["concepts"]] == list(synthetic.CONCEPTS)
     for row in report["concepts"]:
