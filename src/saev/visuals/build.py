@@ -140,9 +140,11 @@ def make_visuals(
         gallery.write_latent_page(cfg.out, page, prev_id, next_id, cfg.sort_by)
     meta = store.meta
     subtitle = f"{cfg.sae} on {meta.vit_family}/{meta.vit_ckpt} layer {cfg.layer}, {len(store):,} images."
-    about = _about(cfg, rows, chosen, notes, top.stats.n_tokens) + "".join(
-        f' <a href="{html.escape(href)}">{html.escape(text)}</a>.' for text, href in (links or {}).items()
-    )
+    # Links first: below the render command they sit off the first screen.
+    about = "".join(
+        f'<p><a href="{html.escape(href)}">{html.escape(text)}</a></p>'
+        for text, href in (links or {}).items()
+    ) + _about(cfg, rows, chosen, notes, top.stats.n_tokens)
     index = gallery.write_index(cfg.out, rows, "SAE latents", subtitle, about, thumb_size(grid))
     if lookup.missing:
         logger.warning("%d image(s) could not be found or read; drawn as placeholders", len(lookup.missing))
