@@ -14,10 +14,8 @@ from saev.activations.vit import Vit
 from saev.bench.stats import Metric, bootstrap
 from saev.steering.effects import steering_test
 from saev.steering.heads import Head
-from saev.steering.reconstruction import _clean_target, unit_losses
+from saev.steering.reconstruction import CONDITIONS, clean_target, condition_logits, unit_losses
 from saev.steering.splice import SplicedVit
-
-CONDITIONS = ("clean", "spliced", "zero", "mean")
 
 
 @torch.inference_mode()
@@ -35,16 +33,8 @@ def preservation(
     clean predictions, so any head works without labels."""
     loss_NC, kl_N = [], []
     for x in batches:
-        prefix = spliced.prefix(x)
-        read_BND = prefix.tokens_BTD[:, spliced.index_N]
-        tokens = {
-            "clean": prefix.tokens_BTD,
-            "spliced": spliced.tokens_with(prefix, mode="replace"),
-            "zero": spliced.replace_read(prefix, torch.zeros_like(read_BND)),
-            "mean": spliced.replace_read(prefix, mean_D.expand_as(read_BND)),
-        }
-        logits = {c: head.logits(spliced.finish(t)) for c, t in tokens.items()}
-        target = _clean_target(head, logits["clean"])
+        logits = condition_logits(spliced, head, spliced.prefix(x), mean_D)
+        target = clean_target(head, logits["clean"])
         per_image = []
         for c in CONDITIONS:
             loss_U, kl_U = unit_losses(head, logits[c], logits["clean"], target)

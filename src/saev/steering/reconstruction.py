@@ -26,7 +26,7 @@ from torch import Tensor
 from saev.errors import ImageError
 from saev.nn.evaluation import Accumulator
 from saev.steering.heads import Head
-from saev.steering.splice import SplicedVit
+from saev.steering.splice import Prefix, SplicedVit
 
 CONDITIONS = ("clean", "spliced", "zero", "mean")
 logger = logging.getLogger("saev.steering")
@@ -90,19 +90,12 @@ def evaluate_splice(
     given = None
     for x, labels in batches:
         prefix = spliced.prefix(x)
-        read_BND = prefix.tokens_BTD[:, spliced.index_N]
         with torch.inference_mode():
-            acc.add(sae.normalize(read_BND).reshape(-1, sae.cfg.d_vit))
-            tokens = {
-                "clean": prefix.tokens_BTD,
-                "spliced": spliced.tokens_with(prefix, mode="replace"),
-                "zero": spliced.replace_read(prefix, torch.zeros_like(read_BND)),
-                "mean": spliced.replace_read(prefix, mean_D.expand_as(read_BND)),
-            }
-            logits = {c: head.logits(spliced.finish(t)) for c, t in tokens.items()}
+            acc.add(sae.normalize(prefix.tokens_BTD[:, spliced.index_N]).reshape(-1, sae.cfg.d_vit))
+        logits = condition_logits(spliced, head, prefix, mean_D)
         given = labels is not None if given is None else given
         target = (
-            labels.to(logits["clean"].device) if labels is not None else _clean_target(head, logits["clean"])
+            labels.to(logits["clean"].device) if labels is not None else clean_target(head, logits["clean"])
         )
         for c in CONDITIONS:
             _accumulate(sums[c], head, logits[c], logits["clean"], target)
@@ -140,7 +133,23 @@ def evaluate_splice(
     )
 
 
-def _clean_target(head: Head, logits: Tensor) -> Tensor:
+@torch.inference_mode()
+def condition_logits(
+    spliced: SplicedVit, head: Head, prefix: Prefix, mean_D: Float[Tensor, " d_vit"]
+) -> dict[str, Tensor]:
+    """The head's logits under each of CONDITIONS: clean, the SAE's reconstruction spliced in, and
+    the read tokens zero- or mean-ablated."""
+    read_BND = prefix.tokens_BTD[:, spliced.index_N]
+    tokens = {
+        "clean": prefix.tokens_BTD,
+        "spliced": spliced.tokens_with(prefix, mode="replace"),
+        "zero": spliced.replace_read(prefix, torch.zeros_like(read_BND)),
+        "mean": spliced.replace_read(prefix, mean_D.expand_as(read_BND)),
+    }
+    return {c: head.logits(spliced.finish(t)) for c, t in tokens.items()}
+
+
+def clean_target(head: Head, logits: Tensor) -> Tensor:
     return (logits > 0).float() if head.multilabel else logits.argmax(-1)
 
 
