@@ -142,7 +142,11 @@ def test_reseeds_are_runs_that_differ_only_in_their_seed(tmp_path):
     [
         ([], "give at least one --sae"),
         (["--sae", "x.safetensors"], "give --shards STORE, or --images DIR"),
-        (["--sae", "x.safetensors", "--shards", "s", "--resamples", "3"], "--resamples must be at least 10"),
+        (
+            ["--sae", "x.safetensors", "--shards", "s", "--resamples", "3"],
+            "--resamples must be in [10, 10000]",
+        ),
+        (["--sae", "x.safetensors", "--shards", "s", "--resamples", "1000000000"], "--resamples must be in"),
     ],
 )
 def test_bad_options_are_one_line(args, message, capsys):

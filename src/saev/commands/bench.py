@@ -12,6 +12,8 @@ from saev.errors import ConfigError
 from saev.fileio import OutputFolder
 from saev.nn import checkpoints
 
+MAX_RESAMPLES = 10_000
+
 
 @dataclasses.dataclass(frozen=True)
 class Config(BenchSettings):
@@ -46,8 +48,11 @@ def run(cfg: Config) -> Result:
         raise ConfigError("give at least one --sae.")
     if cfg.shards is None and cfg.images is None:
         raise ConfigError("give --shards STORE, or --images DIR to record one first.")
-    if cfg.resamples < 10:
-        raise ConfigError(f"--resamples must be at least 10 for an interval, got {cfg.resamples}.")
+    if not 10 <= cfg.resamples <= MAX_RESAMPLES:
+        raise ConfigError(
+            f"--resamples must be in [10, {MAX_RESAMPLES}] (an interval needs some; each costs a pass "
+            f"over every metric's per-image sums), got {cfg.resamples}."
+        )
     if cfg.batch_size < 1 or (cfg.max_images is not None and cfg.max_images < 10):
         raise ConfigError("--batch-size must be positive and --max-images at least 10.")
     store = open_shards(cfg.shards) if cfg.shards is not None else _record(cfg)
