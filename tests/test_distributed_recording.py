@@ -51,15 +51,19 @@ def test_two_processes_write_the_single_process_store(tmp_path, tiny_clip, photo
 
 
 def test_a_killed_distributed_recording_resumes_to_the_same_store(tmp_path, tiny_clip, photos):
-    images = many_images(tmp_path, photos, 20)
+    # 48 images: rank 0's part (24 images, 8 shards) has 18 images left once its second shard is
+    # on disk, so a poller starved on a busy machine still kills it before its part is done.
+    images = many_images(tmp_path, photos, 48)
     expected = single(tiny_clip, images, tmp_path / "one")
     args = cli_args(tiny_clip, images, tmp_path / "two", **(EXTRA | dict(batch_size=1)))
-    done = kill_when(args, lambda: bool(list((tmp_path / "two").glob(f"*/{PARTS_DIR}/*/acts000001.bin"))))
+    rank0_part = f"*/{PARTS_DIR}/{0:012d}-*"
+    done = kill_when(args, lambda: bool(list((tmp_path / "two").glob(f"{rank0_part}/acts000001.bin"))))
     [store] = list((tmp_path / "two").iterdir())
-    assert done and not (store / "metadata.json").exists(), "the recording finished before it could be killed"
+    [part] = store.glob(f"{PARTS_DIR}/{0:012d}-*")
+    assert done and not (part / "metadata.json").exists(), "rank 0's part finished before it could be killed"
 
     result = torchrun(args)
-    assert "resuming after" in result.stderr
+    assert "rank 0: saev.activations: resuming after" in result.stderr
     got = all_files(store)
     # The reference ran in batches of 2 (CLIP's arithmetic does not depend on the batch); the record
     # of the options says which batches made each store.
