@@ -44,6 +44,7 @@ MINIMAL = {
     "catalog": [],
     "export": ["runs/x", "out/"],
     "bench": ["--sae", "x.safetensors", "--shards", "nowhere"],
+    "label": ["--sae", "x.safetensors", "--shards", "nowhere"],
 }
 
 

@@ -87,3 +87,15 @@ def default_layer(prov: Provenance, store: ShardStore, where: str) -> int:
         store.path,
     )
     return -2
+
+
+def patch_layer(prov: Provenance, store: ShardStore, where: str, force: bool) -> int:
+    """The store layer whose patch tokens the SAE at `where` reads: the one it records, checked like
+    every command that reads a store."""
+    layer = default_layer(prov, store, where)
+    reading = Reading(store.meta.vit_family, store.meta.vit_ckpt, layer, store.n_blocks, "patches")
+    check(prov, reading, force=force, where=where)
+    found = [ly for ly in store.layers if same_block(ly, layer, store.n_blocks)]
+    if not found:
+        raise ConfigError(f"{store.path} records layers {list(store.layers)}, not layer {layer} that {where} reads.")
+    return found[0]

@@ -73,7 +73,7 @@ def score(
     """The scorecard of one SAE on `store`'s images."""
     started = time.perf_counter()
     sae = checkpoints.load(sae_spec, device=settings.device).eval()
-    layer = _layer(sae, store, sae_spec, settings.force)
+    layer = provenance.patch_layer(sae.provenance, store, sae_spec, settings.force)
     images = list(range(len(store) if settings.max_images is None else min(len(store), settings.max_images)))
     if len(images) < 10:
         raise ConfigError(f"{store.path}: {len(images)} image(s); a scorecard needs at least 10.")
@@ -162,20 +162,6 @@ def _step(bar: tqdm.tqdm, name: str) -> None:
     """Name the step starting on the metrics bar (it counts steps started)."""
     bar.set_postfix_str(name, refresh=False)
     bar.update()
-
-
-def _layer(sae: SparseAutoencoder, store: ShardStore, where: str, force: bool) -> int:
-    """The store layer the SAE reads: the one it records, checked like every command that reads a store."""
-    prov = sae.provenance
-    layer = provenance.default_layer(prov, store, where)
-    reading = provenance.Reading(store.meta.vit_family, store.meta.vit_ckpt, layer, store.n_blocks, "patches")
-    provenance.check(prov, reading, force=force, where=where)
-    found = [ly for ly in store.layers if provenance.same_block(ly, layer, store.n_blocks)]
-    if not found:
-        raise ConfigError(
-            f"{store.path} records layers {list(store.layers)}, not layer {layer} that {where} reads."
-        )
-    return found[0]
 
 
 def heldout(spec: str, store: ShardStore, images: Sequence[int]) -> np.ndarray:

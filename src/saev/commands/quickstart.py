@@ -27,6 +27,7 @@ from saev.commands.train import plot_runs
 from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError
 from saev.fileio import OutputFolder, existing_kind, read_json, save_image, write_json
+from saev.naming.settings import NamingSettings
 from saev.nn import checkpoints
 from saev.steering import effects, inputs
 from saev.steering.edits import Edit
@@ -110,7 +111,8 @@ def run(cfg: Config) -> Result:
     )
     scorecard = _bench(cfg, store, run_result)
     links = {"The SAE's scorecard (saev bench)": "../bench/index.html"} if scorecard else {}
-    gallery = _visuals(cfg, store.path, run_result, scores, figures, links)
+    names = _names(cfg, store, run_result)
+    gallery = _visuals(cfg, store.path, run_result, scores, figures, links, names)
     report = {
         "store": str(store.path),
         "sae": str(run_result.checkpoint),
@@ -120,6 +122,8 @@ def run(cfg: Config) -> Result:
         "splice": splice,
         "steering": steering,
         "scorecard": scorecard,
+        "names": str(cfg.out / "names.json") if names else None,
+        "n_named": sum(n is not None for n in names.values()) if names else 0,
         "seconds": time.perf_counter() - started,
     }
     if scores:
@@ -277,6 +281,17 @@ def _steering_figures(cfg, spliced, head, transform, paths, targets, max_S) -> d
     return figures
 
 
+def _names(cfg: Config, store: ShardStore, run_result: RunResult) -> dict[int, dict | None]:
+    """Every latent's automatic name (`saev label`), written to OUT/names.json."""
+    # Naming reads the scorecard's inputs, which import scikit-learn (1.8 s).
+    from saev.naming.names import write_names
+    from saev.naming.run import label
+
+    naming = label(str(run_result.checkpoint), store, NamingSettings(seed=cfg.seed, device=cfg.device))
+    write_names(naming, cfg.out / "names.json")
+    return naming.as_dicts()
+
+
 def _visuals(
     cfg: Config,
     shards: pathlib.Path,
@@ -284,7 +299,10 @@ def _visuals(
     scores: list[dict],
     figures: dict[int, list[Figure]],
     links: dict[str, str],
+    names: dict[int, dict | None],
 ) -> pathlib.Path:
+    """The gallery: pages for the concept detectors, then the other named latents, then a sample of
+    the rest, up to --n-latents."""
     notes: dict[int, str] = {}
     for row in scores:
         lat = row["latent"]
@@ -293,11 +311,10 @@ def _visuals(
     detectors = list(notes)
     freq = run_result.eval.freq if run_result.eval else []
     live = [s for s, f in enumerate(freq) if f > 0 and s not in detectors]
-    extra = (
-        np.random.default_rng(cfg.seed)
-        .permutation(live)[: max(0, cfg.n_latents - len(set(detectors)))]
-        .tolist()
-    )
+    rng = np.random.default_rng(cfg.seed)
+    named = [s for s in live if names.get(s) is not None]
+    ordered = rng.permutation(named).tolist() + rng.permutation([s for s in live if s not in set(named)]).tolist()
+    extra = ordered[: max(0, cfg.n_latents - len(set(detectors)))]
     latents = tuple(sorted(set(detectors) | {int(s) for s in extra}))
     result = make_visuals(
         VisualsConfig(
@@ -312,6 +329,7 @@ def _visuals(
         notes,
         figures,
         links,
+        names,
     )
     return result.index
 
