@@ -57,11 +57,10 @@ from visaebench.metrics.spatial_coherence.localization import FeatureLocalizatio
 import saev.bench.downstream  # noqa: E402
 import saev.bench.inputs  # noqa: E402
 import saev.bench.run  # noqa: E402
-from benchmarks.common import table  # noqa: E402
+from benchmarks.common import quickstart_output, table  # noqa: E402
 from saev import runtime, synthetic  # noqa: E402
 from saev.bench.settings import BenchSettings  # noqa: E402
 from saev.data.store import ShardStore, open_shards  # noqa: E402
-from saev.fileio import read_json  # noqa: E402
 from saev.nn import checkpoints  # noqa: E402
 from saev.nn.modeling import SparseAutoencoder  # noqa: E402
 from saev.visuals.lookup import ImageLookup  # noqa: E402
@@ -168,16 +167,6 @@ class EmbeddingTable:
     def extract_activations(self, images: Sequence[int], layer: int = -1) -> torch.Tensor:
         self.asked.update(int(i) for i in images)
         return self.emb_NE[list(images)][:, None, :]
-
-
-def quickstart_output(folder: pathlib.Path) -> tuple[str, str]:
-    if not (folder / "report.json").is_file():
-        import saev.cli
-
-        print(f"{folder / 'report.json'} missing: running saev quickstart --out {folder}", flush=True)
-        saev.cli.main(["quickstart", "--out", str(folder)])
-    report = read_json(folder / "report.json", "quickstart report", ValueError)
-    return str(report["sae"]), str(report["store"])
 
 
 def first_shapes(store: ShardStore, root: pathlib.Path) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Shared timing helpers for the benchmarks: medians of repeated runs, printed as Markdown tables."""
 
+import pathlib
 import statistics
 import time
 from collections.abc import Callable
@@ -39,3 +40,17 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def quickstart_output(folder: pathlib.Path) -> tuple[str, str]:
+    """The SAE and store of a `saev quickstart` output folder, running the quickstart there first
+    when it has no report.json."""
+    from saev.fileio import read_json
+
+    if not (folder / "report.json").is_file():
+        import saev.cli
+
+        print(f"{folder / 'report.json'} missing: running saev quickstart --out {folder}", flush=True)
+        saev.cli.main(["quickstart", "--out", str(folder)])
+    report = read_json(folder / "report.json", "quickstart report", ValueError)
+    return str(report["sae"]), str(report["store"])

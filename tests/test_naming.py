@@ -29,7 +29,9 @@ def gathered_from(codes_NPS: torch.Tensor) -> inputs.Gathered:
     codes.freeze()
     fires_NS = (codes_NPS > 0).sum(1).numpy()
     sums = token_sums(torch.zeros(*codes_NPS.shape[:2], 1), torch.zeros(*codes_NPS.shape[:2], 1))
-    return inputs.Gathered(codes, codes_NPS.amax(1).numpy(), fires_NS, np.full(len(codes_NPS), codes_NPS.shape[1]), sums)
+    return inputs.Gathered(
+        codes, codes_NPS.amax(1).numpy(), fires_NS, np.full(len(codes_NPS), codes_NPS.shape[1]), sums
+    )
 
 
 def plain_f1(fires: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
@@ -84,14 +86,21 @@ def test_candidates_add_background_and_cross_axis_pairs_but_not_same_axis_ones()
     patch = np.zeros((1, 4, 3), dtype=bool)
     patch[0, 0] = [True, False, True]  # shape:circle & colour:red
     patch[0, 1] = [False, True, False]
-    known = inputs.Knowledge({}, ("shape:circle", "shape:square", "colour:red"), patch, source="built-in world")
+    known = inputs.Knowledge(
+        {}, ("shape:circle", "shape:square", "colour:red"), patch, source="built-in world"
+    )
     single, pairs = cands.from_knowledge(known)
     assert single.names == ("shape:circle", "shape:square", "colour:red", "background")
     assert single.present[0, :, 3].tolist() == [False, False, True, True]
     assert pairs.names == ("shape:circle & colour:red", "shape:square & colour:red")
     assert pairs.present[0, :, 0].tolist() == [True, False, False, False]
     [labels] = cands.from_labels(["dog", None, "cat", "dog"])
-    assert labels.names == ("cat", "dog") and labels.present.tolist() == [[False, True], [False, False], [True, False], [False, True]]
+    assert labels.names == ("cat", "dog") and labels.present.tolist() == [
+        [False, True],
+        [False, False],
+        [True, False],
+        [False, True],
+    ]
     assert cands.from_labels(["dog", "dog"]) == []
 
 
@@ -119,7 +128,19 @@ def clip_sae(store, tiny_clip, path):
 
 def test_saev_label_names_clip_latents_from_class_folders_and_words(clip_store, tiny_clip, tmp_path, capsys):
     sae = clip_sae(clip_store, tiny_clip, tmp_path / "sae.safetensors")
-    main(["label", "--sae", str(sae), "--shards", str(clip_store), "--out", str(tmp_path / "n"), "--min-f1", "0.05"])
+    main(
+        [
+            "label",
+            "--sae",
+            str(sae),
+            "--shards",
+            str(clip_store),
+            "--out",
+            str(tmp_path / "n"),
+            "--min-f1",
+            "0.05",
+        ]
+    )
     out, err = capsys.readouterr()
     assert out.strip() == str(tmp_path / "n" / "names.json")
     data = json.loads((tmp_path / "n" / "names.json").read_text())
@@ -140,7 +161,10 @@ def test_saev_label_names_clip_latents_from_class_folders_and_words(clip_store, 
 )
 def test_bad_naming_options_are_one_line_errors(clip_store, tiny_clip, tmp_path, capsys, extra, message):
     sae = clip_sae(clip_store, tiny_clip, tmp_path / "sae.safetensors")
-    err = run_cli(["label", "--sae", str(sae), "--shards", str(clip_store), "--out", str(tmp_path / "n"), *extra], capsys)
+    err = run_cli(
+        ["label", "--sae", str(sae), "--shards", str(clip_store), "--out", str(tmp_path / "n"), *extra],
+        capsys,
+    )
     assert message in err
     assert not (tmp_path / "n" / "names.json").exists()
 
@@ -156,7 +180,13 @@ def world(tmp_path_factory):
     main(["label", "--sae", str(sae), "--shards", str(store.path), "--out", str(root / "names")])
     fresh = quickstart.Config(out=root / "fresh", n_images=600, seed=1)
     fresh_store = quickstart._record(fresh, quickstart._generate(fresh), "shapes-vit")
-    return store, sae, read_names(root / "names" / "names.json"), fresh_store, synthetic.load(root / "fresh" / "images")
+    return (
+        store,
+        sae,
+        read_names(root / "names" / "names.json"),
+        fresh_store,
+        synthetic.load(root / "fresh" / "images"),
+    )
 
 
 @pytest.mark.slow

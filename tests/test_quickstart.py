@@ -19,8 +19,13 @@ def test_reduced_quickstart_finds_concepts_and_builds_the_gallery(tmp_path, caps
     lines = quickstart(capsys, "--out", str(out), "--n-images", "600", "--n-train", "600000")
 
     index = out / "gallery" / "index.html"
-    assert lines[-2:] == [f"gallery: {index}", f"scorecard: {out / 'bench' / 'index.html'}"]
+    assert lines[-3:-1] == [f"gallery: {index}", f"scorecard: {out / 'bench' / 'index.html'}"]
+    assert lines[-1].startswith(f"names: {out / 'names.json'} (") and lines[-1].endswith(
+        " of 1,024 latents named, the rest unexplained)"
+    )
     report = json.loads((out / "report.json").read_text())
+    names = json.loads((out / "names.json").read_text())
+    assert report["names"] == {"file": str(out / "names.json"), "named": names["n_named"], "latents": 1024}
     assert [row["concept"] for row in report["concepts"]] == list(synthetic.CONCEPTS)
     for row in report["concepts"]:
         for side in ("latent", "neuron"):

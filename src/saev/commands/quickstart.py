@@ -89,6 +89,8 @@ class Result:
     """Steering test per head (`saev steer --evaluate`)."""
     scorecard: pathlib.Path | None = None
     """The SAE's `saev bench` page (built-in world only)."""
+    names: tuple[pathlib.Path, int, int] | None = None
+    """`saev label`'s names.json, latents named, latents (None when the images offer no candidate)."""
 
 
 def run(cfg: Config) -> Result:
@@ -113,6 +115,9 @@ def run(cfg: Config) -> Result:
     links = {"The SAE's scorecard (saev bench)": "../bench/index.html"} if scorecard else {}
     names = _names(cfg, store, run_result)
     gallery = _visuals(cfg, store.path, run_result, scores, figures, links, names)
+    named = (
+        (cfg.out / "names.json", sum(n is not None for n in names.values()), len(names)) if names else None
+    )
     report = {
         "store": str(store.path),
         "sae": str(run_result.checkpoint),
@@ -122,8 +127,7 @@ def run(cfg: Config) -> Result:
         "splice": splice,
         "steering": steering,
         "scorecard": scorecard,
-        "names": str(cfg.out / "names.json") if names else None,
-        "n_named": sum(n is not None for n in names.values()) if names else 0,
+        "names": {"file": str(named[0]), "named": named[1], "latents": named[2]} if named else None,
         "seconds": time.perf_counter() - started,
     }
     if scores:
@@ -133,7 +137,9 @@ def run(cfg: Config) -> Result:
         }
     write_json(cfg.out / "report.json", report)
     page = pathlib.Path(scorecard["page"]) if scorecard else None
-    return Result(gallery, cfg.out / "report.json", run_result.checkpoint, scores, splice, steering, page)
+    return Result(
+        gallery, cfg.out / "report.json", run_result.checkpoint, scores, splice, steering, page, named
+    )
 
 
 def _generate(cfg: Config) -> str:
@@ -284,10 +290,14 @@ def _steering_figures(cfg, spliced, head, transform, paths, targets, max_S) -> d
 def _names(cfg: Config, store: ShardStore, run_result: RunResult) -> dict[int, dict | None]:
     """Every latent's automatic name (`saev label`), written to OUT/names.json."""
     # Naming reads the scorecard's inputs, which import scikit-learn (1.8 s).
-    from saev.naming.names import write_names
+    from saev.naming.names import NothingToName, write_names
     from saev.naming.run import label
 
-    naming = label(str(run_result.checkpoint), store, NamingSettings(seed=cfg.seed, device=cfg.device))
+    try:
+        naming = label(str(run_result.checkpoint), store, NamingSettings(seed=cfg.seed, device=cfg.device))
+    except NothingToName as err:
+        logger.info("latents left unnamed: %s", err)
+        return {}
     write_names(naming, cfg.out / "names.json")
     return naming.as_dicts()
 
@@ -313,7 +323,9 @@ def _visuals(
     live = [s for s, f in enumerate(freq) if f > 0 and s not in detectors]
     rng = np.random.default_rng(cfg.seed)
     named = [s for s in live if names.get(s) is not None]
-    ordered = rng.permutation(named).tolist() + rng.permutation([s for s in live if s not in set(named)]).tolist()
+    ordered = (
+        rng.permutation(named).tolist() + rng.permutation([s for s in live if s not in set(named)]).tolist()
+    )
     extra = ordered[: max(0, cfg.n_latents - len(set(detectors)))]
     latents = tuple(sorted(set(detectors) | {int(s) for s in extra}))
     result = make_visuals(
@@ -400,6 +412,9 @@ def report(result: Result) -> None:
     print(f"gallery: {result.gallery}")
     if result.scorecard is not None:
         print(f"scorecard: {result.scorecard}")
+    if result.names is not None:
+        path, named, total = result.names
+        print(f"names: {path} ({named:,} of {total:,} latents named, the rest unexplained)")
 
 
 def serve_command(result: Result) -> str:

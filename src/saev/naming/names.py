@@ -20,6 +20,10 @@ MIN_FIRES = 5
 FORMAT = "saev-latent-names/1"
 
 
+class NothingToName(ConfigError):
+    """The images offer no candidate name: no concepts, masks, class labels or words."""
+
+
 @dataclasses.dataclass(frozen=True)
 class LatentName:
     text: str
@@ -85,7 +89,7 @@ def name_latents(
 ) -> Naming:
     """Name every latent of the SAE that made `gathered` from `candidates` (over the same images)."""
     if not candidates:
-        raise ConfigError(
+        raise NothingToName(
             "nothing to name latents with: the images have no class labels, concepts, masks or "
             "zero-shot words (give --masks, class folders, or a CLIP-family model with --vocabulary)."
         )
