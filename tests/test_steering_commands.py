@@ -2,6 +2,7 @@
 against plain computations, and CLIP zero-shot classification."""
 
 import json
+import pathlib
 
 import numpy as np
 import open_clip
@@ -13,12 +14,14 @@ from PIL import Image
 import saev.nn
 from saev import synthetic
 from saev.activations import make_img_transform, make_vit
+from saev.activations.transforms import visible_crop
 from saev.cli import main
 from saev.steering import SplicedVit
 from saev.steering.effects import Counts, steering_test
 from saev.steering.heads import builtin_head, clip_zero_shot_head
 from saev.steering.reconstruction import evaluate_splice
 from tests.conftest import photo
+from tests.test_lens_logit_lens import concept_sae
 from tests.test_steering import random_sae
 
 
@@ -64,6 +67,65 @@ def test_steer_prints_before_and_after_and_draws_each_image(scene, tmp_path, cap
         with Image.open(row["png"]) as img:
             assert img.width > 2 * 128
     assert "patch(es) changed" in out.err and " -> " in out.err
+
+
+def drawn_changed(png: pathlib.Path, crop: Image.Image, grid: tuple[int, int] = (8, 8)) -> set[int]:
+    """The patches a steering picture's last ("changed") panel marks: those that differ from the crop
+    (its first panel), since unchanged patches are drawn see-through."""
+    tiles = tile_pixels(png, crop)
+    gh, gw = grid
+    h, w = tiles[0].shape[:2]
+    diff = np.abs(tiles[-1] - tiles[0]).reshape(gh, h // gh, gw, w // gw, 3).max((1, 3, 4))
+    return set(np.flatnonzero(diff.reshape(-1) > 40).tolist())
+
+
+def tile_pixels(png: pathlib.Path, crop: Image.Image) -> list[np.ndarray]:
+    """The panels of a steering picture (`steering_panels`: crop-sized tiles 4 px apart), as RGB."""
+    w, h = crop.size
+    with Image.open(png) as img:
+        rgb = np.asarray(img.convert("RGB")).astype(int)
+    tiles = [rgb[:h, x : x + w] for x in range(0, rgb.shape[1] - w + 1, w + 4)]
+    assert np.array_equal(tiles[0], np.asarray(crop.convert("RGB")))
+    return tiles
+
+
+def test_steer_pictures_mark_the_reported_patches_and_show_the_suppressed_class(tmp_path, capsys):
+    synthetic.generate(tmp_path / "syn", 24, seed=7)
+    paths = sorted((tmp_path / "syn" / "images").iterdir())
+    saev.nn.dump(tmp_path / "sae.safetensors", concept_sae(paths))
+    red, purple = paths[8], paths[1]  # a red circle and star; a purple star, where the red latent also fires
+    # On this one a patch's predicted classes change while its top class stays: a picture of
+    # top-class changes would miss it.
+    subtle = paths[7]
+    args = ["steer", str(red), str(purple), str(subtle), "--sae", str(tmp_path / "sae.safetensors")]
+    args += ["--head", "builtin-patch"]
+    # Latent 4 is colour:red's direction: suppressing it where it fires.
+    main([*args, "--edit", "4=-1x", "--where", "active", "--out", str(tmp_path / "s")])
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    transform = make_img_transform("builtin", "shapes-vit")
+    by_image = {pathlib.Path(r["image"]): r for r in report["images"]}
+    for path, shown in ((red, "colour:red"), (purple, "colour:purple"), (subtle, None)):
+        row = by_image[path]
+        changed = {r["patch"] for r in row["changed_patches"]}
+        crop = visible_crop(transform, Image.open(path).convert("RGB"))
+        assert changed and drawn_changed(pathlib.Path(row["png"]), crop) == changed
+        if shown is None:
+            continue
+        assert row["shown_class"] == shown  # the class whose presence changes most
+        # Its presence panels: the patches that lose the class are bright before the edit, dark after.
+        lost = [
+            r["patch"] for r in row["changed_patches"] if shown in r["before"] and shown not in r["after"]
+        ]
+        *_, before, after, _ = tile_pixels(pathlib.Path(row["png"]), crop)
+        cells = [np.s_[p // 8 * 16 : p // 8 * 16 + 16, p % 8 * 16 : p % 8 * 16 + 16] for p in lost]
+        assert lost and all(before[c].mean() > 1.5 * after[c].mean() for c in cells)
+    # --show-class draws another class; one no head has is refused.
+    main([*args, "--edit", "4=-1x", "--show-class", "shape:star", "--out", str(tmp_path / "star")])
+    rows = json.loads((tmp_path / "star" / "report.json").read_text())["images"]
+    assert {r["shown_class"] for r in rows} == {"shape:star"}
+    with pytest.raises(SystemExit):
+        main([*args, "--edit", "4=-1x", "--show-class", "shape:hexagon", "--out", str(tmp_path / "x")])
+    assert "expected one of" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

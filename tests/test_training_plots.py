@@ -119,6 +119,37 @@ def test_a_run_with_one_logged_step_still_plots(dictionary, tmp_path, capsys):
     assert all(colour_count(q, CURVE_BLUE) > 10 for q in quadrants(rgb))  # one marker per panel
 
 
+def blue_masks(rgb: np.ndarray) -> list[np.ndarray]:
+    """Where each panel draws in the curves' blue, below its title."""
+    return [(np.abs(q[60:] - np.array(CURVE_BLUE)).sum(-1) < 40) for q in quadrants(rgb)]
+
+
+def test_each_panel_draws_its_own_quantity_and_both_dead_fractions_are_labelled(dictionary, tmp_path, capsys):
+    # 16x latents and a 5,000-token dead window: some latents die in training and on held-out tokens.
+    main(train_argv(dictionary, tmp_path / "runs", "--exp-factor", "16", "--dead-tokens", "5000"))
+    run_dir = pathlib.Path(capsys.readouterr().out.strip()).parent
+    assert len({key for panel in plots.CURVE_PANELS for key, _ in panel.lines}) == sum(
+        len(panel.lines) for panel in plots.CURVE_PANELS
+    )
+    masks = blue_masks(pixels(run_dir / plots.CURVES))
+    for a, b in itertools.combinations(range(4), 2):  # a duplicated panel draws the same pixels twice
+        assert (masks[a] & masks[b]).sum() < 0.5 * min(masks[a].sum(), masks[b].sum()), (a, b)
+    dead = plots.dead_counts(run_dir)
+    ev = json.loads((run_dir / "eval.json").read_text())
+    metrics = plots.read_metrics(run_dir / "metrics.jsonl")
+    assert dead.held_out == ev["n_dead"] / len(ev["freq"]) and dead.held_out_tokens == ev["n_tokens"]
+    assert dead.training == metrics[-1]["dead_frac"] and dead.window == 5000
+    assert dead.training_label() == "in training: silent for the last 5k training tokens"
+    assert (
+        dead.held_out_label()
+        == f"held out: never fired on the {ev['n_tokens'] / 1000:g}k held-out tokens (eval.json)"
+    )
+    # A window longer than the run: no latent can count as dead in training, and the label says so.
+    short = plots.DeadCounts(0.0, 1_000_000, 50_000, None, None)
+    assert short.training_label().endswith("(longer than the run's 50k: none can die)")
+    assert short.held_out_label() is None
+
+
 def write_metrics(run_dir: pathlib.Path, rows: list[dict], tail: str = "") -> None:
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows) + tail)
@@ -131,6 +162,8 @@ def metric_row(step: int, **kw: float) -> dict:
         "loss": 1 / step,
         "mse": 0.9 / step,
         "l0": 5.0,
+        "sparsity": 0.0,
+        "aux": 0.01 / step,
         "dead_frac": 0.1,
     }
     return row | kw

@@ -12,7 +12,7 @@ import pathlib
 import statistics
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from saev.activations.families import FamilyName, make_img_transform, make_vit
 from saev.activations.recording import RecordConfig, record
 from saev.activations.transforms import visible_crop
 from saev.commands.base import Command
+from saev.commands.steer import edit_picture
 from saev.commands.train import plot_runs
 from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError
@@ -37,7 +38,9 @@ from saev.steering.splice import SplicedVit
 from saev.training import RunResult, TrainConfig, train
 from saev.visuals import VisualsConfig, make_visuals
 from saev.visuals.gallery import Figure
-from saev.visuals.heatmap import steering_panels
+
+if TYPE_CHECKING:
+    from saev.naming.names import Naming
 
 logger = logging.getLogger("saev.quickstart")
 MIN_IMAGES = 100
@@ -113,11 +116,9 @@ def run(cfg: Config) -> Result:
     )
     scorecard = _bench(cfg, store, run_result)
     links = {"The SAE's scorecard (saev bench)": "../bench/index.html"} if scorecard else {}
-    names = _names(cfg, store, run_result)
-    gallery = _visuals(cfg, store.path, run_result, scores, figures, links, names)
-    named = (
-        (cfg.out / "names.json", sum(n is not None for n in names.values()), len(names)) if names else None
-    )
+    naming = _names(cfg, store, run_result)
+    gallery = _visuals(cfg, store.path, run_result, scores, figures, links, naming)
+    named = (cfg.out / "names.json", naming.n_named, len(naming.names)) if naming else None
     report = {
         "store": str(store.path),
         "sae": str(run_result.checkpoint),
@@ -265,21 +266,15 @@ def _steering_figures(cfg, spliced, head, transform, paths, targets, max_S) -> d
         img = Image.open(paths[i]).convert("RGB")
         prefix = spliced.prefix(transform(img)[None])
         edited = spliced.edit(prefix, [Edit(latent, "set", -1.0, relative=True)], where="active", max_S=max_S)
-        delta_P = spliced.decode_delta(prefix.codes_BNS, edited).norm(dim=-1)[0].cpu().numpy()
+        delta_N = spliced.decode_delta(prefix.codes_BNS, edited).norm(dim=-1)[0]
         before = head.logits(spliced.finish(prefix.tokens_BTD))[0].cpu()
         after = head.logits(spliced.finish(spliced.tokens_with(prefix, edited)))[0].cpu()
-        panels = steering_panels(
-            visible_crop(transform, img),
-            spliced.vit.layout.grid,
-            delta_P,
-            head.top_class(before).numpy(),
-            head.top_class(after).numpy(),
-            class_names=head.classes,
-        )
+        panels = edit_picture(head, visible_crop(transform, img), spliced, before, after, delta_N, shown=c)
         save_image(folder / f"{latent}.png", panels)
         caption = (
             f"{paths[i].name}: latent {latent} set to -1x its largest activation ({float(max_S[latent]):.3g}) where it "
-            f"fires; patch-head classes before and after (colours), and the patches whose classes changed."
+            f"fires; patch-head top classes before and after (colours), {synthetic.CONCEPTS[c]} before and after "
+            "(bright and outlined where predicted), and the patches whose predicted classes changed."
         )
         figures.setdefault(latent, []).append(
             Figure(f"steering/{latent}.png", f"Suppressing it ({synthetic.CONCEPTS[c]})", caption)
@@ -287,8 +282,9 @@ def _steering_figures(cfg, spliced, head, transform, paths, targets, max_S) -> d
     return figures
 
 
-def _names(cfg: Config, store: ShardStore, run_result: RunResult) -> dict[int, dict | None]:
-    """Every latent's automatic name (`saev label`), written to OUT/names.json."""
+def _names(cfg: Config, store: ShardStore, run_result: RunResult) -> "Naming | None":
+    """Every latent's automatic name (`saev label`), written to OUT/names.json; None when the
+    images offer no candidate (the user's images without class folders)."""
     # Naming reads the scorecard's inputs, which import scikit-learn (1.8 s).
     from saev.naming.names import NothingToName, write_names
     from saev.naming.run import label
@@ -297,9 +293,9 @@ def _names(cfg: Config, store: ShardStore, run_result: RunResult) -> dict[int, d
         naming = label(str(run_result.checkpoint), store, NamingSettings(seed=cfg.seed, device=cfg.device))
     except NothingToName as err:
         logger.info("latents left unnamed: %s", err)
-        return {}
+        return None
     write_names(naming, cfg.out / "names.json")
-    return naming.as_dicts()
+    return naming
 
 
 def _visuals(
@@ -309,7 +305,7 @@ def _visuals(
     scores: list[dict],
     figures: dict[int, list[Figure]],
     links: dict[str, str],
-    names: dict[int, dict | None],
+    naming: "Naming | None",
 ) -> pathlib.Path:
     """The gallery: pages for the concept detectors, then the other named latents, then a sample of
     the rest, up to --n-latents."""
@@ -322,6 +318,7 @@ def _visuals(
     freq = run_result.eval.freq if run_result.eval else []
     live = [s for s, f in enumerate(freq) if f > 0 and s not in detectors]
     rng = np.random.default_rng(cfg.seed)
+    names = naming.as_dicts() if naming else {}
     named = [s for s in live if names.get(s) is not None]
     ordered = (
         rng.permutation(named).tolist() + rng.permutation([s for s in live if s not in set(named)]).tolist()
@@ -341,7 +338,8 @@ def _visuals(
         notes,
         figures,
         links,
-        names,
+        names=names or None,
+        naming=naming.method if naming else None,
     )
     return result.index
 

@@ -11,7 +11,9 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 import tyro
+from jaxtyping import Float
 from PIL import Image
+from torch import Tensor
 
 from saev.activations.transforms import visible_crop
 from saev.commands.base import Command, SplicedOptions
@@ -21,7 +23,7 @@ from saev.steering import effects, inputs
 from saev.steering.edits import Edit, Where, check_latents, describe, parse_edit
 from saev.steering.heads import Head
 from saev.steering.splice import SplicedVit
-from saev.visuals.heatmap import steering_panels
+from saev.visuals.heatmap import Presence, steering_panels
 
 logger = logging.getLogger("saev.steer")
 
@@ -50,6 +52,8 @@ class Config(SplicedOptions):
     """Folder for report.json and one PNG per image and head."""
     top: int = 3
     """Classes listed per image for classification heads."""
+    show_class: str | None = None
+    """Class whose presence the pictures of multi-label per-patch heads show before and after (default: on each image, the class whose presence changes most)."""
     seed: int = 0
     """Seed of the random baselines (--evaluate)."""
 
@@ -67,6 +71,7 @@ def run(cfg: Config) -> Result:
     patches = _patch_list(cfg.patches)
     _validate(cfg, edits)
     spliced, transform, heads = cfg.spliced()
+    _check_show_class(cfg, heads)
     check_latents(edits, spliced.sae.cfg.d_sae, cfg.sae)
     if patches is not None and spliced.tokens == "cls":
         raise ConfigError("--patches: the SAE reads only the [CLS] token here, so no patch can be edited.")
@@ -94,7 +99,10 @@ def run(cfg: Config) -> Result:
                 record, line = _compare(h, lb[i], la[i], cfg.top)
                 crop = visible_crop(transform, batch.images[i])
                 png = cfg.out / f"{stems[path]}.{slug}.png"
-                save_image(png, _draw(h, crop, lb[i], la[i], delta_BN[i], spliced))
+                shown = shown_class(h, lb[i], la[i], cfg.show_class)
+                save_image(png, edit_picture(h, crop, spliced, lb[i], la[i], delta_BN[i], shown))
+                if shown is not None:
+                    record["shown_class"] = h.classes[shown]
                 records.append({"image": str(path), "head": h.name, "png": str(png)} | record)
                 lines.append(f"{path.name} [{h.name}] {line}")
     report = cfg.out / "report.json"
@@ -129,6 +137,16 @@ def _validate(cfg: Config, edits: list[Edit]) -> None:
         raise ConfigError(f"--value {cfg.value} is not finite.")
 
 
+def _check_show_class(cfg: Config, heads: list[Head]) -> None:
+    if cfg.show_class is None:
+        return
+    drawn = [h for h in heads if h.kind == "patch" and h.multilabel]
+    if not any(cfg.show_class in h.classes for h in drawn):
+        known = sorted({c for h in drawn for c in h.classes})
+        expected = f"expected one of {', '.join(known)}" if known else "no head is multi-label per-patch"
+        raise ConfigError(f"--show-class {cfg.show_class!r}: {expected}.")
+
+
 def _patch_list(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -158,8 +176,9 @@ def _compare(head: Head, before: torch.Tensor, after: torch.Tensor, top: int) ->
     pb, pa = head.predict(before), head.predict(after)
     if head.kind == "image":
         tb, ta = _top(head, before, top), _top(head, after, top)
-        return {"before": tb, "after": ta, "changed": bool((pb != pa).any())}, f"{_fmt(tb)}  ->  {_fmt(ta)}"
-    changed = torch.nonzero((pb != pa).any(-1)).flatten().tolist()
+        record = {"before": tb, "after": ta, "changed": bool(head.changed(before, after))}
+        return record, f"{_fmt(tb)}  ->  {_fmt(ta)}"
+    changed = torch.nonzero(head.changed(before, after)).flatten().tolist()
     rows = [{"patch": p, "before": _names(head, pb[p]), "after": _names(head, pa[p])} for p in changed]
     shown = "; ".join(
         f"{r['patch']}: {'+'.join(r['before']) or '-'} -> {'+'.join(r['after']) or '-'}" for r in rows[:6]
@@ -182,24 +201,66 @@ def _top(head: Head, logits: torch.Tensor, top: int) -> list[tuple[str, float]]:
     return [(head.classes[c], float(probs[c])) for c in order]
 
 
-def _draw(
-    head: Head, crop: Image.Image, before, after, delta_N: torch.Tensor, spliced: SplicedVit
+def shown_class(head: Head, before: Tensor, after: Tensor, name: str | None = None) -> int | None:
+    """The class whose presence a multi-label per-patch head's picture shows: `name` where the head
+    has it, else the class whose probability summed over the patches changes most (the one the
+    edit suppresses or adds); None for other heads."""
+    if head.kind != "patch" or not head.multilabel:
+        return None
+    if name in head.classes:
+        return head.classes.index(name)
+    return int((head.probs(after) - head.probs(before)).sum(0).abs().argmax())
+
+
+def edit_picture(
+    head: Head,
+    crop: Image.Image,
+    spliced: SplicedVit,
+    before: Tensor,
+    after: Tensor,
+    delta_N: Float[Tensor, " n"],
+    shown: int | None = None,
 ) -> Image.Image:
+    """One image's edit (`steering_panels`): `before` and `after` are the head's logits on it,
+    `delta_N` the size of the edit on each token the SAE reads, `shown` the class whose presence
+    is drawn (`shown_class`). The changed patches are `Head.changed`, as in the report."""
     size_P = np.zeros(spliced.vit.layout.n_patches, dtype=np.float32)
     at = (spliced.patch_N >= 0).cpu()
-    size_P[spliced.patch_N.cpu()[at].numpy()] = delta_N[at].numpy()
+    size_P[spliced.patch_N.cpu()[at].numpy()] = delta_N.cpu()[at].numpy()
     grid = spliced.vit.layout.grid
-    if head.kind == "patch":
-        return steering_panels(
-            crop,
-            grid,
-            size_P,
-            head.top_class(before).numpy(),
-            head.top_class(after).numpy(),
-            class_names=head.classes,
+    if head.kind == "image":
+        return steering_panels(crop, grid, size_P, caption=_prediction_lines(head, before, after))
+    presence = (
+        None
+        if shown is None
+        else Presence(
+            head.classes[shown], head.probs(before)[:, shown].numpy(), head.probs(after)[:, shown].numpy()
         )
+    )
     return steering_panels(
-        crop, grid, size_P, caption=f"{_top(head, before, 1)[0][0]} -> {_top(head, after, 1)[0][0]}"
+        crop,
+        grid,
+        size_P,
+        head.top_class(before).numpy(),
+        head.top_class(after).numpy(),
+        class_names=head.classes,
+        changed_P=head.changed(before, after).numpy(),
+        presence=presence,
+    )
+
+
+def _prediction_lines(head: Head, before: Tensor, after: Tensor) -> str:
+    """An image head's predictions before and after, and what changed, for under its picture."""
+    if not head.multilabel:
+        return f"top class: {_fmt(_top(head, before, 1))}  ->  {_fmt(_top(head, after, 1))}"
+    pb, pa = set(_names(head, head.predict(before))), set(_names(head, head.predict(after)))
+    lost, gained = sorted(pb - pa), sorted(pa - pb)
+    return "\n".join(
+        [
+            f"predicted before: {', '.join(sorted(pb)) or '-'}",
+            f"predicted after: {', '.join(sorted(pa)) or '-'}",
+            f"lost: {', '.join(lost) or '-'}; gained: {', '.join(gained) or '-'}",
+        ]
     )
 
 

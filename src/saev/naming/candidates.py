@@ -18,7 +18,7 @@ from saev.activations.families import Transform
 from saev.activations.vit import Vit
 from saev.bench.inputs import Knowledge
 from saev.errors import ConfigError
-from saev.steering.heads import DEFAULT_PROMPT, clip_zero_shot_head
+from saev.steering.heads import DEFAULT_PROMPT, TEXT_FAMILIES, clip_zero_shot_head
 from saev.visuals.lookup import ImageLookup
 
 logger = logging.getLogger("saev.naming")
@@ -27,8 +27,6 @@ Level = Literal["patch", "image"]
 Source = Literal["concept", "mask", "label", "text"]
 BACKGROUND = "background"
 """Patch candidate true where no concept or mask label is: what dense background latents detect."""
-TEXT_FAMILIES = ("clip", "siglip")
-"""Families with a text tower (open_clip), whose latents can be named with words."""
 
 
 @dataclasses.dataclass(frozen=True)

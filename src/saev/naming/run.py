@@ -15,6 +15,7 @@ from saev.naming import candidates as cands
 from saev.naming.names import Naming, name_latents
 from saev.naming.settings import NamingSettings
 from saev.nn import checkpoints
+from saev.steering.heads import TEXT_FAMILIES
 from saev.visuals.lookup import ImageLookup
 
 logger = logging.getLogger("saev.naming")
@@ -67,7 +68,7 @@ def _candidates(
     # The built-in world's image "labels" are its folder names, not what the images show.
     if known.source != "built-in world":
         found += cands.from_labels([r.get("label") for r in records])
-    if settings.words and store.meta.vit_family in cands.TEXT_FAMILIES:
+    if settings.words and store.meta.vit_family in TEXT_FAMILIES:
         vocabulary = settings.vocabulary or cands.default_vocabulary()
         vit = make_vit(store.meta.vit_family, store.meta.vit_ckpt).to(settings.device).eval()
         transform = make_img_transform(store.meta.vit_family, store.meta.vit_ckpt)
@@ -84,6 +85,6 @@ def _candidates(
     elif settings.vocabulary is not None:
         raise ConfigError(
             f"--vocabulary {settings.vocabulary}: {store.meta.vit_family} models have no text tower "
-            f"(zero-shot words need one of {', '.join(cands.TEXT_FAMILIES)})."
+            f"(zero-shot words need one of {', '.join(TEXT_FAMILIES)})."
         )
     return found

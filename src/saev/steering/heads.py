@@ -28,6 +28,8 @@ from saev.steering.probe_format import load_probe
 
 Kind = Literal["image", "patch"]
 DEFAULT_PROMPT = "a photo of a {}."
+TEXT_FAMILIES = ("clip", "siglip")
+"""Families whose open_clip models have a text tower for zero-shot classes and words."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,11 @@ class Head:
         if self.multilabel:
             return logits > 0
         return F.one_hot(logits.argmax(-1), len(self.classes)).bool()
+
+    def changed(self, before: Tensor, after: Tensor) -> Bool[Tensor, "..."]:
+        """Which images or patches predict other classes after an edit than before: the one
+        definition of "changed" that `saev steer` prints, reports and draws."""
+        return (self.predict(before) != self.predict(after)).any(-1)
 
     def probs(self, logits: Tensor) -> Tensor:
         return logits.sigmoid() if self.multilabel else logits.softmax(-1)
@@ -107,8 +114,8 @@ def probe_head(vit: Vit, path: pathlib.Path) -> Head:
 
 def clip_zero_shot_head(vit: Vit, classes_file: pathlib.Path, prompt: str = DEFAULT_PROMPT) -> Head:
     """CLIP zero-shot classification: cosine similarity of the image embedding to each prompt's."""
-    if vit.family != "clip":
-        raise ConfigError(f"clip-zero-shot needs a CLIP model (--vit-family clip), not {vit.name}.")
+    if vit.family not in TEXT_FAMILIES:
+        raise ConfigError(f"clip-zero-shot needs a CLIP or SigLIP model (a text tower), not {vit.name}.")
     if "{}" not in prompt:
         raise ConfigError(f"--prompt {prompt!r} has no {{}} where the class name goes.")
     classes = class_names(classes_file)

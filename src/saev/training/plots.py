@@ -1,5 +1,6 @@
 """Pictures of training: one run's curves and a sweep's sparsity/fidelity frontier, as PNG files."""
 
+import dataclasses
 import json
 import math
 import os
@@ -15,12 +16,24 @@ CURVES = "curves.png"
 """A run's training curves, in its folder."""
 SWEEP = "sweep.png"
 """A sweep's frontier, in its parent folder (`--out`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    title: str
+    ylabel: str
+    lines: tuple[tuple[str, str], ...]
+    """(metrics.jsonl key, legend label) of each line."""
+
+
 CURVE_PANELS = (
-    ("loss", "training loss"),
-    ("mse", "MSE (normalised)"),
-    ("l0", "L0 (active latents per token)"),
-    ("dead_frac", "dead fraction of latents"),
+    Panel("MSE (normalised)", "MSE", (("mse", "MSE"),)),
+    Panel("L0 (active latents per token)", "L0", (("l0", "L0"),)),
+    Panel("loss terms besides the MSE", "loss term", (("sparsity", "sparsity penalty"), ("aux", "AuxK"))),
+    Panel("dead latents", "% of latents", (("dead_frac", "in training"),)),
 )
+"""One quantity per panel: the training loss is the MSE plus the third panel's terms (the mean of
+the prefixes' MSEs for Matryoshka SAEs), so it has no panel of its own."""
 MAX_LABELS = 20
 """Sweeps with more runs label only their frontier points, so the labels stay readable."""
 
@@ -38,44 +51,125 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def write_run_plots(run_dir: str | os.PathLike) -> pathlib.Path:
-    """Loss, MSE, L0 and dead fraction against training tokens, from RUN_DIR/metrics.jsonl, as RUN_DIR/curves.png.
+@dataclasses.dataclass(frozen=True)
+class DeadCounts:
+    """A run's two dead fractions, each with the tokens it counts: they differ, so neither is
+    shown without saying which it is."""
 
-    Non-finite values are left out of the lines and counted in the title.
+    training: float | None
+    """Last logged share of latents silent for the last `window` training tokens (AuxK's dead latents)."""
+    window: int | None
+    """--dead-tokens of the run (None when its config.json is unreadable)."""
+    trained_tokens: int | None
+    held_out: float | None
+    """Share of latents that never fired on the `held_out_tokens` held-out tokens (eval.json's n_dead)."""
+    held_out_tokens: int | None
+
+    def training_label(self) -> str:
+        window = (
+            f"the last {_tokens(self.window)} training tokens" if self.window else "the --dead-tokens window"
+        )
+        label = f"in training: silent for {window}"
+        if self.window and self.trained_tokens is not None and self.trained_tokens < self.window:
+            label += f" (longer than the run's {_tokens(self.trained_tokens)}: none can die)"
+        return label
+
+    def held_out_label(self) -> str | None:
+        if self.held_out is None:
+            return None
+        return f"held out: never fired on the {_tokens(self.held_out_tokens)} held-out tokens (eval.json)"
+
+
+def dead_counts(run_dir: str | os.PathLike) -> DeadCounts:
+    """The dead fractions of the run in RUN_DIR: its last metrics line's and its eval.json's."""
+    run_dir = pathlib.Path(run_dir)
+    rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    last = next((r["dead_frac"] for r in reversed(rows) if math.isfinite(_number(r.get("dead_frac")))), None)
+    config = _read_json(run_dir / "config.json")
+    window = (config.get("config") or {}).get("dead_tokens")
+    tokens = rows[-1].get("tokens") if rows else None
+    ev = _read_json(run_dir / "eval.json")
+    n_latents = len(ev.get("freq") or ())
+    held_out = ev["n_dead"] / n_latents if n_latents and isinstance(ev.get("n_dead"), int) else None
+    return DeadCounts(
+        last,
+        window if isinstance(window, int) else None,
+        tokens if isinstance(tokens, int) else None,
+        held_out,
+        ev.get("n_tokens") if held_out is not None else None,
+    )
+
+
+def write_run_plots(run_dir: str | os.PathLike) -> pathlib.Path:
+    """MSE, L0, the other loss terms and the dead latents against training tokens, from
+    RUN_DIR/metrics.jsonl, as RUN_DIR/curves.png; the dead panel also marks the held-out dead
+    fraction of RUN_DIR/eval.json, each labelled with the tokens it counts (`DeadCounts`).
+
+    Non-finite values are left out of the lines and counted in the title; a key an older run did
+    not log is left out silently.
     """
     from matplotlib.figure import Figure  # 0.4 s to import: only commands that draw pay for it
 
     run_dir = pathlib.Path(run_dir)
     rows = read_metrics(run_dir / "metrics.jsonl")
+    dead = dead_counts(run_dir)
     x = [_number(row.get("tokens")) for row in rows]
     fig = Figure(figsize=(11, 7.5), dpi=100, layout="constrained")
-    axes = fig.subplots(2, 2)
-    not_finite = {}
+    not_finite: dict[str, int] = {}
     use_log_x = _log_scale([v for v in x if math.isfinite(v)])
-    for ax, (key, title) in zip(axes.flat, CURVE_PANELS, strict=True):
-        y = [_number(row.get(key)) for row in rows]
-        pairs = [(a, b) for a, b in zip(x, y, strict=True) if math.isfinite(a) and math.isfinite(b)]
-        missing = len(rows) - len(pairs)
-        if missing:
-            not_finite[key] = missing
-        if key == "dead_frac":
-            pairs = [(a, 100 * b) for a, b in pairs]
-        xs, ys = [a for a, _ in pairs], [b for _, b in pairs]
-        # Few points: markers, so that one logged step is still visible (a line needs two).
-        ax.plot(xs, ys, color="tab:blue", linewidth=1.5, marker="o" if len(xs) <= 30 else None, markersize=4)
-        final = f"{ys[-1]:.4g}" + ("%" if key == "dead_frac" else "") if ys else "-"
-        ax.set_title(f"{title}: last {final}" + (f"\n{missing} not finite, not drawn" if missing else ""))
+    for ax, panel in zip(fig.subplots(2, 2).flat, CURVE_PANELS, strict=True):
+        is_dead = panel is CURVE_PANELS[-1]
+        finals, drawn, top = [], 0, 0.0
+        # The second line is dashed, so where both are equal (often both 0) the first shows through.
+        for (key, label), (colour, style) in zip(
+            panel.lines, (("tab:blue", "-"), ("tab:orange", "--")), strict=False
+        ):
+            logged = [(a, _number(row[key])) for a, row in zip(x, rows, strict=True) if key in row]
+            pairs = [(a, b) for a, b in logged if math.isfinite(a) and math.isfinite(b)]
+            if len(logged) > len(pairs):
+                not_finite[key] = len(logged) - len(pairs)
+            xs, ys = [a for a, _ in pairs], [100 * b if is_dead else b for _, b in pairs]
+            drawn += len(xs)
+            top = max([top, *ys])
+            # Few points: markers, so that one logged step is still visible (a line needs two).
+            ax.plot(
+                xs,
+                ys,
+                color=colour,
+                linestyle=style,
+                linewidth=1.5,
+                marker=("o" if style == "-" else "x") if len(xs) <= 30 else None,
+                markersize=4,
+                label=dead.training_label() if is_dead else label,
+            )
+            final = f"{ys[-1]:.4g}{'%' if is_dead else ''}" if ys else "-"
+            finals.append(f"{label} {final}" if len(panel.lines) > 1 or is_dead else f"last {final}")
+            if key == "mse" and _log_scale(ys):
+                ax.set_yscale("log")
+        if is_dead and dead.held_out is not None and rows and math.isfinite(x[-1]):
+            ax.plot(
+                [x[-1]], [100 * dead.held_out], "D", color="black", markersize=7, label=dead.held_out_label()
+            )
+            finals.append(f"held out {100 * dead.held_out:.4g}%")
+            top = max(top, 100 * dead.held_out)
+        missing = sum(not_finite.get(key, 0) for key, _ in panel.lines)
+        ax.set_title(
+            f"{panel.title}: {', '.join(finals)}" + (f"\n{missing} not finite, not drawn" if missing else "")
+        )
         ax.set_xlabel("training tokens")
-        ax.set_ylabel("% of latents" if key == "dead_frac" else key)
+        ax.set_ylabel(panel.ylabel)
         ax.grid(True, which="major", alpha=0.3)
         if use_log_x:
-            ax.set_xscale("log")
-        if key in ("loss", "mse") and _log_scale(ys):
-            ax.set_yscale("log")
-        if key == "dead_frac":
-            ax.set_ylim(-2, 102)
-        if not xs:
-            ax.text(0.5, 0.5, "no finite values logged", ha="center", va="center", transform=ax.transAxes)
+            _log_tokens_axis(ax.xaxis, ax.set_xscale)
+        if is_dead:  # a few dead latents stay visible: the axis reaches 100% only when they are many
+            top = min(100.0, max(5.0, 1.15 * top))
+            ax.set_ylim(-top / 50, top)
+        if drawn and (len(panel.lines) > 1 or is_dead):
+            ax.legend(fontsize=8, loc="best")
+        if not drawn:
+            logged = any(key in row for row in rows for key, _ in panel.lines)
+            empty = "no finite values logged" if logged else "not logged by this run"
+            ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
     run_id = _run_id(run_dir)
     steps = f"{len(rows)} logged step{'s' if len(rows) != 1 else ''}"
     if rows:
@@ -249,6 +343,26 @@ def _log2_axis(axis: Any, set_scale: Any) -> None:
     set_scale("log", base=2)
     axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _log_tokens_axis(axis: Any, set_scale: Any) -> None:
+    """A log axis of token counts labelled 1k, 2k, 5k, 10k...: matplotlib's default labels every
+    minor tick (3x10^3, 4x10^3...), which run into each other."""
+    from matplotlib import ticker  # 0.4 s to import, as above
+
+    set_scale("log")
+    axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _tokens(v)))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _read_json(path: pathlib.Path) -> dict[str, Any]:
+    """A run's JSON file, or {} where it is missing or unreadable (a run still training)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _run_id(run_dir: pathlib.Path) -> str:
