@@ -44,11 +44,22 @@ def scan(store, sae, chunks, sort_by="patch"):
 
 def assert_same(a: topk.TopActivations, b: topk.TopActivations) -> None:
     """Bit for bit: equal values, and the same sign of every zero."""
-    for name in ("values_SK", "image_i_SK", "patch_maps_SKP"):
+    for name in (
+        "values_SK",
+        "image_i_SK",
+        "patch_maps_SKP",
+        "sample_values_SM",
+        "sample_image_i_SM",
+        "sample_maps_SMP",
+    ):
         x, y = getattr(a, name), getattr(b, name)
         assert x.dtype == y.dtype and x.shape == y.shape and x.numpy().tobytes() == y.numpy().tobytes(), name
+    assert a.cooccur.stride == b.cooccur.stride
+    for name in ("counts_N", "latents_A"):
+        x, y = getattr(a.cooccur, name), getattr(b.cooccur, name)
+        assert x.dtype == y.dtype and x.numpy().tobytes() == y.numpy().tobytes(), name
     assert a.stats.n_tokens == b.stats.n_tokens
-    for name in ("freq_S", "mean_S", "max_S", "hist_SB"):
+    for name in ("freq_S", "mean_S", "max_S", "hist_SB", "img_hist_SB"):
         x, y = getattr(a.stats, name), getattr(b.stats, name)
         assert x.dtype == y.dtype and x.numpy().tobytes() == y.numpy().tobytes(), name
 
@@ -92,6 +103,7 @@ def test_parts_merge_into_the_one_process_result_bitwise(setup, sort_by, imgs_pe
     chunks = topk.plan(store, imgs_per_batch)
     one = topk._combine([scan(store, sae, chunks, sort_by)], store, -2, sort_by)
     parts = [scan(store, sae, [chunks[c] for c in share], sort_by) for share in split(len(chunks), n_parts)]
+    assert one.cooccur.n_tokens == N_IMGS * N_PATCH
     # Through pickling, as `all_gather_object` carries them.
     parts = [torch.serialization.pickle.loads(torch.serialization.pickle.dumps(p.to("cpu"))) for p in parts]
     merged = topk._combine(parts, store, -2, sort_by)
@@ -133,14 +145,50 @@ def test_tracker_merge_equals_one_tracker_over_everything(seed):
         assert merged.image_i_SK[s].tolist() == ranked + [-1] * (k - len(ranked))
 
 
-def test_a_rank_share_without_chunks_merges_as_nothing(setup):
-    """More ranks than chunks: the ranks without any contribute empty parts."""
+@pytest.mark.parametrize("seed", range(4))
+def test_sampler_merge_equals_one_sampler_over_everything(seed):
+    """The quantile sample's merge on its own: random contiguous parts, in any order, merge into the
+    sample of one sampler over the whole stream, bit for bit, maps included."""
+    rng = np.random.default_rng(seed)
+    n_sae, m, n_patch, n_imgs = 6, 4, 3, 50
+    scores = torch.from_numpy(rng.integers(0, 3, size=(n_imgs, n_sae)).astype(np.float32))
+    patches = torch.from_numpy(rng.standard_normal((n_imgs, n_patch, n_sae)).astype(np.float32))
+    cuts = sorted(rng.choice(np.arange(1, n_imgs), size=rng.integers(1, 8), replace=False).tolist())
+    bounds = [0, *cuts, n_imgs]
+    one = topk._Sampler(n_sae, m, n_patch, "cpu")
+    parts = []
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        sampler = topk._Sampler(n_sae, m, n_patch, "cpu")
+        for start in range(a, b, 4):
+            stop = min(b, start + 4)
+            batch = (scores[start:stop], patches[start:stop], torch.arange(start, stop))
+            sampler.add(*batch)
+            one.add(*batch)
+        parts.append(sampler)
+    rng.shuffle(parts)  # the priorities, not the order, decide
+    merged = topk.merge_samplers(parts)
+    for x, y in zip(merged.ascending(), one.ascending(), strict=True):
+        assert x.numpy().tobytes() == y.numpy().tobytes()
+    values, image_i, _ = merged.ascending()
+    for s in range(n_sae):
+        firing = [i for i in range(n_imgs) if scores[i, s] > 0]
+        keys = topk.priority(torch.tensor(firing), torch.tensor(s)).tolist()
+        drawn = sorted(i for _, i in sorted(zip(keys, firing, strict=True), reverse=True)[:m])
+        assert sorted(i for i in image_i[s].tolist() if i >= 0) == drawn
+        assert values[s].tolist() == sorted(values[s].tolist()[: len(drawn)]) + [0.0] * (m - len(drawn))
+
+
+def test_a_rank_share_without_chunks_merges_as_nothing(setup, monkeypatch):
+    """More ranks than chunks: the ranks without any contribute empty parts. The co-occurrence
+    sample keeps every 7th image (store order), whichever rank reads it."""
+    monkeypatch.setattr(topk, "COOCCUR_TOKENS", 50)
     store, sae = setup
     chunks = topk.plan(store, 40)  # one run per shard: 4 chunks
     assert len(chunks) == 4
     one = topk._combine([scan(store, sae, chunks)], store, -2, "patch")
     parts = [scan(store, sae, [chunks[c] for c in share]) for share in split(len(chunks), 6)]
     assert sum(not p.stats.chunk_sums for p in parts) == 2
+    assert one.cooccur.stride == 7 and one.cooccur.n_tokens == len(range(0, N_IMGS, 7)) * N_PATCH
     assert_same(topk._combine(parts, store, -2, "patch"), one)
 
 

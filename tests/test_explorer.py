@@ -66,7 +66,7 @@ def test_the_api_lists_the_squares_latent_and_suppressing_it_removes_the_squares
     row = next(r for r in listed if r["latent"] == square_latent)
     assert "best detector of shape:square" in row["note"] and len(row["codes"]) == 64 and row["page"]
     pred = client.post(
-        "/api/predict", json={"image": image, "edits": [{"latent": square_latent, "value": -1}]}
+        "/api/predict", json={"image": image, "edits": [{"latent": square_latent, "value": -1, "op": "set"}]}
     ).json()
     before = [set(c) for c in pred["before"]["classes"]]
     after = [set(c) for c in pred["after"]["classes"]]
@@ -124,7 +124,7 @@ def test_images_thumbnails_crops_uploads_and_the_openapi_schema(run, client):
             "/api/predict",
             {"image": "s1", "edits": [{"latent": 3, "value": 1e9}]},
             400,
-            "finite multiple",
+            "outside -1000..1000",
         ),
         ("post", "/api/predict", {"image": "s1", "patches": [64]}, 400, "patches [64] out of range"),
         ("post", "/api/latents", {"image": "s1", "patches": [-1]}, 400, "out of range"),
@@ -270,7 +270,8 @@ def test_the_page_in_a_real_browser(run, server, tmp_path):
         others = [i for i, b in enumerate(before) if b and "shape:square" not in b]
         assert others and all(before[i] == after[i] for i in others)
         url = page.url
-        assert f"image={image}" in url and f"edits={square_latent}%3A-1" in url.replace(":", "%3A")
+        name = f"{int(image.removeprefix('s')):06d}.png"  # the URL names the image by its file
+        assert f"image={name}" in url and f"edits={square_latent}%3A-1" in url.replace(":", "%3A")
         shot = pathlib.Path(os.environ.get("SAEV_EXPLORER_SCREENSHOT", tmp_path / "explorer.png"))
         page.select_option("#class-filter", "shape:square")  # colour only the patches predicted square
         assert page.locator("#after .legend").inner_text() == "shape:square"

@@ -503,7 +503,9 @@ def test_edits_past_float32_from_tampered_maxima_are_refused(quickstart, tmp_pat
     save_file(tensors, path, metadata=meta)
     app, _ = serve.build(serve.Config(sae=sae, visuals=gallery, head="builtin-patch", dense_freq=0.25))
     client = TestClient(app, base_url=f"http://{HOST}", raise_server_exceptions=False)
-    response = client.post("/api/predict", json={"image": "s0", "edits": [{"latent": 1, "value": 10}]})
+    response = client.post(
+        "/api/predict", json={"image": "s0", "edits": [{"latent": 1, "value": 10, "op": "set"}]}
+    )
     assert response.status_code == 400 and "beyond the codes' torch.float32 range" in response.json()["error"]
     tensors["max"][0] = float("inf")
     save_file(tensors, path, metadata=meta)

@@ -65,15 +65,22 @@ def test_data_files_match_the_library_pass(gallery):
     rendered = saved["patch_map_latents"].tolist()
     assert len(rendered) == 10 and 7 not in rendered
     assert torch.equal(saved["patch_maps"], top.patch_maps_SKP[rendered])
+    assert torch.equal(saved["quantile_values"], top.sample_values_SM)
+    assert torch.equal(saved["quantile_image_i"], top.sample_image_i_SM)
+    assert torch.equal(saved["quantile_maps"], top.sample_maps_SMP[rendered])
+    assert torch.equal(saved["image_hist"], top.stats.img_hist_SB)
+    assert saved["related_latents"].tolist() == rendered
     latents = json.loads((out / "latents.json").read_text())["latents"]
     assert latents[7]["dead"] and latents[7]["top"] == [] and not latents[7]["rendered"]
     assert not (out / "latents" / "7.html").exists()
     for s in rendered:
         assert (out / "latents" / f"{s}.html").exists()
         ranks = range(sum(i >= 0 for i in top.image_i_SK[s].tolist()))
-        # Each rank has its heatmap (<r>.jpg, also the index's card thumbnail) and its original crop.
+        slots = range(sum(i >= 0 for i in top.sample_image_i_SM[s].tolist()))
+        # Each rank has its heatmap (<r>.jpg, also the index's card thumbnail) and its original crop,
+        # each sampled image of the quantile strip its heatmap (q<slot>.jpg).
         assert sorted(p.name for p in (out / "thumbs" / str(s)).iterdir()) == sorted(
-            [f"{r}.jpg" for r in ranks] + [f"{r}.orig.jpg" for r in ranks]
+            [f"{r}.jpg" for r in ranks] + [f"{r}.orig.jpg" for r in ranks] + [f"q{j}.jpg" for j in slots]
         )
         for name in ("0.jpg", "0.orig.jpg"):
             with Image.open(out / "thumbs" / str(s) / name) as img:
@@ -206,7 +213,23 @@ def test_gallery_opens_from_file_urls_without_errors(gallery):
         assert "--latents" in page.locator(".about .cmd").inner_text()
 
         # Cards: rendered latents first, their thumbnails loaded.
-        assert page.locator("#count").inner_text() == "47 of 48 latents"  # the dead latent is hidden
+        # Dense latents (this random SAE has many) are hidden from the cards until asked for, and marked.
+        n_dense = sum(lat["dense"] for lat in live)
+        assert 0 < n_dense < 47
+        hidden = f"{47 - n_dense} of 48 latents ({n_dense} dense hidden)"
+        assert page.locator("#count").inner_text() == hidden  # the dead latent is hidden too
+        assert (
+            page.locator("#cards .card").count() == 47 - n_dense
+            and page.locator("#cards .badge").count() == 0
+        )
+        assert f"show dense ({n_dense})" in page.locator(".controls").inner_text()
+        page.check("#showdense")
+        assert page.locator("#count").inner_text() == "47 of 48 latents"
+        dense_cards = page.eval_on_selector_all(
+            "#cards .card",
+            "cs => cs.filter(c => c.querySelector('.badge')).map(c => Number(c.dataset.latent))",
+        )
+        assert sorted(dense_cards) == sorted(lat["latent"] for lat in live if lat["dense"])
         cards = page.locator("#cards .card")
         assert cards.count() == 47
         order = [

@@ -6,6 +6,7 @@ import torch
 
 import saev.data
 import saev.nn
+from saev.visuals import topk
 from saev.visuals.topk import HIST_EDGES, top_activations
 from tests.test_data_store import write_store
 
@@ -71,3 +72,52 @@ def test_topk_equals_brute_force_exactly(setup, sort_by, batch_mib):
         np.clip(counted[:, s][counted[:, s] > 0].numpy(), 1e-4, 1e4 * 0.999), bins=HIST_EDGES.numpy()
     )[0]
     np.testing.assert_array_equal(top.stats.hist_SB[s].numpy(), expected_hist)
+
+
+@pytest.mark.parametrize("sort_by", ["patch", "img", "cls"])
+@pytest.mark.parametrize("batch_mib", [256, 0.001])
+def test_quantile_sample_and_cooccurrence_equal_brute_force(setup, sort_by, batch_mib):
+    """The strip's sample is the SAMPLE firing images of highest priority, sorted by score; the image
+    histogram counts every firing image; the co-occurrence sample holds every token's firing latents."""
+    store, sae, acts = setup
+    top = top_activations(sae, store, -2, top_k=K, sort_by=sort_by, batch_mib=batch_mib, progress=False)
+    with torch.no_grad():
+        codes = sae.encode(torch.from_numpy(acts[:, 0]))
+    patches = codes[:, 1:]
+    scores = {"patch": patches.amax(1), "img": patches.sum(1), "cls": codes[:, 0]}[sort_by]
+    m = topk.SAMPLE
+    for s in range(S):
+        firing = [i for i in range(N_IMGS) if scores[i, s] > 0]
+        keys = topk.priority(torch.tensor(firing, dtype=torch.int64), torch.tensor(s)).tolist()
+        drawn = [i for _, i in sorted(zip(keys, firing, strict=True), reverse=True)[:m]]
+        drawn.sort(key=lambda i: (scores[i, s].item(), i))
+        assert top.sample_image_i_SM[s].tolist() == drawn + [-1] * (m - len(drawn))
+        assert top.sample_values_SM[s, : len(drawn)].tolist() == [scores[i, s].item() for i in drawn]
+        assert top.sample_values_SM[s, len(drawn) :].eq(0).all()
+        for slot, i in enumerate(drawn):
+            assert torch.equal(top.sample_maps_SMP[s, slot], patches[i, :, s])
+        expected = np.histogram(
+            np.clip(scores[firing, s].numpy(), 1e-4, 1e4 * 0.999), bins=HIST_EDGES.numpy()
+        )[0]
+        np.testing.assert_array_equal(top.stats.img_hist_SB[s].numpy(), expected)
+    # Some latent fires on more images than the sample holds, and the sample is not its top images.
+    full = [s for s in range(S) if top.sample_image_i_SM[s, -1] >= 0]
+    assert full and any(
+        set(top.sample_image_i_SM[s].tolist()) != set(top.image_i_SK[s].tolist()) for s in full
+    )
+    sample = top.cooccur
+    assert sample.stride == 1 and sample.n_tokens == N_IMGS * N_PATCH
+    fires = patches.reshape(-1, S) > 0
+    assert sample.counts_N.tolist() == fires.sum(1).tolist()
+    assert sample.latents_A.tolist() == torch.nonzero(fires)[:, 1].tolist()
+
+
+def test_priority_is_a_fair_draw():
+    """Each image is equally likely to be drawn: over many latents, every image's share of the
+    draws is close to SAMPLE / n_images, whatever its index."""
+    n_imgs, n_latents = 50, 4000
+    keys = topk.priority(torch.arange(n_imgs)[:, None], torch.arange(n_latents)[None])
+    drawn = torch.sort(keys, dim=0, descending=True).indices[: topk.SAMPLE]
+    share = torch.bincount(drawn.flatten(), minlength=n_imgs).double() / n_latents
+    assert share.min() > 0.7 * topk.SAMPLE / n_imgs and share.max() < 1.3 * topk.SAMPLE / n_imgs
+    assert len(set(keys.flatten().tolist())) == keys.numel()  # no ties

@@ -66,7 +66,9 @@ class Config:
     upload_mb: float = 10.0
     """Largest upload accepted, in MB."""
     dense_freq: float = 0.01
-    """Latents firing on more than this fraction of all tokens are listed only when asked for."""
+    """Latents firing on more than this fraction of all tokens are dense: hidden from the latent lists unless --dense or the page's toggle shows them."""
+    dense: bool = False
+    """List dense latents from the start (the page's toggle still hides them)."""
     device: str = "cpu"
     """Torch device, e.g. cpu or cuda."""
 
@@ -115,7 +117,11 @@ def build(cfg: Config):
     limits = Limits(
         cache_images=cfg.cache_images, upload_bytes=int(cfg.upload_mb * 2**20), dense_freq=cfg.dense_freq
     )
-    explorer = Explorer(spliced, transform, head, images, latents, limits, title=cfg.sae)
+    # As the user wrote it: -2 stays -2, not block 10 of 12.
+    layer = cfg.layer if cfg.layer is not None else sae.provenance.layer
+    explorer = Explorer(
+        spliced, transform, head, images, latents, limits, layer=layer, title=cfg.sae, dense=cfg.dense
+    )
     return web.create_app(explorer, cfg.visuals, cfg.host), explorer
 
 
@@ -158,8 +164,15 @@ def _images(cfg: Config) -> ImageSet:
     shards = cfg.shards or _visuals_store(cfg.visuals)
     lookup = ImageLookup(open_shards(shards))
     n = len(lookup.records) if lookup.records else len(lookup.source)
-    names = [pathlib.PurePath(lookup.path(i)).name for i in range(n)]
+    names = [_store_name(lookup, i) for i in range(n)]
     return ImageSet(names, [lookup.describe(i).get("label") for i in range(n)], lookup.load)
+
+
+def _store_name(lookup: ImageLookup, i: int) -> str:
+    """The recorded path under the image root (subfolders tell apart files of one name), else the
+    file name of wherever the image comes from."""
+    path = lookup.describe(i).get("path")
+    return path if isinstance(path, str) and path else pathlib.PurePath(lookup.path(i)).name
 
 
 def _loader(load):

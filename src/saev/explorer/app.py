@@ -19,7 +19,7 @@ import pathlib
 import re
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 # FastAPI, uvicorn and Starlette are the optional `serve` extra; only `saev serve` imports this module.
 from fastapi import FastAPI, HTTPException, Path, Query, Request
@@ -33,7 +33,8 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saev.errors import SaevError
-from saev.explorer.session import MAX_ID, Explorer, UnknownImage
+from saev.explorer.session import MAX_ID, MAX_NAME, Explorer, UnknownImage
+from saev.steering.edits import Edit
 
 logger = logging.getLogger("saev.serve")
 
@@ -58,7 +59,9 @@ class LatentsRequest(BaseModel):
     )
     top: int = Field(default=20, ge=1, le=200, description="How many latents to list.")
     include_dense: bool = Field(
-        default=False, description="Also list latents firing on more than 1% of all tokens."
+        default=False,
+        description="Also list dense latents (firing on more than --dense-freq of all tokens); "
+        "the answer's hidden_dense counts those left out.",
     )
 
 
@@ -66,9 +69,16 @@ class EditItem(BaseModel):
     model_config = ConfigDict(strict=True)  # "3" is no patch index, "yes" no boolean
 
     latent: int = Field(ge=0)
-    value: float = Field(
-        description="The latent is set to this multiple of its largest activation where it fires."
+    value: float = Field(description="The factor (scale) or the multiple of the latent's maximum (set).")
+    op: Literal["scale", "set"] = Field(
+        default="scale",
+        description="Where the latent fires, scale multiplies its code by value (1 leaves it unchanged, "
+        "0 removes it); set sets it to value times its largest activation (-1: the original demos' "
+        "suppression).",
     )
+
+    def edit(self) -> Edit:
+        return Edit(self.latent, self.op, self.value, relative=self.op == "set")
 
 
 class PredictRequest(BaseModel):
@@ -294,6 +304,10 @@ def create_app(explorer: Explorer, visuals: pathlib.Path | None = None, host: st
     async def images(offset: int = Query(0, ge=0), limit: int = Query(60, ge=1, le=500)) -> dict[str, Any]:
         return explorer.image_list(offset, limit)
 
+    @app.get("/api/images/find", summary="The image a name from /api/images (or an upload's) stands for.")
+    async def find(name: str = Query(min_length=1, max_length=MAX_NAME)) -> dict[str, Any]:
+        return explorer.find(name)
+
     @app.get(
         "/api/images/{image_id}/crop.png", summary="The crop the ViT sees, as PNG.", response_class=Response
     )
@@ -311,13 +325,16 @@ def create_app(explorer: Explorer, visuals: pathlib.Path | None = None, host: st
 
     @app.post(
         "/api/upload",
-        summary="Upload an image (the raw file as the request body, at most --upload-mb); returns its id.",
+        summary="Upload an image (the raw file as the request body, at most --upload-mb); returns its id "
+        "and the name it is shown under.",
     )
-    async def upload(request: Request) -> dict[str, str]:
+    async def upload(
+        request: Request, name: str = Query("", max_length=MAX_NAME, description="The file's name.")
+    ) -> dict[str, str]:
         body = await request.body()  # BodyLimit stops it at the upload limit
         if not body:
             raise HTTPException(400, "empty upload: send the image file as the request body.")
-        return {"id": await run_in_threadpool(explorer.upload, body)}
+        return await run_in_threadpool(explorer.upload, body, name)
 
     @app.post(
         "/api/latents",
@@ -326,13 +343,17 @@ def create_app(explorer: Explorer, visuals: pathlib.Path | None = None, host: st
     async def latents(req: LatentsRequest) -> dict[str, Any]:
         return await run_in_threadpool(explorer.latents, req.image, req.patches, req.top, req.include_dense)
 
+    @app.get("/api/names", summary="Named latents whose name contains q (case-insensitive), best F1 first.")
+    async def names(q: str = Query(max_length=200), limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
+        return explorer.search(q, limit)
+
     @app.get("/api/latents/{image_id}/{latent}", summary="One latent, as listed by /api/latents.")
     async def one_latent(latent: int, image_id: str = ImageId) -> dict[str, Any]:
         return await run_in_threadpool(explorer.latent, image_id, latent)
 
     @app.post("/api/predict", summary="The head's predictions before and after the edits.")
     async def predict(req: PredictRequest) -> dict[str, Any]:
-        edits = [(e.latent, e.value) for e in req.edits]
+        edits = [e.edit() for e in req.edits]
         result = await coalescer.run(req.client, lambda: explorer.predict(req.image, edits, req.patches))
         return {"superseded": True} if result is None else result
 

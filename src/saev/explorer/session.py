@@ -18,7 +18,6 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from safetensors import SafetensorError, safe_open
@@ -32,9 +31,15 @@ from saev.fileio import check_input, read_json
 from saev.steering.edits import Edit
 from saev.steering.heads import Head
 from saev.steering.splice import Prefix, SplicedVit
+from saev.visuals.summary import Names, read_names
 
 MAX_ID = 32
 """Longest image id the API reads; real ones are `s` and an index, or `u` and 16 hex digits."""
+MAX_NAME = 1000
+"""Longest image name the API reads (names are file paths relative to the image folder)."""
+SLIDER = {"min": -5, "max": 5, "suppress": -1}
+"""The page's edit slider: factors on a latent's code (1 unchanged, 0 removed, -1 flipped); its
+suppress button sets the latent to -1x its largest activation instead, the original demos' edit."""
 STORE_ID = re.compile(r"s(0|[1-9][0-9]{0,17})")
 """`s` and an index in ASCII digits, without leading zeros: one id per image, and `int` never sees
 a digit of another script or an unbounded number."""
@@ -66,6 +71,7 @@ class LatentInfo:
     """Each latent's top images: image index in the store, value."""
     rendered: set[int]
     """Latents with a gallery page."""
+    names: Names
 
     @classmethod
     def from_visuals(cls, folder: pathlib.Path, d_sae: int) -> "LatentInfo":
@@ -94,6 +100,7 @@ class LatentInfo:
                     for r in rows
                 },
                 {r["latent"] for r in rows if r.get("rendered")},
+                read_names(rows, folder / "latents.json"),
             )
         except (KeyError, TypeError, AttributeError) as err:
             raise ConfigError(
@@ -102,10 +109,16 @@ class LatentInfo:
 
 
 class ImageSet:
-    """The images the page can pick: named, labelled, loaded on demand."""
+    """The images the page can pick: named, labelled, loaded on demand. Names are what the page
+    shows and puts in its URL, so each is made unique: a repeated one gets its index appended."""
 
     def __init__(self, names: Sequence[str], labels: Sequence[str | None], loader):
-        self.names, self.labels, self._load = list(names), list(labels), loader
+        self.names, self.labels, self._load = [], list(labels), loader
+        self.index: dict[str, int] = {}
+        for i, name in enumerate(names):
+            unique = name if name not in self.index else f"{name} ({i})"
+            self.names.append(unique)
+            self.index[unique] = i
 
     def __len__(self) -> int:
         return len(self.names)
@@ -135,8 +148,12 @@ class Explorer:
         latents: LatentInfo,
         limits: Limits = Limits(),
         *,
+        layer: int,
         title: str = "",
+        dense: bool = False,
     ):
+        """`layer` as the command line gave or the SAE recorded it (-2, not block 10 of 12); `dense`:
+        whether the page lists dense latents until told otherwise."""
         self.spliced, self.transform, self.head, self.images, self.info_latents = (
             spliced,
             transform,
@@ -144,9 +161,11 @@ class Explorer:
             images,
             latents,
         )
-        self.limits, self.title = limits, title
+        self.limits, self.title, self.layer, self.dense = limits, title, layer, dense
         self._cache: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
         self._uploads: collections.OrderedDict[str, Image.Image] = collections.OrderedDict()
+        self._upload_names: dict[str, str] = {}
+        """Upload id -> its shown name; a later upload of the same name takes the name over."""
         self._lock = threading.Lock()
         """One computation at a time: the model is shared, and CPU cores are few."""
 
@@ -158,7 +177,9 @@ class Explorer:
         return {
             "title": self.title,
             "vit": self.spliced.vit.name,
-            "layer": self.spliced.layer,
+            "layer": self.layer,
+            "block": self.spliced.layer,
+            "n_blocks": len(self.spliced.vit.blocks),
             "tokens": self.spliced.tokens,
             "grid": list(layout.grid),
             "n_patches": layout.n_patches,
@@ -171,7 +192,9 @@ class Explorer:
             },
             "n_images": len(self.images),
             "dense_freq": self.limits.dense_freq,
-            "slider": {"min": -10, "max": 10, "suppress": -1},
+            "dense": self.dense,
+            "named": bool(self.info_latents.names),
+            "slider": SLIDER,
         }
 
     def image_list(self, offset: int, limit: int) -> dict[str, Any]:
@@ -183,6 +206,21 @@ class Explorer:
                 for i in range(offset, stop)
             ],
         }
+
+    def find(self, name: str) -> dict[str, Any]:
+        """The image a name (as /api/images lists it, or an upload's) stands for; an id is taken
+        too, so that links made before names were used still open."""
+        i = self.images.index.get(name)
+        if i is not None:
+            return {"id": f"s{i}", "name": name, "label": self.images.labels[i]}
+        upload = next((k for k, v in reversed(self._upload_names.items()) if v == name), None)
+        if upload is not None:
+            return {"id": upload, "name": name, "label": None}
+        i = self._store_index(name)
+        if i is not None:
+            return self.find(self.images.names[i])
+        shown = name if len(name) <= 100 else name[:100] + "..."
+        raise UnknownImage(f"no image named {shown!r}: pick one from /api/images or upload it.")
 
     def crop_png(self, image_id: str) -> bytes:
         buf = io.BytesIO()
@@ -197,8 +235,9 @@ class Explorer:
         crop.save(buf, "JPEG", quality=85)
         return buf.getvalue()
 
-    def upload(self, data: bytes) -> str:
-        """Keep an uploaded image (bounded in bytes, pixels and count); returns its id."""
+    def upload(self, data: bytes, filename: str = "") -> dict[str, str]:
+        """Keep an uploaded image (bounded in bytes, pixels and count); returns its id and the name
+        it is shown under: its file name marked as an upload, so it never takes a listed image's."""
         limits = self.limits
         if len(data) > limits.upload_bytes:
             raise ConfigError(f"upload of {len(data)} bytes is over the {limits.upload_bytes}-byte limit.")
@@ -222,12 +261,16 @@ class Explorer:
                 f"upload of {img.width}x{img.height} pixels is too small (minimum side {MIN_SIDE} px)."
             )
         image_id = "u" + hashlib.sha256(data).hexdigest()[:16]
+        name = f"{pathlib.PurePath(filename.strip()).name[:200] or 'image'} (upload)"
         with self._lock:
             self._uploads[image_id] = to_rgb(img)
             self._uploads.move_to_end(image_id)
+            self._upload_names.pop(image_id, None)
+            self._upload_names[image_id] = name
             while len(self._uploads) > limits.max_uploads:
-                self._uploads.popitem(last=False)
-        return image_id
+                old, _ = self._uploads.popitem(last=False)
+                self._upload_names.pop(old, None)
+        return {"id": image_id, "name": name}
 
     def latents(self, image_id: str, patches: Sequence[int], top: int, include_dense: bool) -> dict[str, Any]:
         """The latents most active on the selected patches (sum of codes), each with its codes on
@@ -237,13 +280,32 @@ class Explorer:
         selected = self._check_patches(patches) or list(range(codes_PS.shape[0]))
         score_S = codes_PS[selected].sum(0)
         info = self.info_latents
+        hidden = 0
         if not include_dense and info.freq_S is not None:
-            score_S = torch.where(info.freq_S.to(score_S.device) > self.limits.dense_freq, 0.0, score_S)
+            dense_S = info.freq_S.to(score_S.device) > self.limits.dense_freq
+            hidden = int((dense_S & (score_S > 0)).sum())
+            score_S = torch.where(dense_S, 0.0, score_S)
         order = [int(s) for s in torch.argsort(score_S, descending=True)[:top] if score_S[s] > 0]
         return {
             "image": image_id,
             "patches": selected,
             "latents": [self._latent_row(s, codes_PS, score_S) for s in order],
+            "hidden_dense": hidden,
+        }
+
+    def search(self, query: str, limit: int) -> dict[str, Any]:
+        """Named latents whose name contains `query` (case-insensitive), best F1 first."""
+        q = query.strip().casefold()
+        found = [
+            (s, name)
+            for s, name in self.info_latents.names.items()
+            if name is not None and q in name.text.casefold()
+        ]
+        found.sort(key=lambda item: (-item[1].f1, item[0]))
+        return {
+            "query": query,
+            "total": len(found),
+            "latents": [{"latent": s, "name": dataclasses.asdict(name)} for s, name in found[:limit]],
         }
 
     def latent(self, image_id: str, latent: int) -> dict[str, Any]:
@@ -253,26 +315,21 @@ class Explorer:
         codes_PS = self._patch_codes(entry)
         return self._latent_row(latent, codes_PS, codes_PS.sum(0))
 
-    def predict(
-        self, image_id: str, edits: Sequence[tuple[int, float]], patches: Sequence[int] | None
-    ) -> dict[str, Any]:
-        """The head's predictions before and after setting each latent to `value` times its largest
-        activation where it fires (on the selected patches only, when given)."""
-        for latent, value in edits:
-            self._check_latent(latent)
-            if not np.isfinite(value) or abs(value) > 1000:
-                raise ConfigError(
-                    f"edit of latent {latent}: value {value} must be a finite multiple of its maximum."
-                )
+    def predict(self, image_id: str, edits: Sequence[Edit], patches: Sequence[int] | None) -> dict[str, Any]:
+        """The head's predictions before and after the edits, each where its latent fires (on the
+        selected patches only, when given)."""
+        for e in edits:
+            self._check_latent(e.latent)
+            if abs(e.value) > 1000:
+                raise ConfigError(f"edit of latent {e.latent}: value {e.value:g} is outside -1000..1000.")
         selection = self._check_patches(patches) if patches else None
         entry = self._entry(image_id)
         with self._lock:
             after = entry.before
             if edits:
                 spliced = self.spliced
-                plan = [Edit(latent, "set", float(value), relative=True) for latent, value in edits]
                 codes = spliced.edit(
-                    entry.prefix, plan, where="active", patches=selection, max_S=self.info_latents.max_S
+                    entry.prefix, edits, where="active", patches=selection, max_S=self.info_latents.max_S
                 )
                 after = self.head.logits(spliced.finish(spliced.tokens_with(entry.prefix, codes)))[0].cpu()
         return {
@@ -304,9 +361,9 @@ class Explorer:
         upload = self._uploads.get(image_id) if image_id.startswith("u") else None
         if upload is not None:
             return upload
-        store = STORE_ID.fullmatch(image_id)
-        if store is not None and int(store[1]) < len(self.images):
-            return self.images.load(int(store[1]))
+        i = self._store_index(image_id)
+        if i is not None:
+            return self.images.load(i)
         shown = image_id if len(image_id) <= MAX_ID else image_id[:MAX_ID] + "..."
         raise UnknownImage(f"no image {shown!r}: pick one from /api/images or upload it.")
 
@@ -317,18 +374,30 @@ class Explorer:
         codes_PS[self.spliced.patch_N[at].cpu()] = entry.prefix.codes_BNS[0, at].cpu()
         return codes_PS
 
+    def _store_index(self, image_id: str) -> int | None:
+        store = STORE_ID.fullmatch(image_id)
+        return int(store[1]) if store is not None and int(store[1]) < len(self.images) else None
+
+    def _name(self, image_id: str) -> str:
+        i = self._store_index(image_id)
+        return self.images.names[i] if i is not None else self._upload_names.get(image_id, image_id)
+
     def _latent_row(self, s: int, codes_PS: Tensor, score_S: Tensor) -> dict[str, Any]:
         info = self.info_latents
-        return {
+        row = {
             "latent": s,
             "score": float(score_S[s]),
             "max": float(info.max_S[s]),
             "freq": float(info.freq_S[s]) if info.freq_S is not None else None,
             "note": info.notes.get(s, ""),
             "codes": [round(float(v), 4) for v in codes_PS[:, s]],
-            "top": info.top.get(s, [])[:6],
+            "top": [{**t, "name": self._name(f"s{t['image_i']}")} for t in info.top.get(s, [])[:6]],
             "page": s in info.rendered,
         }
+        if s in info.names:  # absent: naming did not run; null: scored but unexplained
+            name = info.names[s]
+            row["name"] = None if name is None else dataclasses.asdict(name)
+        return row
 
     def _predictions(self, logits: Tensor) -> dict[str, Any]:
         head = self.head
@@ -341,6 +410,7 @@ class Explorer:
         return {
             "classes": [torch.nonzero(row).flatten().tolist() for row in predicted],
             "top": head.top_class(logits).tolist(),
+            "probs": [[round(float(p), 3) for p in row] for row in head.probs(logits)],
         }
 
     def _changed(self, before: Tensor, after: Tensor) -> list[int]:

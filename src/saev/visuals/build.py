@@ -1,18 +1,20 @@
 """`saev visuals`: top-k images per latent, saved as data and as a browsable static gallery."""
 
 import dataclasses
+import hashlib
 import html
 import logging
 import math
 import pathlib
 import shlex
 from collections import defaultdict
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import tqdm
 from PIL import Image
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from saev import distributed
@@ -21,14 +23,33 @@ from saev.activations.families import make_img_transform
 from saev.activations.transforms import visible_crop
 from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError, ModelError, StoreError
-from saev.fileio import OutputFolder, atomic_open, canonical_safetensors, save_image, write_json
-from saev.nn import checkpoints
+from saev.fileio import (
+    OutputFolder,
+    atomic_open,
+    canonical_safetensors,
+    check_input,
+    existing_kind,
+    read_json,
+    save_image,
+    write_json,
+)
+from saev.nn import SparseAutoencoder, checkpoints
 from saev.nn.evaluation import DEAD_DEFINITION, DENSE_DEFINITION, dead_and_dense
 from saev.options import available_memory, size_text
-from saev.visuals import gallery
+from saev.visuals import gallery, relations
+from saev.visuals.gallery import Figure, Name
 from saev.visuals.heatmap import placeholder, spotlight
 from saev.visuals.lookup import ImageLookup
-from saev.visuals.topk import HIST_BINS, HIST_EDGES, TopActivations, log_freq, top_activations
+from saev.visuals.topk import (
+    HIST_BINS,
+    HIST_EDGES,
+    SAMPLE,
+    TopActivations,
+    hist_percentile,
+    hist_quantile,
+    log_freq,
+    top_activations,
+)
 
 logger = logging.getLogger("saev.visuals")
 THUMB = 224
@@ -66,12 +87,16 @@ class VisualsConfig:
     """Torch device for encoding."""
     force: bool = False
     """Read a layer, model or token selection other than the SAE was trained on."""
+    overwrite: bool = False
+    """Replace a gallery of another SAE, store, layer or ranking in --out (by default a run into a
+    gallery of the same ones adds its pages to it, and any other is refused)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class VisualsResult:
     index: pathlib.Path
     rendered: list[int]
+    """Every latent with a page: those asked for and those the gallery already had."""
     n_missing_images: int
     """Images drawn as placeholders (0 on the ranks other than 0 of a torchrun job: they draw nothing)."""
 
@@ -79,12 +104,20 @@ class VisualsResult:
 def make_visuals(
     cfg: VisualsConfig,
     notes: dict[int, str] | None = None,
-    figures: dict[int, list[gallery.Figure]] | None = None,
+    figures: dict[int, list[Figure]] | None = None,
     links: dict[str, str] | None = None,
+    names: dict[int, dict[str, Any] | None] | None = None,
+    naming: dict[str, Any] | None = None,
 ) -> VisualsResult:
     """`notes` annotate latents in the index and on their pages (e.g. the concept a latent detects);
     `figures` (files already in the output folder) are shown on their latents' pages; `links`
-    (text -> address relative to the gallery) are listed on the index, e.g. the SAE's scorecard."""
+    (text -> address relative to the gallery) are listed on the index, e.g. the SAE's scorecard;
+    `names` (latent -> its automatic name, None when it was scored and left unexplained) are shown
+    on the cards and pages, and `naming` (how they were made) is kept in latents.json.
+
+    Rendering is additive: when `cfg.out` holds a gallery of the same SAE, store, layer and ranking,
+    its pages stay (with their notes, figures and names; new ones given here replace them) and the
+    latents asked for are added. A gallery of other ones is refused unless `cfg.overwrite`."""
     if cfg.top_k < 1 or cfg.n_latents < 0:
         raise ConfigError(f"--top-k must be >= 1 and --n-latents >= 0 (got {cfg.top_k}, {cfg.n_latents}).")
     lo, hi = cfg.log_freq_range
@@ -104,6 +137,17 @@ def make_visuals(
     reading = provenance.store_reading(store, cfg.layer, tokens)
     provenance.check(sae.provenance, reading, force=cfg.force, where=cfg.sae)
     _check_memory(cfg, sae.cfg.d_sae, store)
+    given = Kept(
+        frozenset(),
+        notes or {},
+        figures or {},
+        _checked_names(names or {}, sae.cfg.d_sae, "names"),
+        links or {},
+        naming,
+    )
+    identity = _identity(cfg, sae)
+    # Before the pass, so a folder that would be refused costs nothing.
+    kept = Kept() if cfg.overwrite else _kept(cfg.out, identity, sae.cfg.d_sae)
     lookup = ImageLookup(store, cfg.images)
     if sae.normalization is None:
         logger.warning(
@@ -111,27 +155,31 @@ def make_visuals(
             cfg.sae,
         )
     top = top_activations(sae, store, cfg.layer, cfg.top_k, cfg.sort_by, device=cfg.device)
-    chosen = _choose(cfg, top)
+    asked = _choose(cfg, top)
+    chosen = sorted(set(asked) | kept.rendered)
     if not distributed.current().main:
         # Under torchrun every rank streamed its share of the store and holds the merged result;
         # rank 0 writes the files alone.
         return VisualsResult(cfg.out / "index.html", chosen, 0)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    notes = notes or {}
-    _save_data(cfg, top, chosen, lookup, notes)
+    merged = kept.updated(given)
+    related = Relations(
+        relations.neighbours(sae.W_dec, chosen),
+        relations.cooccurrence(top.cooccur, sae.cfg.d_sae, chosen),
+        top.cooccur.n_tokens,
+    )
+    _save_data(cfg, identity, top, chosen, lookup, merged, related)
     grid = _grid(store)
-    pages = [
-        dataclasses.replace(page, figures=(figures or {}).get(page.latent, []))
-        for page in _render(cfg, top, chosen, lookup, store, grid, notes)
-    ]
+    pages = _render(cfg, top, chosen, lookup, store, grid, merged, related)
     n_images = {page.latent: len(page.images) for page in pages}
     rows = [
         row
         | {
             "page": row["latent"] in n_images,
-            "note": notes.get(row["latent"], ""),
+            "note": merged.notes.get(row["latent"], ""),
             "n_images": n_images.get(row["latent"], 0),
         }
+        | ({"name": merged.names[row["latent"]]} if row["latent"] in merged.names else {})
         for row in _stat_rows(top)
     ]
     for i, page in enumerate(pages):
@@ -142,9 +190,8 @@ def make_visuals(
     subtitle = f"{cfg.sae} on {meta.vit_family}/{meta.vit_ckpt} layer {cfg.layer}, {len(store):,} images."
     # Links first: below the render command they sit off the first screen.
     about = "".join(
-        f'<p><a href="{html.escape(href)}">{html.escape(text)}</a></p>'
-        for text, href in (links or {}).items()
-    ) + _about(cfg, rows, chosen, notes, top.stats.n_tokens)
+        f'<p><a href="{html.escape(href)}">{html.escape(text)}</a></p>' for text, href in merged.links.items()
+    ) + _about(cfg, identity, rows, asked, chosen, merged.notes, top.stats.n_tokens)
     index = gallery.write_index(cfg.out, rows, "SAE latents", subtitle, about, thumb_size(grid))
     if lookup.missing:
         logger.warning("%d image(s) could not be found or read; drawn as placeholders", len(lookup.missing))
@@ -152,6 +199,136 @@ def make_visuals(
         # The top-k pass and the index are written (they are the expensive part); the pages asked for are not.
         raise ConfigError(f"no latent has a page: {_nothing_rendered(cfg, rows)} The index is {index}.")
     return VisualsResult(index, chosen, len(lookup.missing))
+
+
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    """What a gallery carries from run to run besides what the pass recomputes."""
+
+    rendered: frozenset[int] = frozenset()
+    notes: dict[int, str] = dataclasses.field(default_factory=dict)
+    figures: dict[int, list[Figure]] = dataclasses.field(default_factory=dict)
+    names: dict[int, dict[str, Any] | None] = dataclasses.field(default_factory=dict)
+    """Latent -> its name as given (None: scored, unexplained); latents never scored are absent."""
+    links: dict[str, str] = dataclasses.field(default_factory=dict)
+    naming: dict[str, Any] | None = None
+
+    def updated(self, new: "Kept") -> "Kept":
+        """These, with what `new` gives replacing them latent by latent."""
+        return Kept(
+            self.rendered | new.rendered,
+            self.notes | new.notes,
+            self.figures | new.figures,
+            self.names | new.names,
+            self.links | new.links,
+            new.naming if new.naming is not None else self.naming,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Relations:
+    neighbours: relations.Related
+    """By decoder-direction cosine."""
+    cooccur: relations.Related
+    """By P(other fires | this fires) over the pass's token sample."""
+    cooccur_tokens: int
+
+
+IDENTITY = {"sae": "SAE", "sae_digest": "SAE weights", "shards": "store", "layer": "layer", "sort_by": "--sort-by"}
+"""What makes two runs into one folder the same gallery (topk.safetensors metadata key -> words);
+galleries written before the digest was kept are compared by the SAE's path."""
+
+
+def _identity(cfg: VisualsConfig, sae: SparseAutoencoder) -> dict[str, str]:
+    digest = hashlib.blake2b(digest_size=8)
+    for key, value in sorted(sae.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return {
+        "sae": _local(cfg.sae),
+        "sae_digest": digest.hexdigest(),
+        "shards": _local(str(cfg.shards)),
+        "layer": str(cfg.layer),
+        "sort_by": cfg.sort_by,
+    }
+
+
+def _local(spec: str) -> str:
+    """An absolute path for a local file or folder (so the command printed on the index works from
+    any folder); other specs (hf://..., catalogue names) as given."""
+    path = pathlib.Path(spec).expanduser()
+    return str(path.resolve()) if existing_kind(path) is not None else spec
+
+
+def _kept(out: pathlib.Path, identity: dict[str, str], d_sae: int) -> Kept:
+    """What the gallery already in `out` keeps; refuses one of another SAE, store, layer or ranking."""
+    data, tensors = out / "latents.json", out / "topk.safetensors"
+    if existing_kind(data) is None and existing_kind(tensors) is None:
+        return Kept()
+    replace = "give another --out, or --overwrite to replace it"
+    try:
+        with safe_open(str(check_input(tensors)), "pt") as f:
+            meta = f.metadata() or {}
+        rows = read_json(data, "list of latents")
+        latents = rows["latents"]
+    except (ConfigError, SafetensorError, OSError, KeyError, TypeError) as err:
+        raise ConfigError(f"--out {out} holds a saev visuals gallery that cannot be read ({err}); {replace}.") from None
+    was = {key: meta.get(key) for key in IDENTITY}
+    if was["shards"] is not None:
+        was["shards"] = _local(was["shards"])
+    differ = [
+        f"{IDENTITY[key]} {was[key]} there, {identity[key]} now"
+        for key in ("shards", "layer", "sort_by")
+        if was[key] is not None and was[key] != identity[key]
+    ]
+    # The same weights are the same SAE wherever they are now; other weights at the same path are not.
+    if was["sae_digest"] is not None and was["sae_digest"] != identity["sae_digest"]:
+        differ.insert(
+            0,
+            f"the SAE {identity['sae']} has other weights than when it was made"
+            if was["sae"] == identity["sae"]
+            else f"SAE {was['sae']} there, {identity['sae']} now",
+        )
+    elif was["sae_digest"] is None and was["sae"] is not None and _local(was["sae"]) != identity["sae"]:
+        differ.insert(0, f"SAE {was['sae']} there, {identity['sae']} now")
+    if isinstance(latents, list) and len(latents) != d_sae:
+        differ.append(f"{len(latents)} latents there, {d_sae} now")
+    if differ:
+        raise ConfigError(
+            f"--out {out} holds the gallery of another SAE, store, layer or ranking ({'; '.join(differ)}): "
+            f"this run would replace its pages; {replace}."
+        )
+    where = str(data)
+    try:
+        figures = {
+            r["latent"]: [Figure(f["src"], f["title"], f["caption"]) for f in r.get("figures", [])]
+            for r in latents
+            if r.get("figures")
+        }
+        return Kept(
+            frozenset(r["latent"] for r in latents if r["rendered"]),
+            {r["latent"]: r["note"] for r in latents if r.get("note")},
+            figures,
+            _checked_names({r["latent"]: r["name"] for r in latents if "name" in r}, d_sae, where),
+            dict(rows.get("links", {})),
+            rows.get("naming"),
+        )
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ConfigError(
+            f"{where}: not a saev visuals list of latents ({type(err).__name__}: {err}); {replace}."
+        ) from None
+
+
+def _checked_names(
+    names: dict[int, dict[str, Any] | None], d_sae: int, where: str
+) -> dict[int, dict[str, Any] | None]:
+    """`names` after checking each is None or a name `gallery.Name` reads (raising ConfigError naming `where`)."""
+    for s, name in names.items():
+        if not (isinstance(s, int) and 0 <= s < d_sae):
+            raise ConfigError(f"{where}: latent {s!r} out of range: the SAE has {d_sae} latents.")
+        if name is not None:
+            Name.from_json(name, f"{where}: latent {s}")
+    return dict(names)
 
 
 def _check_memory(cfg: VisualsConfig, d_sae: int, store: ShardStore) -> None:
@@ -163,13 +340,13 @@ def _check_memory(cfg: VisualsConfig, d_sae: int, store: ShardStore) -> None:
     if available is None:
         return
     free, what = available
-    maps = d_sae * cfg.top_k * (store.meta.n_patches_per_img * 4 + 16)
-    need = (2 + distributed.current().size) * maps + d_sae * HIST_BINS * 8
+    maps = d_sae * (cfg.top_k + SAMPLE) * (store.meta.n_patches_per_img * 4 + 16)
+    need = (2 + distributed.current().size) * maps + 2 * d_sae * HIST_BINS * 8
     if need <= free:
         return
     raise ConfigError(
-        f"--top-k {cfg.top_k}: keeping {cfg.top_k} images with their {store.meta.n_patches_per_img} patch "
-        f"activations for each of {d_sae:,} latents needs at least {size_text(need)} on {cfg.device}, but it has "
+        f"--top-k {cfg.top_k}: keeping {cfg.top_k} top images and {SAMPLE} sampled ones with their "
+        f"{store.meta.n_patches_per_img} patch activations for each of {d_sae:,} latents needs at least {size_text(need)} on {cfg.device}, but it has "
         f"{size_text(free)} of {what}; lower --top-k."
     )
 
@@ -186,12 +363,18 @@ def _nothing_rendered(cfg: VisualsConfig, rows: list[dict]) -> str:
 
 
 def _about(
-    cfg: VisualsConfig, rows: list[dict], chosen: list[int], notes: dict[int, str], n_tokens: int
+    cfg: VisualsConfig,
+    identity: dict[str, str],
+    rows: list[dict],
+    asked: list[int],
+    chosen: list[int],
+    notes: dict[int, str],
+    n_tokens: int,
 ) -> str:
-    """HTML for the index: which latents have pages, why, and the command that renders others."""
+    """HTML for the index: which latents have pages, why, and the command that adds others."""
     live = [r["latent"] for r in rows if not r["dead"]]
     if cfg.latents:
-        noted = sum(s in notes for s in chosen)
+        noted = sum(s in notes for s in asked)
         why = "the latents asked for with <code>--latents</code>" + (
             f", {noted} of them annotated (shown first)" if noted else ""
         )
@@ -201,12 +384,23 @@ def _about(
         span = "" if (lo, hi) == (-math.inf, 0.0) else f" with log10 frequency in [{lo:g}, {hi:g}]"
         why = (
             f"all {in_range:,} live latents{span}"
-            if len(chosen) == in_range
+            if len(asked) == in_range
             else f"a random sample (<code>--n-latents {cfg.n_latents}</code>, <code>--seed {cfg.seed}</code>) of the {in_range:,} live latents{span}"
         )
+    earlier = len(set(chosen) - set(asked))
+    if earlier:
+        why += f", and {earlier:,} more rendered into this folder by earlier runs"
     rendered = set(chosen)
-    example = [s for s in live if s not in rendered][:2] or [0]
-    flags = {"sae": cfg.sae, "shards": cfg.shards, "layer": cfg.layer, "out": cfg.out}
+    dense = {r["latent"] for r in rows if r["dense"]}
+    unrendered = [s for s in live if s not in rendered]
+    example = ([s for s in unrendered if s not in dense] + [s for s in unrendered if s in dense])[:2] or [0]
+    # Absolute paths, so the command works from any folder, and the same gallery it adds to.
+    flags = {
+        "sae": identity["sae"],
+        "shards": identity["shards"],
+        "layer": cfg.layer,
+        "out": cfg.out.expanduser().resolve(),
+    }
     # Options that change the pages are repeated when not at their defaults, so the new pages match.
     flags |= {
         f.name: getattr(cfg, f.name)
@@ -215,15 +409,17 @@ def _about(
     }
     words = [w for name, value in flags.items() for w in (f"--{name.replace('_', '-')}", str(value))]
     command = html.escape(shlex.join(["saev", "visuals", *words, "--latents", *map(str, example)]))
-    n_dead, n_dense = len(rows) - len(live), sum(r["dense"] for r in rows)
+    n_dead, n_dense = len(rows) - len(live), len(dense)
     dead = (
         f" {n_dead:,} dead and {n_dense:,} dense ({DEAD_DEFINITION} (here all {n_tokens:,} tokens of the store); "
-        f"{DENSE_DEFINITION}); dead latents have no page."
+        f"{DENSE_DEFINITION}); dead latents have no page, dense ones are marked and hidden from the cards unless "
+        "<em>show dense</em> is ticked."
     )
     return (
         f"<p><strong>{len(chosen):,} of {len(rows):,} latents have pages</strong>: {why}. They are listed first.{dead}</p>"
-        f'<p>Render others with</p><code class="cmd">{command}</code><p>listing every latent you want a page for, '
-        "or with <code>--n-latents N</code> in place of <code>--latents</code> for a larger random sample of live latents.</p>"
+        f'<p>Add pages for others with</p><code class="cmd">{command}</code><p>listing the latents you want, '
+        "or with <code>--n-latents N</code> in place of <code>--latents</code> to add a random sample of live latents. "
+        "It adds to this gallery: the pages here stay, with their notes, names and figures.</p>"
     )
 
 
@@ -239,7 +435,13 @@ def _choose(cfg: VisualsConfig, top: TopActivations) -> list[int]:
 
 
 def _save_data(
-    cfg: VisualsConfig, top: TopActivations, chosen: list[int], lookup: ImageLookup, notes: dict[int, str]
+    cfg: VisualsConfig,
+    identity: dict[str, str],
+    top: TopActivations,
+    chosen: list[int],
+    lookup: ImageLookup,
+    kept: Kept,
+    related: Relations,
 ) -> None:
     mapped = list(range(top.values_SK.shape[0])) if cfg.all_maps else chosen
     tensors = {
@@ -247,19 +449,22 @@ def _save_data(
         "image_i": top.image_i_SK,
         "patch_maps": top.patch_maps_SKP[mapped].float().contiguous(),
         "patch_map_latents": torch.tensor(mapped, dtype=torch.int64),
+        "quantile_values": top.sample_values_SM.float(),
+        "quantile_image_i": top.sample_image_i_SM,
+        "quantile_maps": top.sample_maps_SMP[mapped].float().contiguous(),
         "freq": top.stats.freq_S.float(),
         "mean": top.stats.mean_S,
         "max": top.stats.max_S,
         "hist": top.stats.hist_SB,
+        "image_hist": top.stats.img_hist_SB,
         "hist_edges": HIST_EDGES,
+        "related_latents": torch.tensor(chosen, dtype=torch.int64),
+        "neighbours": related.neighbours.others_RK,
+        "neighbour_cosine": related.neighbours.values_RK.float(),
+        "cooccur": related.cooccur.others_RK,
+        "cooccur_p": related.cooccur.values_RK.float(),
     }
-    meta = {
-        "sort_by": cfg.sort_by,
-        "layer": str(cfg.layer),
-        "sae": cfg.sae,
-        "shards": str(cfg.shards),
-        "n_tokens": str(top.stats.n_tokens),
-    }
+    meta = identity | {"n_tokens": str(top.stats.n_tokens), "cooccur_tokens": str(related.cooccur_tokens)}
     with atomic_open(cfg.out / "topk.safetensors") as f:
         f.write(canonical_safetensors(save(tensors, metadata=meta)))
     rendered = set(chosen)
@@ -272,12 +477,53 @@ def _save_data(
             for i, v in ranked
             if i >= 0
         ]
-        latents.append(row | {"rendered": s in rendered, "note": notes.get(s, ""), "top": images})
-    write_json(
-        cfg.out / "latents.json",
-        {"sort_by": cfg.sort_by, "n_tokens": top.stats.n_tokens, "latents": latents},
-        indent=None,
-    )
+        entry = row | {
+            "rendered": s in rendered,
+            "note": kept.notes.get(s, ""),
+            "figures": [dataclasses.asdict(f) for f in kept.figures.get(s, [])] if s in rendered else [],
+            "top": images,
+            "quantiles": [
+                {"image_i": q.image_i, "value": q.value, "percentile": q.percentile, "source": lookup.path(q.image_i), "label": q.label}
+                for q in _strip(top, s, lookup)
+            ],
+        }
+        if s in kept.names:
+            entry["name"] = kept.names[s]
+        if s in rendered:
+            entry["neighbours"] = [{"latent": o, "cosine": v} for o, v in related.neighbours.of(s)]
+            entry["cooccur"] = [{"latent": o, "p": v} for o, v in related.cooccur.of(s)]
+        latents.append(entry)
+    data: dict[str, Any] = {
+        "sort_by": cfg.sort_by,
+        "n_tokens": top.stats.n_tokens,
+        "cooccur_tokens": related.cooccur_tokens,
+        "links": kept.links,
+    }
+    if kept.naming is not None:
+        data["naming"] = kept.naming
+    write_json(cfg.out / "latents.json", data | {"latents": latents}, indent=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sampled:
+    slot: int
+    image_i: int
+    value: float
+    percentile: float
+    """Its score's percentile among the images where the latent fires (from the image histogram)."""
+    label: str | None
+
+
+def _strip(top: TopActivations, s: int, lookup: ImageLookup) -> list[_Sampled]:
+    """Latent `s`'s sampled images, by ascending score."""
+    hist_B = top.stats.img_hist_SB[s]
+    return [
+        _Sampled(j, i, v, round(hist_percentile(hist_B, v), 1), lookup.describe(i).get("label"))
+        for j, (i, v) in enumerate(
+            zip(top.sample_image_i_SM[s].tolist(), top.sample_values_SM[s].tolist(), strict=True)
+        )
+        if i >= 0
+    ]
 
 
 def _grid(store: ShardStore) -> tuple[int, int]:
@@ -324,24 +570,30 @@ def _render(
     lookup: ImageLookup,
     store: ShardStore,
     grid: tuple[int, int],
-    notes: dict[int, str],
+    kept: Kept,
+    related: Relations,
 ) -> list[gallery.LatentPage]:
-    """Draw every (latent, rank) thumbnail, decoding each source image once."""
+    """Draw every (latent, rank) and (latent, sampled slot) thumbnail, decoding each source image once."""
     size = thumb_size(grid)
     crop = _crop_fn(store, size)
-    by_image: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    strips = {s: _strip(top, s, lookup) for s in chosen}
+    # Per image: (latent, top-k rank) and (latent, sample slot) tiles, drawn from one decoded image.
+    top_at: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    sampled_at: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for s in chosen:
         for r, i in enumerate(top.image_i_SK[s].tolist()):
             if i >= 0:
-                by_image[i].append((s, r))
+                top_at[i].append((s, r))
+        for q in strips[s]:
+            sampled_at[q.image_i].append((s, q.slot))
     vmax = {s: float(top.patch_maps_SKP[s].max()) for s in chosen}
     for s in chosen:
         (cfg.out / "thumbs" / str(s)).mkdir(parents=True, exist_ok=True)
     heatmaps = cfg.sort_by != "cls"  # ranked by [CLS], the images have no per-patch map to draw
-    for i in tqdm.tqdm(sorted(by_image), unit="img", desc="drawing", dynamic_ncols=True):
+    for i in tqdm.tqdm(sorted(top_at.keys() | sampled_at.keys()), unit="img", desc="drawing", dynamic_ncols=True):
         img = lookup.load(i)
         base = crop(img) if img is not None else placeholder(size, f"missing: {lookup.path(i)}")
-        for s, r in by_image[i]:
+        for s, r in top_at.get(i, []):
             folder = cfg.out / "thumbs" / str(s)
             # <r>.jpg is what the index cards show: the heatmap when there is one, else the crop.
             tile = (
@@ -351,7 +603,13 @@ def _render(
             )
             save_image(folder / f"{r}.jpg", tile, quality=82, optimize=True)
             save_image(folder / f"{r}.orig.jpg", base, quality=82, optimize=True)
+        for s, j in sampled_at.get(i, []):
+            # Each on its own scale: a weak example would be all shadow on the top images' scale.
+            tile = base if img is None or not heatmaps else spotlight(base, top.sample_maps_SMP[s, j].numpy(), grid)
+            save_image(cfg.out / "thumbs" / str(s) / f"q{j}.jpg", tile, quality=82, optimize=True)
     edges = HIST_EDGES.tolist()
+    dense_S = dead_and_dense(top.stats.freq_S)[1]
+    linked = set(chosen)
     pages = []
     for s in chosen:
         images = [
@@ -369,11 +627,29 @@ def _render(
             for r, i in enumerate(top.image_i_SK[s].tolist())
             if i >= 0
         ]
+        hist_B = top.stats.img_hist_SB[s]
+        strip = gallery.Strip(
+            [
+                gallery.StripImage(
+                    q.image_i,
+                    q.value,
+                    q.percentile,
+                    f"thumbs/{s}/q{q.slot}.jpg",
+                    size,
+                    lookup.path(q.image_i),
+                    q.label,
+                    q.image_i in lookup.missing,
+                )
+                for q in strips[s]
+            ],
+            int(hist_B.sum()),
+            [hist_quantile(hist_B, d / 10) for d in range(1, 10)],
+        )
         st = top.stats
         pages.append(
             gallery.LatentPage(
                 s,
-                notes.get(s, ""),
+                kept.notes.get(s, ""),
                 float(st.freq_S[s]),
                 float(st.mean_S[s]),
                 float(st.max_S[s]),
@@ -382,6 +658,14 @@ def _render(
                 edges,
                 images,
                 vmax[s] if heatmaps else None,
+                [f for f in kept.figures.get(s, []) if existing_kind(cfg.out / f.src) is not None],
+                strip=strip,
+                neighbours=[gallery.Relation(o, v, o in linked) for o, v in related.neighbours.of(s)],
+                cooccur=[gallery.Relation(o, v, o in linked) for o, v in related.cooccur.of(s)],
+                cooccur_tokens=related.cooccur_tokens,
+                scored=s in kept.names,
+                name=Name.from_json(kept.names[s], f"latent {s}") if kept.names.get(s) is not None else None,
+                dense=bool(dense_S[s]),
             )
         )
     return pages

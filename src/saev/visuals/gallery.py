@@ -1,11 +1,14 @@
 """The static HTML feature gallery: works from file:// with no network, server or CDN.
 
 `index.html` plots every live latent (firing frequency against mean activation, log-log) and
-lists them as cards with their top images (sortable, filterable, rendered latents first), or as a
-table; it says which latents have pages and how to render others. Each rendered latent gets
-`latents/<id>.html` with its top images twice (the crop the model saw, and the same crop
-spotlit where the latent fires), the spotlight's scale, the activation histogram, statistics and
-each image's source. Dead latents are listed, not rendered or plotted.
+lists them as cards with their names, notes and top images (sortable, filterable, searchable by id,
+name or note, rendered latents first, dense ones marked and hidden unless asked for), or as a
+table; it says which latents have pages and how to add others. Each rendered latent gets
+`latents/<id>.html` with its name, its nearest latents by decoder direction and the latents firing
+with it, a quantile strip (images sampled across its firing distribution), its top images twice
+(the crop the model saw, and the same crop spotlit where the latent fires), the spotlight's
+scale, the activation histogram, statistics and each image's source. Dead latents are listed,
+not rendered or plotted.
 """
 
 import dataclasses
@@ -17,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from saev.errors import ConfigError
 from saev.fileio import atomic_open
+from saev.nn.evaluation import DENSE_DEFINITION
 from saev.visuals.heatmap import OUTLINE_LEVEL, spotlight_gain
 
 CSS = """
@@ -57,10 +62,23 @@ figcaption .name{overflow:hidden;text-overflow:ellipsis;white-space:nowrap;min-w
 figcaption .val{white-space:nowrap;font-variant-numeric:tabular-nums}
 .stats td{text-align:left}.nav{margin:.5rem 0}.charts{display:flex;flex-wrap:wrap;gap:1rem 2rem;align-items:flex-start}
 .charts svg{background:#fff;border:1px solid #ddd}.legend{font-size:.85rem;color:#444;max-width:36rem}
+.badge{display:inline-block;font-size:.72rem;font-weight:600;padding:1px 6px;border-radius:9px;background:#fde2c8;color:#8a3b00;
+vertical-align:middle;margin-left:.4rem}h1 .badge{font-size:.8rem}
+.card .name,.latname{font-weight:600;color:#1a5d1a}.card .name .f1{font-weight:400;color:#555}
+.unexplained,.card .name.unexplained{color:#999;font-style:italic;font-weight:400}.latname{font-size:1.05rem;margin:.3rem 0}
+.latname .how{font-weight:400;color:#555;font-size:.9rem}
+.related{display:flex;flex-wrap:wrap;gap:.5rem 2rem}.related table{font-size:.85rem}.related td{text-align:left}
+.related td.num{text-align:right;font-variant-numeric:tabular-nums}.related p{margin:.2rem 0;font-size:.8rem;color:#555;max-width:26rem}
+.strip{display:grid;grid-template-columns:repeat(9,minmax(0,1fr));gap:6px;max-width:1100px}
+.strip figure{padding:3px}.strip img{width:100%;height:auto;display:block}
+.strip figcaption{flex-direction:column;gap:0;font-size:.75rem;align-items:stretch}
+.strip .pct{font-weight:600}.strip .name{color:#555}
+@media (max-width:800px){.strip{grid-template-columns:repeat(3,minmax(0,1fr))}}
 """
 
 INDEX_JS = """
 const rows = JSON.parse(document.getElementById('data').textContent);
+const DENSE = JSON.parse(document.getElementById('dense').textContent);
 const thumb = JSON.parse(document.getElementById('thumb').textContent);
 const $ = id => document.getElementById(id);
 const points = new Map(Array.from(document.querySelectorAll('#plot [data-latent]'), c => [Number(c.dataset.latent), c]));
@@ -69,18 +87,24 @@ const PAGE = 120;
 function num(id){const v = parseFloat($(id).value); return isNaN(v) ? null : v;}
 function group(r){return r.page ? (r.note ? 0 : 1) : 2;}
 function fmt(x, d){return x === 0 ? '0' : (Math.abs(x) >= 1e-2 && Math.abs(x) < 1e4 ? x.toPrecision(d) : x.toExponential(d - 1));}
-function visible(){
+function nameText(r){return r.name ? r.name.text : '';}
+function value(r, k){return k === 'name' ? (r.name ? r.name.text : null) : r[k];}
+function tableView(){return document.querySelector('input[name=view]:checked').value === 'table';}
+function matching(){
   const lo = num('lo'), hi = num('hi'), q = $('q').value.trim().toLowerCase();
   const dead = $('dead').checked, only = $('rendered').checked;
   return rows.filter(r => (dead || !r.dead) && (!only || r.page) &&
     (lo === null || (r.log10_freq !== null && r.log10_freq >= lo)) && (hi === null || (r.log10_freq !== null && r.log10_freq <= hi)) &&
-    (q === '' || String(r.latent).startsWith(q) || (r.note || '').toLowerCase().includes(q)));
+    (q === '' || String(r.latent).startsWith(q) || (r.note || '').toLowerCase().includes(q) || nameText(r).toLowerCase().includes(q) ||
+     (r.name === null && 'unexplained'.startsWith(q))));
 }
+// Dense latents fire almost everywhere, so their cards say little: the cards hide them unless asked.
+function hidesDense(){return !tableView() && !$('showdense').checked;}
 function sorted(shown){
   const first = $('first').checked;
   return shown.sort((a, b) => {
     if (first && group(a) !== group(b)) return group(a) - group(b);
-    const x = a[key] ?? -Infinity, y = b[key] ?? -Infinity;
+    const x = value(a, key) ?? -Infinity, y = value(b, key) ?? -Infinity;
     if (typeof x === 'string' || typeof y === 'string') return (desc ? -1 : 1) * String(x).localeCompare(String(y));
     return (desc ? y - x : x - y) || a.latent - b.latent;
   });
@@ -93,7 +117,11 @@ function card(r){
   const title = document.createElement(r.page ? 'a' : 'span');
   title.className = 'title'; title.textContent = 'latent ' + r.latent;
   if (r.page) title.href = href;
-  el.appendChild(title);
+  const head = document.createElement('div');
+  head.appendChild(title);
+  if (r.dense) head.appendChild(badge());
+  el.appendChild(head);
+  if (r.name !== undefined) el.appendChild(nameLine(r.name));
   if (r.note) { const n = document.createElement('div'); n.className = 'note'; n.textContent = r.note; el.appendChild(n); }
   if (r.page && r.n_images > 0) {
     const a = document.createElement('a');
@@ -117,12 +145,31 @@ function card(r){
   el.appendChild(nums);
   return el;
 }
+function badge(){
+  const b = document.createElement('span');
+  b.className = 'badge'; b.textContent = 'dense'; b.title = DENSE;
+  return b;
+}
+function nameLine(name){
+  const n = document.createElement('div');
+  if (name === null) { n.className = 'name unexplained'; n.textContent = 'unexplained'; n.title = 'named automatically: no label matched it'; return n; }
+  n.className = 'name'; n.textContent = name.text + ' ';
+  const f = document.createElement('span');
+  f.className = 'f1'; f.textContent = 'F1 ' + name.f1.toFixed(2);
+  n.appendChild(f);
+  return n;
+}
 function row(r){
   const tr = document.createElement('tr');
   if (r.dead) tr.className = 'dead';
   const name = r.page ? `<a href="latents/${r.latent}.html">${r.latent}</a>` : String(r.latent) + (r.dead ? ' (dead)' : '');
   tr.innerHTML = `<td>${name}</td><td>${r.freq.toExponential(2)}</td><td>${r.dead ? '-inf' : r.log10_freq.toFixed(2)}</td>` +
     `<td>${r.mean.toFixed(3)}</td><td>${r.max.toFixed(3)}</td>`;
+  if (r.dense) tr.firstChild.appendChild(badge());
+  const named = document.createElement('td');
+  named.className = 'note';
+  if (r.name !== undefined) named.appendChild(nameLine(r.name));
+  tr.appendChild(named);
   const note = document.createElement('td');
   note.className = 'note'; note.textContent = r.note || '';
   tr.appendChild(note);
@@ -139,9 +186,10 @@ function band(){
   rect.setAttribute('x', a); rect.setAttribute('width', Math.max(0, b - a));
 }
 function render(){
-  const shown = sorted(visible());
-  const table = document.querySelector('input[name=view]:checked').value === 'table';
-  $('count').textContent = shown.length + ' of ' + rows.length + ' latents';
+  const matched = matching(), table = tableView();
+  const shown = sorted(hidesDense() ? matched.filter(r => !r.dense) : matched);
+  const hidden = matched.length - shown.length;
+  $('count').textContent = shown.length + ' of ' + rows.length + ' latents' + (hidden ? ` (${hidden} dense hidden)` : '');
   const ids = new Set(shown.map(r => r.latent));
   for (const [s, c] of points) c.classList.toggle('off', !ids.has(s));
   band();
@@ -159,7 +207,7 @@ document.querySelectorAll('#latents th').forEach(th => th.addEventListener('clic
 }));
 $('sort').addEventListener('input', () => { key = $('sort').value; desc = key !== 'latent'; render(); });
 $('dir').addEventListener('click', () => { desc = !desc; render(); });
-for (const id of ['lo', 'hi', 'dead', 'q', 'rendered', 'first']) $(id).addEventListener('input', () => { limit = PAGE; render(); });
+for (const id of ['lo', 'hi', 'dead', 'q', 'rendered', 'first', 'showdense']) $(id).addEventListener('input', () => { limit = PAGE; render(); });
 document.querySelectorAll('input[name=view]').forEach(el => el.addEventListener('input', render));
 $('more').addEventListener('click', () => { limit += PAGE; render(); });
 render();
@@ -181,6 +229,80 @@ class TopImage:
     source: str
     label: str | None
     missing: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class StripImage:
+    """One image of a latent's quantile strip."""
+
+    image_i: int
+    value: float
+    percentile: float
+    """Where its score lies among the images the latent fires on (0 to 100)."""
+    thumb: str
+    """Path of its thumbnail (spotlit on its own scale when there are heatmaps), relative to the gallery."""
+    size: tuple[int, int]
+    source: str
+    label: str | None
+    missing: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Strip:
+    images: list[StripImage]
+    """Sampled uniformly from the images the latent fires on, by ascending score."""
+    n_images: int
+    """Images the latent fires on."""
+    deciles: list[float]
+    """The 10th, 20th, ..., 90th percentiles of their scores (from a histogram)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Relation:
+    latent: int
+    value: float
+    page: bool
+    """Whether the other latent has a page to link to."""
+
+
+SOURCES = {"concept": "the concept labels", "mask": "the mask labels", "label": "the class labels", "text": "zero-shot words"}
+"""How a name's `source` reads on a page ("from ...")."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Name:
+    """A latent's automatic name and how well `code > 0` detects it on held-out images."""
+
+    text: str
+    source: str
+    level: str
+    f1: float
+    precision: float
+    recall: float
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "Name":
+        """The name in `obj` (a name object of latents.json); ConfigError naming `where` when it is not one."""
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{where}: a name must be an object or null, not {type(obj).__name__}.")
+        fields = {}
+        for key in ("text", "source", "level"):
+            if not isinstance(obj.get(key), str):
+                raise ConfigError(f"{where}: the name's {key!r} must be text, got {obj.get(key)!r}.")
+            fields[key] = obj[key]
+        for key in ("f1", "precision", "recall"):
+            x = obj.get(key)
+            if isinstance(x, bool) or not isinstance(x, int | float) or not 0 <= x <= 1:
+                raise ConfigError(f"{where}: the name's {key!r} must be a number from 0 to 1, got {x!r}.")
+            fields[key] = float(x)
+        return cls(**fields)
+
+    def describe(self) -> str:
+        """E.g. "F1 0.84 (precision 0.80, recall 0.88) on held-out images, patch by patch, from the concept labels"."""
+        return (
+            f"F1 {self.f1:.2f} (precision {self.precision:.2f}, recall {self.recall:.2f}) on held-out images, "
+            f"{self.level} by {self.level}, from {SOURCES.get(self.source, self.source)}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +329,17 @@ class LatentPage:
     heat_max: float | None = None
     """The activation at full brightness in this page's heatmaps (None: no heatmaps)."""
     figures: list[Figure] = dataclasses.field(default_factory=list)
+    strip: Strip | None = None
+    neighbours: list[Relation] = dataclasses.field(default_factory=list)
+    """Nearest latents by decoder-direction cosine."""
+    cooccur: list[Relation] = dataclasses.field(default_factory=list)
+    """Latents most often firing where this one fires, with P(other fires | this fires)."""
+    cooccur_tokens: int = 0
+    """Tokens the co-occurrences were counted over."""
+    scored: bool = False
+    """Whether automatic naming scored this latent (then `name` None means unexplained)."""
+    name: Name | None = None
+    dense: bool = False
 
 
 def write_index(
@@ -217,8 +350,9 @@ def write_index(
     about: str,
     thumb: tuple[int, int],
 ) -> pathlib.Path:
-    """`rows` are latents.json's statistics plus `page`, `note` and `n_images` (thumbnails
-    written); `about` is HTML saying which latents have pages and how to render others."""
+    """`rows` are latents.json's statistics plus `page`, `note`, `n_images` (thumbnails written) and,
+    for latents that automatic naming scored, `name`; `about` is HTML saying which latents have
+    pages and how to add others."""
     data = json.dumps(rows, separators=(",", ":")).replace("</", "<\\/")
     headers = [
         ("latent", "latent"),
@@ -226,6 +360,7 @@ def write_index(
         ("log10_freq", "log10 frequency"),
         ("mean", "mean when firing"),
         ("max", "max"),
+        ("name", "name"),
         ("note", "note"),
     ]
     ths = "".join(f'<th data-key="{k}">{html.escape(label)}</th>' for k, label in headers)
@@ -239,6 +374,7 @@ def write_index(
         ]
     )
     n_dead = sum(bool(r["dead"]) for r in rows)
+    n_dense = sum(bool(r["dense"]) for r in rows)
     plotted = [r for r in rows if r["freq"] > 0 and r["mean"] > 0]
     caption = (
         f"Each point is one of the {len(plotted):,} live latents: filled points have a page (click to open it; "
@@ -254,13 +390,14 @@ def write_index(
 <label><input id="first" type="checkbox" checked> pages first</label>
 <label><input id="rendered" type="checkbox"> only latents with pages</label>
 <label>log10 frequency from <input id="lo" type="number" step="0.5"> to <input id="hi" type="number" step="0.5"></label>
-<label>search <input id="q" type="search" size="14" placeholder="note or id"></label>
+<label>search <input id="q" type="search" size="16" placeholder="name, note or id"></label>
 <label><input id="dead" type="checkbox"> show dead</label>
+<label title="{html.escape(DENSE_DEFINITION)}"><input id="showdense" type="checkbox"> show dense ({n_dense:,})</label>
 <span>view <label><input type="radio" name="view" value="cards" checked> cards</label> <label><input type="radio" name="view" value="table"> table</label></span>
 <span id="count"></span></div>
 <div id="cards" class="cards"></div>
 <table id="latents" hidden><thead><tr>{ths}</tr></thead><tbody></tbody></table><p><button id="more" hidden>show more</button></p>
-<script id="data" type="application/json">{data}</script><script id="thumb" type="application/json">{json.dumps(list(thumb))}</script>
+<script id="data" type="application/json">{data}</script><script id="dense" type="application/json">{json.dumps(DENSE_DEFINITION)}</script><script id="thumb" type="application/json">{json.dumps(list(thumb))}</script>
 <script>{INDEX_JS}</script>"""
     path = out / "index.html"
     _write(path, _page(title, body))
@@ -281,6 +418,15 @@ def write_latent_page(
     )
     figures = "".join(_figure(img, sort_by) for img in page.images)
     note = f"<p><strong>{html.escape(page.note)}</strong></p>" if page.note else ""
+    if page.name is not None:
+        named = (
+            f'<p class="latname">{html.escape(page.name.text)} <span class="how">\u2014 {html.escape(page.name.describe())}</span></p>'
+        )
+    elif page.scored:
+        named = '<p class="latname unexplained">unexplained: automatic naming found no label it detects</p>'
+    else:
+        named = ""
+    dense = f' <span class="badge" title="{html.escape(DENSE_DEFINITION)}">dense</span>' if page.dense else ""
     if page.heat_max is not None:
         how = (
             "Each image twice: the crop the model saw, and the same crop darkened where this latent is weak, "
@@ -290,8 +436,10 @@ def write_latent_page(
         pairs = " (left: the crop the model saw; right: where the latent fires)"
     else:
         scale = pairs = ""
-    body = f"""<div class="nav">{" | ".join(nav)}</div><h1>Latent {page.latent}</h1>{note}{stats}
+    body = f"""<div class="nav">{" | ".join(nav)}</div><h1>Latent {page.latent}{dense}</h1>{named}{note}{stats}
+{_related(page)}
 <div class="charts"><div><h2>Activations when firing</h2>{histogram_svg(page.hist_counts, page.hist_edges)}</div>{scale}</div>
+{_strip(page.strip, sort_by) if page.strip is not None else ""}
 <h2>Top {len(page.images)} images{pairs}</h2><div class="grid">{figures}</div>{"".join(_extra(f) for f in page.figures)}"""
     _write(out / "latents" / f"{page.latent}.html", _page(f"Latent {page.latent}", body))
 
@@ -302,6 +450,63 @@ _RANKED_BY = {
     "cls": "activation on the [CLS] token",
 }
 _VALUE_NAME = {"patch": "max", "img": "sum", "cls": "[CLS]"}
+
+
+def _related(page: LatentPage) -> str:
+    """The nearest latents by decoder direction and the latents firing with this one, linked when
+    they have pages."""
+
+    def table(title: str, rows: list[Relation], head: str, fmt: str, blurb: str) -> str:
+        def name(r: Relation) -> str:
+            return f'<a href="{r.latent}.html">latent {r.latent}</a>' if r.page else f"latent {r.latent}"
+
+        cells = "".join(f'<tr><td>{name(r)}</td><td class="num">{r.value:{fmt}}</td></tr>' for r in rows)
+        body = f"<table><tr><th>latent</th><th>{head}</th></tr>{cells}</table>" if rows else "<p>none</p>"
+        return f'<div><h2>{title}</h2>{body}<p>{html.escape(blurb)}</p></div>'
+
+    return '<div class="related">' + table(
+        "Nearest latents",
+        page.neighbours,
+        "cosine",
+        ".3f",
+        "By the cosine between decoder directions (what each latent adds to the reconstruction).",
+    ) + table(
+        "Fires together with",
+        page.cooccur,
+        "P(fires | this fires)",
+        ".0%",
+        f"Among the patch tokens where this latent fires, the share where the other fires too, counted "
+        f"over {page.cooccur_tokens:,} patch tokens (whole images spread evenly through the store).",
+    ) + "</div>"
+
+
+def _strip(strip: Strip, sort_by: str) -> str:
+    """The quantile strip: images sampled across the latent's firing distribution, weakest first."""
+    if not strip.images:
+        return ""
+    what = _RANKED_BY[sort_by]
+    tiles = []
+    for img in strip.images:
+        w, h = img.size
+        name = (pathlib.PurePath(img.source).name or img.source) + (" (image missing)" if img.missing else "")
+        label = f'<span class="name">{html.escape(str(img.label))}</span>' if img.label else ""
+        tiles.append(
+            f'<figure><img src="../{html.escape(img.thumb)}" width="{w}" height="{h}" loading="lazy" '
+            f'alt="image {img.image_i}, {img.percentile:.0f}th percentile">'
+            f'<figcaption><span class="pct">p{img.percentile:.0f}</span><span class="val">{_VALUE_NAME[sort_by]} {img.value:.3g}</span>'
+            f'<span class="name" title="{html.escape(img.source, quote=True)}">{html.escape(name)}</span>{label}</figcaption></figure>'
+        )
+    deciles = " \u00b7 ".join(f"p{10 * (d + 1)} {v:.3g}" for d, v in enumerate(strip.deciles))
+    legend = (
+        f"{len(strip.images)} of the {strip.n_images:,} images where this latent fires, drawn at random and sorted by "
+        f"{what}, weakest first: on average the k-th of nine sits at the (10k)th percentile. Each caption gives the "
+        f"image's percentile (pN) among those images and its value; each image is spotlit on its own scale. "
+        f"Deciles: {deciles}."
+    )
+    return (
+        f'<h2>Quantile strip</h2><div class="strip">{"".join(tiles)}</div>'
+        f'<p class="legend">{html.escape(legend)}</p>'
+    )
 
 
 def _extra(fig: Figure) -> str:

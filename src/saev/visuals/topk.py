@@ -2,11 +2,15 @@
 
 For each latent the K distinct images with the highest score (its maximum over patches, its sum
 over patches, or its [CLS] activation), ties going to the lower image index, plus the latent's
-activation on every patch of those images and its firing statistics. Memory is
-d_sae x K x patches, whatever the number of images.
+activation on every patch of those images and its firing statistics. The same pass keeps, per
+latent, a uniform sample of the images it fires on (the quantile strip: `SAMPLE` images with their
+patch maps) and the firing latents of a bounded sample of tokens (for co-occurrence). Memory is
+d_sae x (K + SAMPLE) x patches plus at most `COOCCUR_TOKENS` tokens' codes, whatever the number of
+images.
 """
 
 import dataclasses
+import math
 from typing import Literal
 
 import numpy as np
@@ -27,6 +31,12 @@ SortBy = Literal["patch", "img", "cls"]
 HIST_LOG10_RANGE, HIST_BINS = (-4.0, 4.0), 160
 HIST_EDGES = torch.logspace(*HIST_LOG10_RANGE, HIST_BINS + 1)
 """Log-spaced bins of the nonzero-activation histograms (values outside are clipped to the ends)."""
+SAMPLE = 9
+"""Images sampled per latent for the quantile strip: sorted by score, the i-th of nine uniform draws
+sits on average at the (10 i)th percentile, so the strip spans the deciles."""
+COOCCUR_TOKENS = 200_000
+"""At most about this many patch tokens (whole images, evenly spaced through the store) keep their
+firing latents for co-occurrence counts."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +49,24 @@ class LatentStats:
     max_S: Float[Tensor, " d_sae"]
     hist_SB: Int[Tensor, "d_sae bins"]
     """Counts of nonzero activations in the HIST_EDGES bins."""
+    img_hist_SB: Int[Tensor, "d_sae bins"]
+    """Counts of images by their score (as ranked: max, sum or [CLS]) in the HIST_EDGES bins, for
+    the images with a positive score."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeSample:
+    """The firing latents of the patch tokens of every `stride`-th image of the store, in store order."""
+
+    stride: int
+    counts_N: Int[Tensor, " tokens"]
+    """How many latents fire on each token."""
+    latents_A: Int[Tensor, " active"]
+    """Those latents, token after token (ascending within a token)."""
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.counts_N)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +79,13 @@ class TopActivations:
     """The latent's activation on every patch of each top image."""
     stats: LatentStats
     sort_by: SortBy
+    sample_values_SM: Float[Tensor, "d_sae m"]
+    """Scores of a uniform sample of the images each latent fires on (`SAMPLE` of them, those of
+    highest `priority`), in ascending order (0 where it fires on fewer images)."""
+    sample_image_i_SM: Int[Tensor, "d_sae m"]
+    """Their image indices (-1 after the filled slots)."""
+    sample_maps_SMP: Float[Tensor, "d_sae m patches"]
+    cooccur: CodeSample
 
 
 def top_activations(
@@ -108,12 +143,19 @@ class _Part:
     """One process's share of the pass."""
 
     tracker: "_Tracker"
+    sampler: "_Sampler"
     stats: "_StatsAccumulator"
+    cooccur: CodeSample
     nonfinite_at: tuple[int, int] | None
     """The first (image, token) holding NaN or infinity in this share, if any."""
 
     def to(self, device: str) -> "_Part":
-        return _Part(self.tracker.to(device), self.stats.to(device), self.nonfinite_at)
+        sample = CodeSample(
+            self.cooccur.stride, self.cooccur.counts_N.to(device), self.cooccur.latents_A.to(device)
+        )
+        return _Part(
+            self.tracker.to(device), self.sampler.to(device), self.stats.to(device), sample, self.nonfinite_at
+        )
 
 
 def _scan(
@@ -131,7 +173,11 @@ def _scan(
     n_sae, n_patch, cls = sae.cfg.d_sae, meta.n_patches_per_img, int(meta.cls_token)
     first = 0 if sort_by == "cls" else cls
     tracker = _Tracker(n_sae, top_k, n_patch, device)
+    sampler = _Sampler(n_sae, SAMPLE, n_patch, device)
     stats = _StatsAccumulator(n_sae, device)
+    stride = cooccur_stride(len(store), n_patch)
+    counts: list[Tensor] = []
+    active: list[Tensor] = []
     sae = sae.to(device).eval()
     runs = [run for chunk in chunks for run in chunk]
     total = sum(run.stop - run.start for run in runs)
@@ -152,8 +198,17 @@ def _scan(
             else:
                 scores_BS = patches_BPS.amax(1) if sort_by == "patch" else patches_BPS.sum(1)
                 counted_NS = patches_BPS.reshape(-1, n_sae)
-            tracker.add(scores_BS, patches_BPS, torch.arange(run.start, run.stop, device=device))
+            image_i_B = torch.arange(run.start, run.stop, device=device)
+            tracker.add(scores_BS, patches_BPS, image_i_B)
+            sampler.add(scores_BS, patches_BPS, image_i_B)
             stats.add(counted_NS)
+            stats.add_images(scores_BS)
+            # Whole images at multiples of the stride: the same tokens whatever the batches or ranks.
+            kept = patches_BPS[image_i_B % stride == 0].reshape(-1, n_sae)
+            if len(kept):
+                rows, latents = torch.nonzero(kept, as_tuple=True)
+                counts.append(torch.bincount(rows, minlength=len(kept)).int())
+                active.append(latents.int())
             bar.update(run.stop - run.start)
             distributed.progress()
     bar.close()
@@ -164,7 +219,17 @@ def _scan(
         tokens = "all" if first == 0 else "patches"
         images = range(runs[0].start, runs[-1].stop)
         [nonfinite_at] = find_nonfinite(store, store.layers[layer_i], tokens, images=images, limit=1)
-    return _Part(tracker, stats, nonfinite_at)
+    sample = CodeSample(
+        stride,
+        torch.cat(counts) if counts else torch.zeros(0, dtype=torch.int32, device=device),
+        torch.cat(active) if active else torch.zeros(0, dtype=torch.int32, device=device),
+    )
+    return _Part(tracker, sampler, stats, sample, nonfinite_at)
+
+
+def cooccur_stride(n_images: int, n_patch: int) -> int:
+    """Every how many images the co-occurrence sample keeps one, to keep about COOCCUR_TOKENS tokens."""
+    return max(1, math.ceil(n_images * n_patch / COOCCUR_TOKENS))
 
 
 def _combine(parts: list[_Part], store: ShardStore, layer: int, sort_by: SortBy) -> TopActivations:
@@ -182,8 +247,23 @@ def _combine(parts: list[_Part], store: ShardStore, layer: int, sort_by: SortBy)
             "normalisation statistics hold NaN or infinity (was it trained on a store with NaN?)."
         )
     tracker = merge([p.tracker for p in parts])
+    values_SM, image_i_SM, maps_SMP = merge_samplers([p.sampler for p in parts]).ascending()
+    # Parts come in store order, so their tokens concatenate into those of one process.
+    cooccur = CodeSample(
+        parts[0].cooccur.stride,
+        torch.cat([p.cooccur.counts_N.cpu() for p in parts]),
+        torch.cat([p.cooccur.latents_A.cpu() for p in parts]),
+    )
     return TopActivations(
-        tracker.values_SK.cpu(), tracker.image_i_SK.cpu(), tracker.maps_SKP.cpu(), stats.result(), sort_by
+        tracker.values_SK.cpu(),
+        tracker.image_i_SK.cpu(),
+        tracker.maps_SKP.cpu(),
+        stats.result(),
+        sort_by,
+        values_SM.cpu(),
+        image_i_SM.cpu(),
+        maps_SMP.cpu(),
+        cooccur,
     )
 
 
@@ -226,17 +306,24 @@ class _Tracker:
         self.values_SK[changed] = torch.where(filled, top_v, 0.0)
         self.image_i_SK[changed] = torch.where(filled, cand_i.gather(1, order), -1)
         self.n_filled_S[changed] = filled.sum(1)
-        self._update_maps(changed, order, filled, patches_BPS)
+        self.maps_SKP[changed] = _new_maps(self.maps_SKP[changed], changed, order, filled, patches_BPS)
 
-    def _update_maps(self, changed: Tensor, order: Tensor, filled: Tensor, patches_BPS: Tensor) -> None:
-        old = order < self.k
-        kept = self.maps_SKP[changed].gather(
-            1, order.clamp(max=self.k - 1)[..., None].expand(-1, -1, self.maps_SKP.shape[2])
-        )
-        maps = torch.where((old & filled)[..., None], kept, 0.0)
-        rows, slots = torch.nonzero(~old & filled, as_tuple=True)
-        maps[rows, slots] = patches_BPS[order[rows, slots] - self.k, :, changed[rows]]
-        self.maps_SKP[changed] = maps
+
+def _new_maps(
+    old_maps_CKP: Float[Tensor, "changed k patches"],
+    changed_C: Int[Tensor, " changed"],
+    order_CK: Int[Tensor, "changed k"],
+    filled_CK: Tensor,
+    patches_BPS: Float[Tensor, "batch patches d_sae"],
+) -> Float[Tensor, "changed k patches"]:
+    """The patch maps of the slots chosen by `order_CK` among K kept slots followed by the batch's images."""
+    k = old_maps_CKP.shape[1]
+    old = order_CK < k
+    kept = old_maps_CKP.gather(1, order_CK.clamp(max=k - 1)[..., None].expand(-1, -1, old_maps_CKP.shape[2]))
+    maps = torch.where((old & filled_CK)[..., None], kept, 0.0)
+    rows, slots = torch.nonzero(~old & filled_CK, as_tuple=True)
+    maps[rows, slots] = patches_BPS[order_CK[rows, slots] - k, :, changed_C[rows]]
+    return maps
 
 
 def merge(trackers: list[_Tracker]) -> _Tracker:
@@ -267,12 +354,108 @@ def merge(trackers: list[_Tracker]) -> _Tracker:
     return out
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: Int[Tensor, "*shape"]) -> Int[Tensor, "*shape"]:
+    """A 32-bit integer hash (values in [0, 2**32) to [0, 2**32)); int64 arithmetic never overflows."""
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
+    return (x >> 16) ^ x
+
+
+def priority(image_i: Int[Tensor, "*#shape"], latent: Int[Tensor, "*#shape"]) -> Int[Tensor, "..."]:
+    """A pseudo-random rank of (image, latent), the same in any process: 31 hash bits above the
+    complement of the image index, so no two images of a latent tie (nor depend on batch order)."""
+    return ((_mix32(_mix32(image_i & _MASK32) ^ latent) >> 1) << 32) | (_MASK32 - image_i)
+
+
+class _Sampler:
+    """Per latent, the M firing images of highest `priority`: a uniform sample of the images it
+    fires on, whatever the order they come in, so samples of parts of a store merge exactly."""
+
+    def __init__(self, n_sae: int, m: int, n_patch: int, device: str):
+        self.keys_SM = torch.full((n_sae, m), -1, dtype=torch.int64, device=device)
+        self.values_SM = torch.zeros(n_sae, m, device=device)
+        self.image_i_SM = torch.full((n_sae, m), -1, dtype=torch.int64, device=device)
+        self.maps_SMP = torch.zeros(n_sae, m, n_patch, device=device)
+
+    def to(self, device: str) -> "_Sampler":
+        out = _Sampler.__new__(_Sampler)
+        out.keys_SM, out.values_SM = self.keys_SM.to(device), self.values_SM.to(device)
+        out.image_i_SM, out.maps_SMP = self.image_i_SM.to(device), self.maps_SMP.to(device)
+        return out
+
+    def add(
+        self,
+        scores_BS: Float[Tensor, "batch d_sae"],
+        patches_BPS: Float[Tensor, "batch patches d_sae"],
+        image_i_B: Int[Tensor, " batch"],
+    ) -> None:
+        n_sae, m = self.keys_SM.shape
+        latents_S = torch.arange(n_sae, device=scores_BS.device)
+        keys_BS = torch.where(scores_BS > 0, priority(image_i_B[:, None], latents_S), -1)
+        changed = torch.nonzero((keys_BS > self.keys_SM[:, -1]).any(0)).flatten()
+        if len(changed) == 0:
+            return
+        cand_k = torch.cat([self.keys_SM[changed], keys_BS[:, changed].T], dim=1)
+        order = torch.sort(cand_k, dim=1, descending=True, stable=True).indices[:, :m]
+        top_k = cand_k.gather(1, order)
+        filled = top_k >= 0
+        cand_v = torch.cat([self.values_SM[changed], scores_BS[:, changed].T], dim=1)
+        cand_i = torch.cat([self.image_i_SM[changed], image_i_B.expand(len(changed), -1)], dim=1)
+        self.keys_SM[changed] = torch.where(filled, top_k, -1)
+        self.values_SM[changed] = torch.where(filled, cand_v.gather(1, order), 0.0)
+        self.image_i_SM[changed] = torch.where(filled, cand_i.gather(1, order), -1)
+        self.maps_SMP[changed] = _new_maps(self.maps_SMP[changed], changed, order, filled, patches_BPS)
+
+    def ascending(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Values, image indices and maps with each latent's filled slots by ascending score (ties:
+        lower image first), the empty slots after them."""
+        empty = self.image_i_SM < 0
+        # Sorted by image, then stably by score: equal scores stay in image order.
+        by_image = torch.sort(
+            self.image_i_SM.masked_fill(empty, torch.iinfo(torch.int64).max), dim=1, stable=True
+        ).indices
+        values = self.values_SM.masked_fill(empty, float("inf")).gather(1, by_image)
+        order = by_image.gather(1, torch.sort(values, dim=1, stable=True).indices)
+        maps = self.maps_SMP.gather(1, order[..., None].expand(-1, -1, self.maps_SMP.shape[2]))
+        return self.values_SM.gather(1, order), self.image_i_SM.gather(1, order), maps
+
+
+def merge_samplers(samplers: list[_Sampler]) -> _Sampler:
+    """The sample of all `samplers`' images (no image in two): the M highest keys of their union,
+    which is the sample one process would keep."""
+    if len(samplers) == 1:
+        return samplers[0]
+    m = samplers[0].keys_SM.shape[1]
+    keys = torch.cat([t.keys_SM for t in samplers], dim=1)
+    order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :m]
+    top = keys.gather(1, order)
+    filled = top >= 0
+    out = _Sampler.__new__(_Sampler)
+    out.keys_SM = torch.where(filled, top, -1)
+    out.values_SM = torch.where(filled, torch.cat([t.values_SM for t in samplers], 1).gather(1, order), 0.0)
+    out.image_i_SM = torch.where(filled, torch.cat([t.image_i_SM for t in samplers], 1).gather(1, order), -1)
+    n_patch = samplers[0].maps_SMP.shape[2]
+    maps = torch.cat([t.maps_SMP for t in samplers], dim=1).gather(1, order[..., None].expand(-1, -1, n_patch))
+    out.maps_SMP = torch.where(filled[..., None], maps, 0.0)
+    return out
+
+
+def _bins(vals: Float[Tensor, " n"]) -> Int[Tensor, " n"]:
+    """The HIST_EDGES bin of each positive value (clipped to the end bins)."""
+    lo, hi = HIST_LOG10_RANGE
+    return ((vals.log10() - lo) * (HIST_BINS / (hi - lo))).floor_().long().clamp_(0, HIST_BINS - 1)
+
+
 class _StatsAccumulator:
     def __init__(self, n_sae: int, device: str):
         self.n_sae, self.n_tokens = n_sae, 0
         self.fires = torch.zeros(n_sae, dtype=torch.float64, device=device)
         self.maxes = torch.zeros(n_sae, device=device)
         self.hist = torch.zeros(n_sae * HIST_BINS, dtype=torch.int64, device=device)
+        self.img_hist = torch.zeros(n_sae * HIST_BINS, dtype=torch.int64, device=device)
         self.chunk_sums: list[Tensor] = []
         """Float64 sums of the firing activations, one per chunk of batches (see `CHUNKS`)."""
 
@@ -280,6 +463,7 @@ class _StatsAccumulator:
         out = _StatsAccumulator.__new__(_StatsAccumulator)
         out.n_sae, out.n_tokens = self.n_sae, self.n_tokens
         out.fires, out.maxes, out.hist = self.fires.to(device), self.maxes.to(device), self.hist.to(device)
+        out.img_hist = self.img_hist.to(device)
         out.chunk_sums = [c.to(device) for c in self.chunk_sums]
         return out
 
@@ -296,9 +480,14 @@ class _StatsAccumulator:
         self.fires += torch.bincount(latents, minlength=self.n_sae)
         self.chunk_sums[-1] += torch.bincount(latents, weights=vals.double(), minlength=self.n_sae)
         self.maxes = torch.maximum(self.maxes, codes_NS.amax(0))
-        lo, hi = HIST_LOG10_RANGE
-        bins = ((vals.log10() - lo) * (HIST_BINS / (hi - lo))).floor_().long().clamp_(0, HIST_BINS - 1)
-        self.hist += torch.bincount(latents * HIST_BINS + bins, minlength=len(self.hist))
+        self.hist += torch.bincount(latents * HIST_BINS + _bins(vals), minlength=len(self.hist))
+
+    def add_images(self, scores_BS: Float[Tensor, "batch d_sae"]) -> None:
+        firing = scores_BS > 0
+        latents = torch.nonzero(firing)[:, 1]
+        self.img_hist += torch.bincount(
+            latents * HIST_BINS + _bins(scores_BS[firing]), minlength=len(self.img_hist)
+        )
 
     @property
     def sums(self) -> Float[Tensor, " d_sae"]:
@@ -317,6 +506,7 @@ class _StatsAccumulator:
             mean.float().cpu(),
             self.maxes.cpu(),
             self.hist.view(self.n_sae, -1).cpu(),
+            self.img_hist.view(self.n_sae, -1).cpu(),
         )
 
 
@@ -331,8 +521,35 @@ def merge_stats(parts: list[_StatsAccumulator]) -> _StatsAccumulator:
         out.fires = out.fires + p.fires
         out.maxes = torch.maximum(out.maxes, p.maxes)
         out.hist = out.hist + p.hist
+        out.img_hist = out.img_hist + p.img_hist
         out.chunk_sums = out.chunk_sums + p.chunk_sums
     return out
+
+
+def hist_percentile(counts_B: Int[Tensor, " bins"], value: float) -> float:
+    """The percentage of the values counted in `counts_B` (HIST_EDGES bins) that lie below `value`,
+    interpolated log-linearly within its bin."""
+    total = int(counts_B.sum())
+    if total == 0 or value <= 0:
+        return 0.0
+    b = int(_bins(torch.tensor([value], dtype=torch.float64)))
+    lo, hi = math.log10(HIST_EDGES[b]), math.log10(HIST_EDGES[b + 1])
+    within = min(max((math.log10(value) - lo) / (hi - lo), 0.0), 1.0)
+    return 100 * (int(counts_B[:b].sum()) + within * int(counts_B[b])) / total
+
+
+def hist_quantile(counts_B: Int[Tensor, " bins"], q: float) -> float:
+    """The value below which a fraction `q` of the values counted in `counts_B` (HIST_EDGES bins)
+    lie, interpolated log-linearly within its bin (0 when nothing was counted)."""
+    total = int(counts_B.sum())
+    if total == 0:
+        return 0.0
+    cum = counts_B.cumsum(0).tolist()
+    b = next(i for i, c in enumerate(cum) if c >= q * total)
+    before = cum[b - 1] if b else 0
+    within = (q * total - before) / max(cum[b] - before, 1)
+    lo, hi = math.log10(HIST_EDGES[b]), math.log10(HIST_EDGES[b + 1])
+    return 10 ** (lo + within * (hi - lo))
 
 
 def log_freq(freq_S: Float[Tensor, " d_sae"]) -> Float[np.ndarray, " d_sae"]:
