@@ -332,6 +332,7 @@ def _visuals(
             out=cfg.out / "gallery",
             layer=cfg.layer,
             top_k=12,
+            overwrite=True,
             latents=latents,
             device=cfg.device,
         ),

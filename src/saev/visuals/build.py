@@ -1,4 +1,9 @@
-"""`saev visuals`: top-k images per latent, saved as data and as a browsable static gallery."""
+"""`saev visuals`: top-k images per latent, saved as data and as a browsable static gallery.
+
+Besides each latent's top images, its pages show images sampled across its firing distribution
+(the quantile strip), its nearest latents by decoder direction, the latents firing with it, and
+its automatic name when given. Rendering into a folder that holds a gallery of the same SAE,
+store, layer and ranking adds to it (see `make_visuals`)."""
 
 import dataclasses
 import hashlib
@@ -80,7 +85,7 @@ class VisualsConfig:
     images: str | None = None
     """Image source overriding the store's images.json (a folder root or hf:NAME:SPLIT)."""
     all_maps: bool = False
-    """Save patch maps of every latent in topk.safetensors, not only the rendered ones."""
+    """Save patch maps (of the top and the sampled images) of every latent in topk.safetensors, not only the rendered ones."""
     seed: int = 0
     """Seed of the latent sample."""
     device: str = "cpu"
@@ -234,7 +239,13 @@ class Relations:
     cooccur_tokens: int
 
 
-IDENTITY = {"sae": "SAE", "sae_digest": "SAE weights", "shards": "store", "layer": "layer", "sort_by": "--sort-by"}
+IDENTITY = {
+    "sae": "SAE",
+    "sae_digest": "SAE weights",
+    "shards": "store",
+    "layer": "layer",
+    "sort_by": "--sort-by",
+}
 """What makes two runs into one folder the same gallery (topk.safetensors metadata key -> words);
 galleries written before the digest was kept are compared by the SAE's path."""
 
@@ -272,7 +283,9 @@ def _kept(out: pathlib.Path, identity: dict[str, str], d_sae: int) -> Kept:
         rows = read_json(data, "list of latents")
         latents = rows["latents"]
     except (ConfigError, SafetensorError, OSError, KeyError, TypeError) as err:
-        raise ConfigError(f"--out {out} holds a saev visuals gallery that cannot be read ({err}); {replace}.") from None
+        raise ConfigError(
+            f"--out {out} holds a saev visuals gallery that cannot be read ({err}); {replace}."
+        ) from None
     was = {key: meta.get(key) for key in IDENTITY}
     if was["shards"] is not None:
         was["shards"] = _local(was["shards"])
@@ -483,7 +496,13 @@ def _save_data(
             "figures": [dataclasses.asdict(f) for f in kept.figures.get(s, [])] if s in rendered else [],
             "top": images,
             "quantiles": [
-                {"image_i": q.image_i, "value": q.value, "percentile": q.percentile, "source": lookup.path(q.image_i), "label": q.label}
+                {
+                    "image_i": q.image_i,
+                    "value": q.value,
+                    "percentile": q.percentile,
+                    "source": lookup.path(q.image_i),
+                    "label": q.label,
+                }
                 for q in _strip(top, s, lookup)
             ],
         }
@@ -590,7 +609,9 @@ def _render(
     for s in chosen:
         (cfg.out / "thumbs" / str(s)).mkdir(parents=True, exist_ok=True)
     heatmaps = cfg.sort_by != "cls"  # ranked by [CLS], the images have no per-patch map to draw
-    for i in tqdm.tqdm(sorted(top_at.keys() | sampled_at.keys()), unit="img", desc="drawing", dynamic_ncols=True):
+    for i in tqdm.tqdm(
+        sorted(top_at.keys() | sampled_at.keys()), unit="img", desc="drawing", dynamic_ncols=True
+    ):
         img = lookup.load(i)
         base = crop(img) if img is not None else placeholder(size, f"missing: {lookup.path(i)}")
         for s, r in top_at.get(i, []):
@@ -605,7 +626,11 @@ def _render(
             save_image(folder / f"{r}.orig.jpg", base, quality=82, optimize=True)
         for s, j in sampled_at.get(i, []):
             # Each on its own scale: a weak example would be all shadow on the top images' scale.
-            tile = base if img is None or not heatmaps else spotlight(base, top.sample_maps_SMP[s, j].numpy(), grid)
+            tile = (
+                base
+                if img is None or not heatmaps
+                else spotlight(base, top.sample_maps_SMP[s, j].numpy(), grid)
+            )
             save_image(cfg.out / "thumbs" / str(s) / f"q{j}.jpg", tile, quality=82, optimize=True)
     edges = HIST_EDGES.tolist()
     dense_S = dead_and_dense(top.stats.freq_S)[1]

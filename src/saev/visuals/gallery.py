@@ -136,7 +136,7 @@ function card(r){
   } else {
     const box = document.createElement('div');
     box.className = 'nothumbs';
-    box.textContent = r.dead ? 'dead: never fires' : r.page ? 'no images' : 'no page: render it with --latents ' + r.latent;
+    box.textContent = r.dead ? 'dead: never fires' : r.page ? 'no images' : 'no page: add it with --latents ' + r.latent;
     el.appendChild(box);
   }
   const nums = document.createElement('div');
@@ -265,7 +265,12 @@ class Relation:
     """Whether the other latent has a page to link to."""
 
 
-SOURCES = {"concept": "the concept labels", "mask": "the mask labels", "label": "the class labels", "text": "zero-shot words"}
+SOURCES = {
+    "concept": "the concept labels",
+    "mask": "the mask labels",
+    "label": "the class labels",
+    "text": "zero-shot words",
+}
 """How a name's `source` reads on a page ("from ...")."""
 
 
@@ -419,9 +424,7 @@ def write_latent_page(
     figures = "".join(_figure(img, sort_by) for img in page.images)
     note = f"<p><strong>{html.escape(page.note)}</strong></p>" if page.note else ""
     if page.name is not None:
-        named = (
-            f'<p class="latname">{html.escape(page.name.text)} <span class="how">\u2014 {html.escape(page.name.describe())}</span></p>'
-        )
+        named = f'<p class="latname">{html.escape(page.name.text)} <span class="how">\u2014 {html.escape(page.name.describe())}</span></p>'
     elif page.scored:
         named = '<p class="latname unexplained">unexplained: automatic naming found no label it detects</p>'
     else:
@@ -462,22 +465,27 @@ def _related(page: LatentPage) -> str:
 
         cells = "".join(f'<tr><td>{name(r)}</td><td class="num">{r.value:{fmt}}</td></tr>' for r in rows)
         body = f"<table><tr><th>latent</th><th>{head}</th></tr>{cells}</table>" if rows else "<p>none</p>"
-        return f'<div><h2>{title}</h2>{body}<p>{html.escape(blurb)}</p></div>'
+        return f"<div><h2>{title}</h2>{body}<p>{html.escape(blurb)}</p></div>"
 
-    return '<div class="related">' + table(
-        "Nearest latents",
-        page.neighbours,
-        "cosine",
-        ".3f",
-        "By the cosine between decoder directions (what each latent adds to the reconstruction).",
-    ) + table(
-        "Fires together with",
-        page.cooccur,
-        "P(fires | this fires)",
-        ".0%",
-        f"Among the patch tokens where this latent fires, the share where the other fires too, counted "
-        f"over {page.cooccur_tokens:,} patch tokens (whole images spread evenly through the store).",
-    ) + "</div>"
+    return (
+        '<div class="related">'
+        + table(
+            "Nearest latents",
+            page.neighbours,
+            "cosine",
+            ".3f",
+            "By the cosine between decoder directions (what each latent adds to the reconstruction).",
+        )
+        + table(
+            "Fires together with",
+            page.cooccur,
+            "P(fires | this fires)",
+            ".0%",
+            f"Among the patch tokens where this latent fires, the share where the other fires too, counted "
+            f"over {page.cooccur_tokens:,} patch tokens (whole images spread evenly through the store).",
+        )
+        + "</div>"
+    )
 
 
 def _strip(strip: Strip, sort_by: str) -> str:
@@ -497,11 +505,11 @@ def _strip(strip: Strip, sort_by: str) -> str:
             f'<span class="name" title="{html.escape(img.source, quote=True)}">{html.escape(name)}</span>{label}</figcaption></figure>'
         )
     deciles = " \u00b7 ".join(f"p{10 * (d + 1)} {v:.3g}" for d, v in enumerate(strip.deciles))
+    spotlit = " Each image is spotlit on its own scale." if sort_by != "cls" else ""
     legend = (
         f"{len(strip.images)} of the {strip.n_images:,} images where this latent fires, drawn at random and sorted by "
         f"{what}, weakest first: on average the k-th of nine sits at the (10k)th percentile. Each caption gives the "
-        f"image's percentile (pN) among those images and its value; each image is spotlit on its own scale. "
-        f"Deciles: {deciles}."
+        f"image's percentile (pN) among those images and its value.{spotlit} Deciles: {deciles}."
     )
     return (
         f'<h2>Quantile strip</h2><div class="strip">{"".join(tiles)}</div>'
@@ -626,6 +634,8 @@ def scatter_svg(
     for r in sorted(rows, key=lambda r: (r["page"], bool(r["note"]))):
         cx, cy = x(r["freq"]), y(r["mean"])
         tip = f"latent {r['latent']}: frequency {r['freq']:.2e}, mean {r['mean']:.3g}, max {r['max']:.3g}"
+        if r.get("name"):
+            tip += f" \u2014 {r['name']['text']} (F1 {r['name']['f1']:.2f})"
         if r["note"]:
             tip += f" \u2014 {r['note']}"
         point = (

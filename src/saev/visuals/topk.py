@@ -201,14 +201,19 @@ def _scan(
             image_i_B = torch.arange(run.start, run.stop, device=device)
             tracker.add(scores_BS, patches_BPS, image_i_B)
             sampler.add(scores_BS, patches_BPS, image_i_B)
-            stats.add(counted_NS)
+            rows_A, latents_A = stats.add(counted_NS)
             stats.add_images(scores_BS)
             # Whole images at multiples of the stride: the same tokens whatever the batches or ranks.
-            kept = patches_BPS[image_i_B % stride == 0].reshape(-1, n_sae)
-            if len(kept):
-                rows, latents = torch.nonzero(kept, as_tuple=True)
-                counts.append(torch.bincount(rows, minlength=len(kept)).int())
-                active.append(latents.int())
+            kept_B = image_i_B % stride == 0
+            if sort_by == "cls":  # the statistics counted [CLS] tokens: find the patches' own
+                rows_A, latents_A = torch.nonzero(patches_BPS[kept_B].reshape(-1, n_sae), as_tuple=True)
+                kept_N = torch.ones(int(kept_B.sum()) * n_patch, dtype=torch.bool, device=device)
+            else:
+                kept_N = kept_B.repeat_interleave(n_patch)
+                on_A = kept_N[rows_A]
+                rows_A, latents_A = rows_A[on_A], latents_A[on_A]
+            counts.append(torch.bincount(rows_A, minlength=len(kept_N))[kept_N].int())
+            active.append(latents_A.int())
             bar.update(run.stop - run.start)
             distributed.progress()
     bar.close()
@@ -306,24 +311,17 @@ class _Tracker:
         self.values_SK[changed] = torch.where(filled, top_v, 0.0)
         self.image_i_SK[changed] = torch.where(filled, cand_i.gather(1, order), -1)
         self.n_filled_S[changed] = filled.sum(1)
-        self.maps_SKP[changed] = _new_maps(self.maps_SKP[changed], changed, order, filled, patches_BPS)
+        self._update_maps(changed, order, filled, patches_BPS)
 
-
-def _new_maps(
-    old_maps_CKP: Float[Tensor, "changed k patches"],
-    changed_C: Int[Tensor, " changed"],
-    order_CK: Int[Tensor, "changed k"],
-    filled_CK: Tensor,
-    patches_BPS: Float[Tensor, "batch patches d_sae"],
-) -> Float[Tensor, "changed k patches"]:
-    """The patch maps of the slots chosen by `order_CK` among K kept slots followed by the batch's images."""
-    k = old_maps_CKP.shape[1]
-    old = order_CK < k
-    kept = old_maps_CKP.gather(1, order_CK.clamp(max=k - 1)[..., None].expand(-1, -1, old_maps_CKP.shape[2]))
-    maps = torch.where((old & filled_CK)[..., None], kept, 0.0)
-    rows, slots = torch.nonzero(~old & filled_CK, as_tuple=True)
-    maps[rows, slots] = patches_BPS[order_CK[rows, slots] - k, :, changed_C[rows]]
-    return maps
+    def _update_maps(self, changed: Tensor, order: Tensor, filled: Tensor, patches_BPS: Tensor) -> None:
+        old = order < self.k
+        kept = self.maps_SKP[changed].gather(
+            1, order.clamp(max=self.k - 1)[..., None].expand(-1, -1, self.maps_SKP.shape[2])
+        )
+        maps = torch.where((old & filled)[..., None], kept, 0.0)
+        rows, slots = torch.nonzero(~old & filled, as_tuple=True)
+        maps[rows, slots] = patches_BPS[order[rows, slots] - self.k, :, changed[rows]]
+        self.maps_SKP[changed] = maps
 
 
 def merge(trackers: list[_Tracker]) -> _Tracker:
@@ -395,19 +393,24 @@ class _Sampler:
         n_sae, m = self.keys_SM.shape
         latents_S = torch.arange(n_sae, device=scores_BS.device)
         keys_BS = torch.where(scores_BS > 0, priority(image_i_B[:, None], latents_S), -1)
-        changed = torch.nonzero((keys_BS > self.keys_SM[:, -1]).any(0)).flatten()
+        # Slots are kept in no order: an entering image takes a leaving one's slot, so only the
+        # entering maps are copied (`ascending` sorts at the end).
+        changed = torch.nonzero((keys_BS > self.keys_SM.amin(1)).any(0)).flatten()
         if len(changed) == 0:
             return
-        cand_k = torch.cat([self.keys_SM[changed], keys_BS[:, changed].T], dim=1)
-        order = torch.sort(cand_k, dim=1, descending=True, stable=True).indices[:, :m]
-        top_k = cand_k.gather(1, order)
-        filled = top_k >= 0
-        cand_v = torch.cat([self.values_SM[changed], scores_BS[:, changed].T], dim=1)
-        cand_i = torch.cat([self.image_i_SM[changed], image_i_B.expand(len(changed), -1)], dim=1)
-        self.keys_SM[changed] = torch.where(filled, top_k, -1)
-        self.values_SM[changed] = torch.where(filled, cand_v.gather(1, order), 0.0)
-        self.image_i_SM[changed] = torch.where(filled, cand_i.gather(1, order), -1)
-        self.maps_SMP[changed] = _new_maps(self.maps_SMP[changed], changed, order, filled, patches_BPS)
+        new_CB = keys_BS[:, changed].T
+        cand_k = torch.cat([self.keys_SM[changed], new_CB], dim=1)
+        # Stable: among keys of -1 (empty slots, non-firing images) the empty slots stay.
+        top = torch.sort(cand_k, dim=1, descending=True, stable=True).indices[:, :m]
+        chosen = torch.zeros_like(cand_k, dtype=torch.bool).scatter_(1, top, True)
+        # Row-major, so the k-th leaving slot of a latent pairs with its k-th entering image.
+        rows, slots = torch.nonzero(~chosen[:, :m], as_tuple=True)
+        _, batch = torch.nonzero(chosen[:, m:], as_tuple=True)
+        latents = changed[rows]
+        self.keys_SM[latents, slots] = new_CB[rows, batch]
+        self.values_SM[latents, slots] = scores_BS[batch, latents]
+        self.image_i_SM[latents, slots] = image_i_B[batch]
+        self.maps_SMP[latents, slots] = patches_BPS[batch, :, latents]
 
     def ascending(self) -> tuple[Tensor, Tensor, Tensor]:
         """Values, image indices and maps with each latent's filled slots by ascending score (ties:
@@ -438,7 +441,9 @@ def merge_samplers(samplers: list[_Sampler]) -> _Sampler:
     out.values_SM = torch.where(filled, torch.cat([t.values_SM for t in samplers], 1).gather(1, order), 0.0)
     out.image_i_SM = torch.where(filled, torch.cat([t.image_i_SM for t in samplers], 1).gather(1, order), -1)
     n_patch = samplers[0].maps_SMP.shape[2]
-    maps = torch.cat([t.maps_SMP for t in samplers], dim=1).gather(1, order[..., None].expand(-1, -1, n_patch))
+    maps = torch.cat([t.maps_SMP for t in samplers], dim=1).gather(
+        1, order[..., None].expand(-1, -1, n_patch)
+    )
     out.maps_SMP = torch.where(filled[..., None], maps, 0.0)
     return out
 
@@ -470,17 +475,22 @@ class _StatsAccumulator:
     def start_chunk(self) -> None:
         self.chunk_sums.append(torch.zeros_like(self.fires))
 
-    def add(self, codes_NS: Float[Tensor, "n d_sae"]) -> None:
+    def add(
+        self, codes_NS: Float[Tensor, "n d_sae"]
+    ) -> tuple[Int[Tensor, " active"], Int[Tensor, " active"]]:
+        """Counts `codes_NS`; returns its firing (token, latent) pairs, token after token, for
+        callers that need them too (finding them is the costly part)."""
         if not self.chunk_sums:
             self.start_chunk()
         self.n_tokens += len(codes_NS)
         firing = codes_NS > 0
-        latents = torch.nonzero(firing)[:, 1]
+        rows, latents = torch.nonzero(firing, as_tuple=True)
         vals = codes_NS[firing]
         self.fires += torch.bincount(latents, minlength=self.n_sae)
         self.chunk_sums[-1] += torch.bincount(latents, weights=vals.double(), minlength=self.n_sae)
         self.maxes = torch.maximum(self.maxes, codes_NS.amax(0))
         self.hist += torch.bincount(latents * HIST_BINS + _bins(vals), minlength=len(self.hist))
+        return rows, latents
 
     def add_images(self, scores_BS: Float[Tensor, "batch d_sae"]) -> None:
         firing = scores_BS > 0

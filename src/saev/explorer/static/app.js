@@ -141,7 +141,7 @@ $("dense").addEventListener("change", (e) => { state.dense = e.target.checked; s
 function selectionChanged() {
   saveUrl();
   refreshLatents();
-  if (state.only) refreshPredictions();
+  if (state.only) refreshPredictions(); else renderPredictions();  // a patch head's bars average the selection
 }
 
 // Latents
@@ -244,7 +244,9 @@ function sliderControls(latent, card) {
   const error = box.querySelector(".error");
   const show = (e) => {
     label.textContent = editText(e);
-    slider.classList.toggle("inactive", e.op === "set");  // the slider's factor is not what applies
+    // A set edit is not the slider's factor: the slider is dimmed and its key hidden until moved.
+    slider.classList.toggle("inactive", e.op === "set");
+    box.querySelector(".slider-key").hidden = e.op === "set";
   };
   const set = (e) => {
     if (e === null) state.edits.delete(latent); else state.edits.set(latent, e);
