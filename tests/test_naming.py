@@ -11,14 +11,13 @@ import torch
 from saev import concepts, synthetic
 from saev.bench import inputs
 from saev.bench.reconstruction import token_sums
+from saev.cli import main
 from saev.commands import quickstart
 from saev.data.store import open_shards
 from saev.errors import ConfigError
 from saev.naming import candidates as cands
 from saev.naming.names import name_latents, read_names
-from saev.nn import checkpoints
-from saev.cli import main
-from saev.nn import Provenance, SaeConfig, SparseAutoencoder, TopK
+from saev.nn import Provenance, SaeConfig, SparseAutoencoder, TopK, checkpoints
 from tests.test_hardening_cli import run_cli
 from tests.test_recording import cli_args, many_images
 
@@ -60,7 +59,7 @@ def test_names_and_scores_match_a_plain_loop():
     for latent in range(s):
         best, best_f1 = None, -1.0
         for c in found:
-            for k, text in enumerate(c.names):
+            for k in range(len(c.names)):
                 if c.level == "patch":
                     f, t = codes[choose, :, latent] > 0, c.present[choose, :, k]
                 else:

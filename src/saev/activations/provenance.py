@@ -97,5 +97,7 @@ def patch_layer(prov: Provenance, store: ShardStore, where: str, force: bool) ->
     check(prov, reading, force=force, where=where)
     found = [ly for ly in store.layers if same_block(ly, layer, store.n_blocks)]
     if not found:
-        raise ConfigError(f"{store.path} records layers {list(store.layers)}, not layer {layer} that {where} reads.")
+        raise ConfigError(
+            f"{store.path} records layers {list(store.layers)}, not layer {layer} that {where} reads."
+        )
     return found[0]
