@@ -25,6 +25,7 @@ from saev.activations.transforms import visible_crop
 from saev.commands.base import Command
 from saev.commands.steer import edit_picture
 from saev.commands.train import plot_runs
+from saev.commands.visuals import lens_effects
 from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError
 from saev.fileio import OutputFolder, existing_kind, read_json, save_image, write_json
@@ -325,22 +326,26 @@ def _visuals(
     )
     extra = ordered[: max(0, cfg.n_latents - len(set(detectors)))]
     latents = tuple(sorted(set(detectors) | {int(s) for s in extra}))
+    visuals = VisualsConfig(
+        sae=str(run_result.checkpoint),
+        shards=shards,
+        out=cfg.out / "gallery",
+        layer=cfg.layer,
+        top_k=12,
+        overwrite=True,
+        latents=latents,
+        device=cfg.device,
+    )
+    # The built-in ViT's concept heads give each page a logit lens in the built-in world.
+    effects = lens_effects(visuals, ("builtin-patch", "builtin-image")) if scores else None
     result = make_visuals(
-        VisualsConfig(
-            sae=str(run_result.checkpoint),
-            shards=shards,
-            out=cfg.out / "gallery",
-            layer=cfg.layer,
-            top_k=12,
-            overwrite=True,
-            latents=latents,
-            device=cfg.device,
-        ),
+        visuals,
         notes,
         figures,
         links,
         names=names or None,
         naming=naming.method if naming else None,
+        effects=effects,
     )
     return result.index
 

@@ -1,11 +1,82 @@
 """`saev visuals`: each latent's top images as data and as a static HTML gallery."""
 
+import dataclasses
+import pathlib
 import sys
+from typing import Any
+
+import numpy as np
+import torch
 
 from saev.commands.base import Command
+from saev.data.store import open_shards
+from saev.errors import ConfigError
+from saev.nn import checkpoints
 from saev.visuals import VisualsConfig, VisualsResult, make_visuals
+from saev.visuals.build import Effects
+from saev.visuals.lookup import ImageLookup
 
-Config = VisualsConfig
+LENS_IMAGES = 16
+"""Images (spread over the store) the logit lens averages each latent's effect over."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(VisualsConfig):
+    """Find each latent's maximally activating images and build a static HTML gallery of them."""
+
+    names: pathlib.Path | None = None
+    """names.json of `saev label`: each latent's automatic name, on its card and page."""
+    head: tuple[str, ...] = ()
+    """Heads whose logits each rendered latent's direction moves (a logit lens on its page):
+    builtin-image, builtin-patch, PROBE.safetensors (saev probe) or clip-zero-shot:CLASSES.txt."""
+
+
+def run(cfg: Config) -> VisualsResult:
+    names, naming = _names(cfg.names) if cfg.names is not None else (None, None)
+    effects = lens_effects(cfg, cfg.head) if cfg.head else None
+    return make_visuals(cfg, names=names, naming=naming, effects=effects)
+
+
+def _names(path: pathlib.Path) -> tuple[dict[int, dict[str, Any] | None], dict[str, Any]]:
+    from saev.fileio import read_json
+    from saev.naming.names import read_names
+
+    method = read_json(path, "latent names file", ConfigError).get("method", {})
+    return read_names(path), method
+
+
+def lens_effects(cfg: VisualsConfig, head_specs: tuple[str, ...]) -> Effects:
+    """The logit lens of `head_specs` over a few of the store's images, for `make_visuals(effects=...)`;
+    built before the top-k pass so a bad --head costs nothing."""
+    from saev.steering import inputs
+    from saev.steering.heads import open_head
+    from saev.steering.lens import logit_lens
+
+    if len(set(head_specs)) < len(head_specs):
+        raise ConfigError(f"--head {' '.join(head_specs)}: a head is given twice.")
+    sae = checkpoints.load(cfg.sae, device=cfg.device).eval()
+    spliced, transform = inputs.spliced_model(
+        sae, None, None, cfg.layer, None, force=cfg.force, device=cfg.device, where=cfg.sae
+    )
+    heads = [open_head(spec, spliced.vit) for spec in head_specs]
+    store = open_shards(cfg.shards)
+    lookup = ImageLookup(store, cfg.images)
+    picked = np.unique(np.linspace(0, len(store) - 1, min(LENS_IMAGES, len(store))).round().astype(int))
+    loaded = [img for img in (lookup.load(int(i)) for i in picked) if img is not None]
+    if not loaded:
+        raise ConfigError(
+            f"--head: none of {len(picked)} images of {cfg.shards} could be read for the logit lens."
+        )
+    x_B3HW = torch.stack([transform(img) for img in loaded]).to(cfg.device)
+
+    def effects(latents: list[int], scales: np.ndarray) -> dict[int, list[dict[str, Any]]]:
+        out: dict[int, list[dict[str, Any]]] = {s: [] for s in latents}
+        for head in heads:
+            for lens in logit_lens(spliced, head, x_B3HW, latents, torch.from_numpy(scales).float()):
+                out[lens.latent].append(lens.to_json())
+        return out
+
+    return effects
 
 
 def report(result: VisualsResult) -> None:
@@ -14,4 +85,4 @@ def report(result: VisualsResult) -> None:
     print(result.index)
 
 
-COMMAND = Command(Config, make_visuals, report, distributed=True)
+COMMAND = Command(Config, run, report, distributed=True)

@@ -13,6 +13,7 @@ import math
 import pathlib
 import shlex
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -42,7 +43,7 @@ from saev.nn import SparseAutoencoder, checkpoints
 from saev.nn.evaluation import DEAD_DEFINITION, DENSE_DEFINITION, dead_and_dense
 from saev.options import available_memory, size_text
 from saev.visuals import gallery, relations
-from saev.visuals.gallery import Figure, Name
+from saev.visuals.gallery import Figure, HeadEffect, Name
 from saev.visuals.heatmap import placeholder, spotlight
 from saev.visuals.lookup import ImageLookup
 from saev.visuals.topk import (
@@ -58,6 +59,8 @@ from saev.visuals.topk import (
 
 logger = logging.getLogger("saev.visuals")
 THUMB = 224
+Effects = Callable[[list[int], np.ndarray], dict[int, list[dict[str, Any]]]]
+"""(latents, their mean activations when firing) -> each latent's effect on each head, as JSON."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,12 +116,15 @@ def make_visuals(
     links: dict[str, str] | None = None,
     names: dict[int, dict[str, Any] | None] | None = None,
     naming: dict[str, Any] | None = None,
+    effects: Effects | None = None,
 ) -> VisualsResult:
     """`notes` annotate latents in the index and on their pages (e.g. the concept a latent detects);
     `figures` (files already in the output folder) are shown on their latents' pages; `links`
     (text -> address relative to the gallery) are listed on the index, e.g. the SAE's scorecard;
     `names` (latent -> its automatic name, None when it was scored and left unexplained) are shown
-    on the cards and pages, and `naming` (how they were made) is kept in latents.json.
+    on the cards and pages, and `naming` (how they were made) is kept in latents.json. `effects`
+    gives the rendered latents' direct effects on heads (called with the latents and their mean
+    activations when firing; see `saev.steering.lens`), shown on their pages.
 
     Rendering is additive: when `cfg.out` holds a gallery of the same SAE, store, layer and ranking,
     its pages stay (with their notes, figures and names; new ones given here replace them) and the
@@ -168,6 +174,11 @@ def make_visuals(
         return VisualsResult(cfg.out / "index.html", chosen, 0)
     cfg.out.mkdir(parents=True, exist_ok=True)
     merged = kept.updated(given)
+    if effects is not None and chosen:
+        found = effects(chosen, top.stats.mean_S[chosen].numpy())
+        merged = dataclasses.replace(
+            merged, effects=merged.effects | _checked_effects(found, "the head effects")
+        )
     related = Relations(
         relations.neighbours(sae.W_dec, chosen),
         relations.cooccurrence(top.cooccur, sae.cfg.d_sae, chosen),
@@ -196,7 +207,7 @@ def make_visuals(
     # Links first: below the render command they sit off the first screen.
     about = "".join(
         f'<p><a href="{html.escape(href)}">{html.escape(text)}</a></p>' for text, href in merged.links.items()
-    ) + _about(cfg, identity, rows, asked, chosen, merged.notes, top.stats.n_tokens)
+    ) + _about(cfg, identity, rows, asked, chosen, merged.notes, top.stats.n_tokens, _heads(merged))
     index = gallery.write_index(cfg.out, rows, "SAE latents", subtitle, about, thumb_size(grid))
     if lookup.missing:
         logger.warning("%d image(s) could not be found or read; drawn as placeholders", len(lookup.missing))
@@ -217,6 +228,8 @@ class Kept:
     """Latent -> its name as given (None: scored, unexplained); latents never scored are absent."""
     links: dict[str, str] = dataclasses.field(default_factory=dict)
     naming: dict[str, Any] | None = None
+    effects: dict[int, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    """Latent -> its effect on each head (`LatentLens.to_json()`)."""
 
     def updated(self, new: "Kept") -> "Kept":
         """These, with what `new` gives replacing them latent by latent."""
@@ -227,6 +240,7 @@ class Kept:
             self.names | new.names,
             self.links | new.links,
             new.naming if new.naming is not None else self.naming,
+            self.effects | new.effects,
         )
 
 
@@ -325,11 +339,20 @@ def _kept(out: pathlib.Path, identity: dict[str, str], d_sae: int) -> Kept:
             _checked_names({r["latent"]: r["name"] for r in latents if "name" in r}, d_sae, where),
             dict(rows.get("links", {})),
             rows.get("naming"),
+            _checked_effects({r["latent"]: r["effects"] for r in latents if r.get("effects")}, where),
         )
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         raise ConfigError(
             f"{where}: not a saev visuals list of latents ({type(err).__name__}: {err}); {replace}."
         ) from None
+
+
+def _checked_effects(effects: dict[int, list[dict[str, Any]]], where: str) -> dict[int, list[dict[str, Any]]]:
+    """`effects` after checking each reads as `gallery.HeadEffect`s (raising ConfigError naming `where`)."""
+    for s, found in effects.items():
+        for e in found:
+            HeadEffect.from_json(e, f"{where}: latent {s}")
+    return dict(effects)
 
 
 def _checked_names(
@@ -383,8 +406,10 @@ def _about(
     chosen: list[int],
     notes: dict[int, str],
     n_tokens: int,
+    heads: list[str],
 ) -> str:
-    """HTML for the index: which latents have pages, why, and the command that adds others."""
+    """HTML for the index: which latents have pages, why, and the command that adds others (with
+    the `heads` whose effects the pages show, so the new pages show them too)."""
     live = [r["latent"] for r in rows if not r["dead"]]
     if cfg.latents:
         noted = sum(s in notes for s in asked)
@@ -421,6 +446,7 @@ def _about(
         if f.name in ("top_k", "sort_by", "images") and getattr(cfg, f.name) != f.default
     }
     words = [w for name, value in flags.items() for w in (f"--{name.replace('_', '-')}", str(value))]
+    words += ["--head", *heads] if heads else []
     command = html.escape(shlex.join(["saev", "visuals", *words, "--latents", *map(str, example)]))
     n_dead, n_dense = len(rows) - len(live), len(dense)
     dead = (
@@ -434,6 +460,11 @@ def _about(
         "or with <code>--n-latents N</code> in place of <code>--latents</code> to add a random sample of live latents. "
         "It adds to this gallery: the pages here stay, with their notes, names and figures.</p>"
     )
+
+
+def _heads(kept: Kept) -> list[str]:
+    """The heads whose effects the gallery's pages show, in the order first given."""
+    return list(dict.fromkeys(e["head"] for found in kept.effects.values() for e in found))
 
 
 def _choose(cfg: VisualsConfig, top: TopActivations) -> list[int]:
@@ -508,6 +539,8 @@ def _save_data(
         }
         if s in kept.names:
             entry["name"] = kept.names[s]
+        if s in rendered and s in kept.effects:
+            entry["effects"] = kept.effects[s]
         if s in rendered:
             entry["neighbours"] = [{"latent": o, "cosine": v} for o, v in related.neighbours.of(s)]
             entry["cooccur"] = [{"latent": o, "p": v} for o, v in related.cooccur.of(s)]
@@ -691,6 +724,7 @@ def _render(
                 scored=s in kept.names,
                 name=Name.from_json(kept.names[s], f"latent {s}") if kept.names.get(s) is not None else None,
                 dense=bool(dense_S[s]),
+                effects=[HeadEffect.from_json(e, f"latent {s}") for e in kept.effects.get(s, [])],
             )
         )
     return pages

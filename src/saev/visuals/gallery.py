@@ -60,7 +60,7 @@ figure{margin:0;background:#fff;border:1px solid #ddd;padding:4px}
 figcaption{font-size:.8rem;margin-top:4px;display:flex;gap:.5rem;align-items:baseline}
 figcaption .name{overflow:hidden;text-overflow:ellipsis;white-space:nowrap;min-width:0;flex:1}
 figcaption .val{white-space:nowrap;font-variant-numeric:tabular-nums}
-.stats td{text-align:left}.nav{margin:.5rem 0}.charts{display:flex;flex-wrap:wrap;gap:1rem 2rem;align-items:flex-start}
+.stats td{text-align:left}.effects th,.effects td{text-align:left}.nav{margin:.5rem 0}.charts{display:flex;flex-wrap:wrap;gap:1rem 2rem;align-items:flex-start}
 .charts svg{background:#fff;border:1px solid #ddd}.legend{font-size:.85rem;color:#444;max-width:36rem}
 .badge{display:inline-block;font-size:.72rem;font-weight:600;padding:1px 6px;border-radius:9px;background:#fde2c8;color:#8a3b00;
 vertical-align:middle;margin-left:.4rem}h1 .badge{font-size:.8rem}
@@ -311,6 +311,29 @@ class Name:
 
 
 @dataclasses.dataclass(frozen=True)
+class HeadEffect:
+    """What adding a latent's decoder direction does to one head's logits (`saev.steering.lens`)."""
+
+    head: str
+    scale: float
+    """The multiple of the decoder direction added (the latent's mean activation when firing)."""
+    promoted: list[tuple[str, float]]
+    suppressed: list[tuple[str, float]]
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "HeadEffect":
+        """The effect in `obj` (`LatentLens.to_json()`); ConfigError naming `where` when it is not one."""
+        try:
+
+            def rows(key: str) -> list[tuple[str, float]]:
+                return [(str(r["class"]), float(r["logit_delta"])) for r in obj[key]]
+
+            return cls(str(obj["head"]), float(obj["scale"]), rows("promoted"), rows("suppressed"))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"{where}: not a head effect ({type(err).__name__}: {err}).") from None
+
+
+@dataclasses.dataclass(frozen=True)
 class Figure:
     """An extra picture on a latent's page, e.g. what editing the latent does."""
 
@@ -345,6 +368,8 @@ class LatentPage:
     """Whether automatic naming scored this latent (then `name` None means unexplained)."""
     name: Name | None = None
     dense: bool = False
+    effects: list[HeadEffect] = dataclasses.field(default_factory=list)
+    """Its direct effect on each head given to `saev visuals --head`."""
 
 
 def write_index(
@@ -440,7 +465,7 @@ def write_latent_page(
     else:
         scale = pairs = ""
     body = f"""<div class="nav">{" | ".join(nav)}</div><h1>Latent {page.latent}{dense}</h1>{named}{note}{stats}
-{_related(page)}
+{_related(page)}{_effects(page.effects)}
 <div class="charts"><div><h2>Activations when firing</h2>{histogram_svg(page.hist_counts, page.hist_edges)}</div>{scale}</div>
 {_strip(page.strip, sort_by) if page.strip is not None else ""}
 <h2>Top {len(page.images)} images{pairs}</h2><div class="grid">{figures}</div>{"".join(_extra(f) for f in page.figures)}"""
@@ -453,6 +478,30 @@ _RANKED_BY = {
     "cls": "activation on the [CLS] token",
 }
 _VALUE_NAME = {"patch": "max", "img": "sum", "cls": "[CLS]"}
+
+
+def _effects(effects: list[HeadEffect]) -> str:
+    """A logit lens per head: the classes the latent's direction raises and lowers, through the rest of the model."""
+    if not effects:
+        return ""
+
+    def cells(rows: list[tuple[str, float]]) -> str:
+        return ", ".join(f"{html.escape(c)} ({d:+.2f})" for c, d in rows) or "none"
+
+    body = "".join(
+        f"<tr><td>{html.escape(e.head)}</td><td>{cells(e.promoted)}</td><td>{cells(e.suppressed)}</td></tr>"
+        for e in effects
+    )
+    blurb = (
+        f"The latent's decoder direction times its mean activation when firing ({effects[0].scale:.3g}) added to "
+        "every token the SAE reads, the rest of the model run, and each class's logit change averaged over "
+        "sample images (and patches, for a patch head)."
+    )
+    return (
+        '<div class="effects"><h2>Direct effect on the heads (logit lens)</h2><table class="stats">'
+        f"<tr><th>head</th><th>promotes (logit change)</th><th>suppresses</th></tr>{body}</table>"
+        f'<p class="legend">{html.escape(blurb)}</p></div>'
+    )
 
 
 def _related(page: LatentPage) -> str:
