@@ -179,7 +179,10 @@ def test_a_top_k_that_cannot_fit_is_refused_with_the_numbers_before_the_pass(
 ):
     sae = sae_at(tmp_path / "sae.safetensors", tiny_clip, layer=-2, d_sae=1024)
     err = run_cli(visuals(sae, store, tmp_path / "v", "--top-k", "100000"), capsys)
-    assert "--top-k 100000: keeping 100000 images with their 196 patch activations for each of 1,024" in err
+    assert (
+        "--top-k 100000: keeping 100000 top images and 9 sampled ones with their 196 patch activations for each of 1,024"
+        in err
+    )
     assert "physical memory; lower --top-k" in err and not (tmp_path / "v").exists()
 
     def small(device):
@@ -187,7 +190,7 @@ def test_a_top_k_that_cannot_fit_is_refused_with_the_numbers_before_the_pass(
 
     monkeypatch.setattr("saev.visuals.build.available_memory", small)
     err = run_cli(visuals(sae, store, tmp_path / "v", "--top-k", "16"), capsys)
-    assert "--top-k 16:" in err and "needs at least 38.8 MiB on cpu, but it has 1.0 MiB" in err
+    assert "--top-k 16:" in err and "needs at least 61.1 MiB on cpu, but it has 1.0 MiB" in err
 
 
 def test_an_sae_without_a_recorded_layer_reads_layer_minus_2_with_a_warning(tmp_path, store, caplog):
