@@ -11,6 +11,7 @@ import logging
 import pathlib
 import shutil
 import socket
+import sys
 
 import numpy as np
 import pytest
@@ -539,3 +540,18 @@ def test_a_port_in_use_is_a_clear_error(quickstart, capsys):
     finally:
         taken.close()
     assert f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)" in err
+
+
+@pytest.mark.parametrize("missing", ["uvicorn", "fastapi"])
+def test_serve_without_the_serve_extra_is_a_one_line_error(quickstart, missing, capsys, monkeypatch):
+    out, sae = quickstart
+    monkeypatch.setitem(sys.modules, missing, None)
+    for name in [m for m in sys.modules if m.startswith("saev.explorer")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(SystemExit) as err:
+        main(["serve", "--sae", sae, "--visuals", str(out / "gallery")])
+    assert err.value.code == 2
+    assert (
+        f"saev serve needs the serve extra ({missing} is missing): pip install -e '.[serve]'."
+        in capsys.readouterr().err
+    )

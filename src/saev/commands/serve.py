@@ -196,8 +196,12 @@ def _visuals_store(visuals: pathlib.Path) -> pathlib.Path:
 
 
 def run(cfg: Config) -> Result:
-    import uvicorn  # the optional `serve` extra
-
+    try:
+        import uvicorn  # the optional `serve` extra, needed by this command only
+    except ImportError as err:
+        raise ConfigError(
+            f"saev serve needs the serve extra ({err.name} is missing): pip install -e '.[serve]'."
+        ) from None
     app, _ = build(cfg)
     if not _loopback(cfg.host):
         logger.warning("listening on %s: anyone who can reach this machine can use the explorer", cfg.host)
