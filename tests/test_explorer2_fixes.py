@@ -16,10 +16,13 @@ import pytest
 import torch
 
 import saev.errors
+import saev.explorer
+from saev import synthetic
 from saev.cli import main
 from saev.commands import serve
 from saev.explorer.session import ImageSet
 from saev.steering.edits import Edit
+from saev.visuals.heatmap import class_colours
 from tests.conftest import launch_chromium, needs_chromium
 from tests.test_explorer import free_port
 
@@ -395,3 +398,14 @@ def test_dense_latents_are_hidden_and_counted_and_names_are_shown_and_searchable
     page.check("#dense")
     page.wait_for_function("document.querySelector('#dense-hidden').textContent === ''")
     assert "dense=1" in page.url
+
+
+def test_the_explorer_colours_classes_with_the_pictures_palette(client):
+    head = client.get("/api/info").json()["head"]
+    expected = ["#{:02x}{:02x}{:02x}".format(*rgb) for rgb in class_colours(head["classes"])]
+    assert head["colours"] == expected
+    # The built-in world's colour concepts in their own colour, as its images draw them.
+    assert head["colours"][head["classes"].index("colour:red")] == "#{:02x}{:02x}{:02x}".format(
+        *synthetic.COLOURS["red"]
+    )
+    assert "PALETTE" not in (pathlib.Path(saev.explorer.__file__).parent / "static" / "app.js").read_text()

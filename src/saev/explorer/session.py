@@ -31,6 +31,7 @@ from saev.fileio import check_input, read_json
 from saev.steering.edits import Edit
 from saev.steering.heads import Head
 from saev.steering.splice import Prefix, SplicedVit
+from saev.visuals.heatmap import class_colours
 from saev.visuals.summary import Names, read_names
 
 MAX_ID = 32
@@ -189,6 +190,8 @@ class Explorer:
                 "kind": self.head.kind,
                 "multilabel": self.head.multilabel,
                 "classes": list(self.head.classes),
+                # The pictures' palette, so a class has one colour everywhere (colour:red is red).
+                "colours": ["#{:02x}{:02x}{:02x}".format(*rgb) for rgb in class_colours(self.head.classes)],
             },
             "n_images": len(self.images),
             "dense_freq": self.limits.dense_freq,

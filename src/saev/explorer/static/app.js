@@ -390,7 +390,7 @@ function legend(pred) {
   box.className = "legend";
   for (const c of shown) {
     const item = document.createElement("span");
-    item.innerHTML = `<i style="background:${PALETTE[c % PALETTE.length]}"></i>`;
+    item.innerHTML = `<i style="background:${info.head.colours[c]}"></i>`;
     item.append(info.head.classes[c]);
     box.appendChild(item);
   }
@@ -410,8 +410,6 @@ function bars(probs, order, changed) {
   }
   return box;
 }
-
-const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5"];
 
 function predictionMap(pred, changed) {
   const [rows, cols] = info.grid;
@@ -433,7 +431,7 @@ function predictionMap(pred, changed) {
     const probs = pred.probs[p];
     cell.title = topClasses(probs).slice(0, 3).map((c) => `${info.head.classes[c]} ${probs[c].toFixed(2)}`).join("\n");
     const shown = state.cls === "" ? pred.top[p] : (names.includes(state.cls) ? filter : -1);
-    if (shown >= 0) cell.style.background = PALETTE[shown % PALETTE.length] + "99";
+    if (shown >= 0) cell.style.background = info.head.colours[shown] + "99";
     cells.appendChild(cell);
   });
   box.append(img, cells);
