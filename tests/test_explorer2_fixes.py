@@ -409,3 +409,9 @@ def test_the_explorer_colours_classes_with_the_pictures_palette(client):
         *synthetic.COLOURS["red"]
     )
     assert "PALETTE" not in (pathlib.Path(saev.explorer.__file__).parent / "static" / "app.js").read_text()
+
+
+def test_the_page_and_its_script_are_revalidated_after_an_upgrade(client):
+    for path in ("/", "/static/app.js", "/static/style.css"):
+        assert client.get(path).headers["cache-control"] == "no-cache", path
+    assert "cache-control" not in client.get("/api/info").headers

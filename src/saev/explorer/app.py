@@ -255,6 +255,20 @@ def _too_large(limit: int) -> str:
     return f"request body over this endpoint's {limit:,}-byte limit."
 
 
+REVALIDATE = {"Cache-Control": "no-cache"}
+"""The page and its script change with saev: a browser that kept an older app.js would misread the
+answers, so it asks again each time (an unchanged file costs a 304)."""
+
+
+class Revalidated(StaticFiles):
+    """The package's static files, sent with REVALIDATE."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(REVALIDATE)
+        return response
+
+
 def create_app(explorer: Explorer, visuals: pathlib.Path | None = None, host: str = "127.0.0.1") -> FastAPI:
     """The app for `explorer`, serving the `visuals` folder's gallery pages, to requests addressed
     to `host` (the address the server listens on) or a loopback name."""
@@ -294,7 +308,7 @@ def create_app(explorer: Explorer, visuals: pathlib.Path | None = None, host: st
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html")
+        return FileResponse(STATIC / "index.html", headers=REVALIDATE)
 
     @app.get("/api/info", summary="The SAE, the ViT, the head and the slider range.")
     async def info() -> dict[str, Any]:
@@ -357,7 +371,8 @@ def create_app(explorer: Explorer, visuals: pathlib.Path | None = None, host: st
         result = await coalescer.run(req.client, lambda: explorer.predict(req.image, edits, req.patches))
         return {"superseded": True} if result is None else result
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/static", Revalidated(directory=STATIC), name="static")
+
     if visuals is not None:
         app.mount("/visuals", StaticFiles(directory=visuals), name="visuals")
     # The last added runs first: the Host is checked before anything else.
