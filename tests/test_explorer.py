@@ -9,6 +9,7 @@ import pathlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -218,9 +219,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(run):
+    app, _ = serve.build(run[3])
+    yield from serving(app)
+
+
+def serving(app) -> Iterator[str]:
+    """The explorer app `app` served on a free local port in a thread; yields its address."""
     import uvicorn
 
-    app, _ = serve.build(run[3])
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)

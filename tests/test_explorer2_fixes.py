@@ -9,8 +9,6 @@ import os
 import pathlib
 import re
 import shutil
-import threading
-import time
 
 import pytest
 import torch
@@ -24,7 +22,7 @@ from saev.explorer.session import ImageSet
 from saev.steering.edits import Edit
 from saev.visuals.heatmap import class_colours
 from tests.conftest import launch_chromium, needs_chromium
-from tests.test_explorer import free_port
+from tests.test_explorer import serving
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -206,17 +204,7 @@ def test_a_malformed_name_is_an_error_naming_the_file(qs, tmp_path, name, messag
 
 @pytest.fixture(scope="module")
 def server(built):
-    import uvicorn
-
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(built[0], host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(5)
+    yield from serving(built[0])
 
 
 @pytest.fixture

@@ -15,6 +15,18 @@ from saev.commands import inspect_images
 from saev.visuals import summarize
 
 
+def thing(s: int) -> dict:
+    """The automatic name the fixtures give latent s."""
+    return {
+        "text": f"thing-{s}",
+        "source": "concept",
+        "level": "patch",
+        "f1": 0.84,
+        "precision": 0.8,
+        "recall": 0.88,
+    }
+
+
 def make_sae(path, seed=0):
     sae = saev.nn.SparseAutoencoder(saev.nn.SaeConfig(d_vit=64, d_sae=128, seed=seed))
     with torch.no_grad():
@@ -112,18 +124,7 @@ def write_visuals(folder, d_sae=128, dense=(DENSE,)):
     for s in range(d_sae):
         row = {"latent": s, "freq": 0.5 if s in dense else 0.01, "dense": s in dense}
         if s != 1:
-            row["name"] = (
-                {
-                    "text": f"thing-{s}",
-                    "source": "concept",
-                    "level": "patch",
-                    "f1": 0.84,
-                    "precision": 0.8,
-                    "recall": 0.88,
-                }
-                if s % 2 == 0
-                else None
-            )
+            row["name"] = thing(s) if s % 2 == 0 else None
         rows.append(row)
     folder.mkdir()
     (folder / "latents.json").write_text(json.dumps({"latents": rows}))
@@ -149,18 +150,7 @@ def test_inspect_leaves_out_the_visuals_dense_latents_and_names_the_drawn_ones(t
             if s == 1:
                 assert "name" not in lat
             else:
-                assert lat["name"] == (
-                    None
-                    if s % 2
-                    else {
-                        "text": f"thing-{s}",
-                        "source": "concept",
-                        "level": "patch",
-                        "f1": 0.84,
-                        "precision": 0.8,
-                        "recall": 0.88,
-                    }
-                )
+                assert lat["name"] == (None if s % 2 else thing(s))
         with Image.open(out / f"{p.stem}.png") as img:  # a second caption line holds the name
             assert img.height == 224 + 18 + 18
     records, _ = inspect(tmp_path, tiny_clip, photos[:2], "--visuals", str(visuals), "--dense")
