@@ -32,17 +32,12 @@ class Config(VisualsConfig):
 
 
 def run(cfg: Config) -> VisualsResult:
-    names, naming = _names(cfg.names) if cfg.names is not None else (None, None)
+    # Latent names are read by saev.naming, which imports scikit-learn (1.8 s) through the scorecard's inputs.
+    from saev.naming.names import read_naming
+
+    names, naming = read_naming(cfg.names) if cfg.names is not None else (None, None)
     effects = lens_effects(cfg, cfg.head) if cfg.head else None
     return make_visuals(cfg, names=names, naming=naming, effects=effects)
-
-
-def _names(path: pathlib.Path) -> tuple[dict[int, dict[str, Any] | None], dict[str, Any]]:
-    from saev.fileio import read_json
-    from saev.naming.names import read_names
-
-    method = read_json(path, "latent names file", ConfigError).get("method", {})
-    return read_names(path), method
 
 
 def lens_effects(cfg: VisualsConfig, head_specs: tuple[str, ...]) -> Effects:

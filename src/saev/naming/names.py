@@ -178,6 +178,11 @@ def write_names(naming: Naming, path: pathlib.Path) -> None:
 
 def read_names(path: pathlib.Path) -> dict[int, dict[str, Any] | None]:
     """latent -> name (None: unexplained) from a `saev label` names.json."""
+    return read_naming(path)[0]
+
+
+def read_naming(path: pathlib.Path) -> tuple[dict[int, dict[str, Any] | None], dict[str, Any]]:
+    """A `saev label` names.json: latent -> name (None: unexplained), and how they were made."""
     data = read_json(path, "latent names file", ConfigError)
     if (
         not isinstance(data, dict)
@@ -196,4 +201,4 @@ def read_names(path: pathlib.Path) -> dict[int, dict[str, Any] | None]:
                 f"{path}: a latents entry is not {{latent: int, name: object or null}}: {row!r:.80}."
             )
         out[row["latent"]] = row["name"]
-    return out
+    return out, data.get("method") if isinstance(data.get("method"), dict) else {}
