@@ -43,7 +43,6 @@ def config(shards: pathlib.Path, tmp_path: pathlib.Path, **kw) -> TrainConfig:
         out=tmp_path / "runs",
         layer=0,
         exp_factor=4,
-        k=3,
         n_train=12_000,
         batch_size=100,
         lr=3e-3,
@@ -51,6 +50,8 @@ def config(shards: pathlib.Path, tmp_path: pathlib.Path, **kw) -> TrainConfig:
         log_every=7,
         ckpt_every=10,
     )
+    if kw.get("arch", "topk") in ("topk", "batchtopk"):  # the others refuse --k
+        defaults["k"] = 3
     return TrainConfig(**(defaults | kw))
 
 
@@ -89,7 +90,7 @@ NAN, INF = float("nan"), float("inf")
         (dict(lr=-1.0), "--lr must be a positive number, got -1.0"),
         (dict(arch="relu", sparsity_coeff=NAN), "--sparsity-coeff must be a finite number, got nan"),
         (dict(arch="relu", sparsity_coeff=-1.0), "--sparsity-coeff must be >= 0, got -1.0"),
-        (dict(arch="topk", sparsity_coeff=-0.5), "--sparsity-coeff must be >= 0"),
+        (dict(arch="gated", sparsity_coeff=-0.5), "--sparsity-coeff must be >= 0"),
         (dict(aux_k=-1), "--aux-k must be >= 0, got -1"),
         (dict(aux_coeff=-0.1), "--aux-coeff must be >= 0"),
         (dict(aux_coeff=INF), "--aux-coeff must be a finite number"),
@@ -288,8 +289,7 @@ def cli(store: pathlib.Path, out: pathlib.Path, *extra: str) -> list[str]:
         "0",
         "--exp-factor",
         "4",
-        "--k",
-        "3",
+        *(() if "--arch" in extra else ("--k", "3")),  # other architectures refuse --k
         "--n-train",
         "3000",
         "--batch-size",
@@ -331,7 +331,7 @@ def test_the_cli_refuses_an_out_that_is_a_file(store, tmp_path, capsys):
 
 def test_an_undefined_fve_is_null_in_json_and_warned_about():
     from saev.nn.evaluation import EvalResult
-    from saev.training.trainer import run_warnings
+    from saev.training.results import run_warnings
 
     result = EvalResult(
         n_tokens=10, mse=0.0, fve=math.nan, l0=1.0, n_dead=0, n_dense=0, freq=[0.1], mean_act=[1.0]

@@ -31,7 +31,6 @@ def base(dictionary, tmp_path, **kw) -> TrainConfig:
         out=tmp_path / "runs",
         layer=0,
         exp_factor=4,
-        k=3,
         n_train=40_000,
         batch_size=500,
         lr=3e-3,
@@ -39,6 +38,8 @@ def base(dictionary, tmp_path, **kw) -> TrainConfig:
         log_every=5,
         ckpt_every=20,
     )
+    if kw.get("arch", "topk") in ("topk", "batchtopk"):  # the others refuse --k
+        defaults["k"] = 3
     return TrainConfig(**(defaults | kw))
 
 
@@ -296,8 +297,8 @@ def train_on_dictionary(tmp_path, capsys, *args: str):
             "8",
             "--k",
             "4",
-            "--sparsity-coeff",
-            "0.05",
+            # relu's coefficient, for sweeps that train it (topk alone refuses it)
+            *(("--sparsity-coeff", "0.05") if "--sweep" in args else ()),
             "--sparsity-warmup",
             "200",
             "--n-train",

@@ -228,9 +228,9 @@ def test_the_frontier_labels_runs_by_the_settings_the_table_shows(tmp_path):
     header = results_table(results).splitlines()[0]
     assert header == "| " + " | ".join(["run", *varying, "MSE", "FVE", "L0", "dead", "dense"]) + " |"
     assert [plots.run_label(r.config, varying) for r in results[:3]] == [
-        "topk sparsity_coeff=default k=16",  # in the table's column order
-        "topk sparsity_coeff=default k=32",
-        "relu sparsity_coeff=0.001 k=32",
+        "topk k=16",  # in the table's column order, each run's own options only
+        "topk k=32",
+        "relu sparsity_coeff=0.001",
     ]
     out = tmp_path / "runs"
     assert plots.write_sweep_plot(results, out) == out / plots.SWEEP

@@ -85,6 +85,12 @@ def _join(name: str, command: Any, cfg: Any) -> tuple[Any, distributed.World]:
     return dataclasses.replace(cfg, device=device), world
 
 
+def given_fields(args: list[str]) -> frozenset[str]:
+    """The config fields named by the flags in `args` (`--no-x` names `x`)."""
+    names = (a[2:].split("=", 1)[0].replace("-", "_") for a in args if a.startswith("--"))
+    return frozenset(n.removeprefix("no_") if n.startswith("no_") else n for n in names)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         try:
@@ -119,6 +125,8 @@ def _main(argv: list[str] | None) -> None:
     world = distributed.World()
     try:
         check_options(cfg)
+        if command.check_flags is not None:
+            command.check_flags(cfg, given_fields(args))
         if distributed.launched():
             cfg, world = _join(name, command, cfg)
         result = command.run(cfg)

@@ -29,6 +29,8 @@ class Command:
     """The command's help text (default: the config's docstring)."""
     distributed: bool = False
     """Whether it runs under torchrun (several processes sharing the work; see docs/scaling-out.md)."""
+    check_flags: Callable[[Any, frozenset[str]], None] | None = None
+    """Checks of which flags were given, beyond their values (config, the fields named on the command line)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -8,6 +8,7 @@ import sys
 from saev import distributed
 from saev.commands.base import Command
 from saev.nn import architectures
+from saev.options import flag
 from saev.training import RunResult, TrainConfig, plots, results_table, train
 
 Config = TrainConfig
@@ -65,6 +66,12 @@ COMMAND = Command(
     Config,
     run,
     report,
-    description=f"{TrainConfig.__doc__}\n\nArchitectures: {', '.join(architectures.ARCHITECTURES)}.",
+    description=f"{TrainConfig.__doc__}\n\nArchitectures and the options each reads (another's are refused): "
+    + "; ".join(
+        f"{name} ({', '.join(map(flag, architectures.option_names(name))) or 'none'})"
+        for name in architectures.ARCHITECTURES
+    )
+    + ".",
     distributed=True,
+    check_flags=TrainConfig.check_given,
 )

@@ -1,11 +1,12 @@
 """Training configuration: one frozen dataclass per run; its field docstrings are the CLI help."""
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Literal
 
 from saev import distributed
@@ -107,7 +108,11 @@ class TrainConfig(*architectures.option_classes(), RunSettings):
     """Train sparse autoencoders on a store's activations (a sweep file trains many in one pass)."""
 
     # Every architecture's training options (saev.nn.architectures) are inherited fields, so each
-    # is a flag and a sweep key; a run reads those of its own `arch`.
+    # is a flag and a sweep key; a run reads, records and is identified by those of its own `arch`
+    # only, and another architecture's option is refused (`validate`, `check_given`).
+
+    resumes: str | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    """The id of an earlier version's run folder this run continues in (see `resuming`)."""
 
     @property
     def architecture(self) -> Architecture:
@@ -151,14 +156,46 @@ class TrainConfig(*architectures.option_classes(), RunSettings):
         return Objective(self.matryoshka_prefixes, aux_k, self.aux_coeff, self.decoder)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in dataclasses.asdict(self).items()}
+        """The run settings and its architecture's options: what config.json records."""
+        foreign = set(architectures.all_option_names()) - set(architectures.option_names(self.arch))
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.init and f.name not in foreign
+        }
+
+    def identity(self) -> dict[str, Any]:
+        """What the run id hashes: the settings that change what a run learns, each left out where it
+        has its default, so that adding an option (with a default) keeps every existing run's id."""
+        defaults = _defaults()
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in NOT_IDENTITY and (k not in defaults or v != defaults[k])
+        }
 
     @property
     def run_id(self) -> str:
-        identity = {k: v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+        if self.resumes is not None:
+            return self.resumes
+        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
         lr = "auto" if self.lr is None else f"{self.lr:g}"
         return f"{self.arch}-x{self.exp_factor}-{self.architecture.tag(self)}-lr{lr}-{digest}"
+
+    def matches(self, saved: dict[str, Any]) -> bool:
+        """Whether a run record's config (config.json, of this version or an earlier one) is this run:
+        every setting that changes what it learns is equal, one the record lacks counting as its
+        default; the record's options of other architectures (earlier versions kept them all) do not count."""
+        defaults = json.loads(json.dumps(_defaults()))
+        mine = json.loads(json.dumps(self.to_dict()))
+        return all(saved.get(k, defaults.get(k)) == v for k, v in mine.items() if k not in NOT_IDENTITY)
+
+    def resuming(self, run_id: str) -> "TrainConfig":
+        """This run, continuing in the folder `run_id` an earlier version made for it (its id hashed
+        every architecture's options)."""
+        cfg = dataclasses.replace(self)
+        object.__setattr__(cfg, "resumes", run_id)
+        return cfg
 
     @property
     def stream(self) -> tuple:
@@ -169,6 +206,10 @@ class TrainConfig(*architectures.option_classes(), RunSettings):
         if self.lr is not None and not 0 < self.lr < math.inf:
             raise ConfigError(f"--lr must be a positive number, got {self.lr}.")
         check_finite(self)
+        defaults = _defaults()
+        for name in set(architectures.all_option_names()) - set(architectures.option_names(self.arch)):
+            if getattr(self, name) != defaults[name]:
+                raise ConfigError(foreign_option(name, self.arch))
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             # Counts and seeds reach int64 tensors and numpy seeds, which overflow or refuse beyond this.
@@ -195,6 +236,15 @@ class TrainConfig(*architectures.option_classes(), RunSettings):
                 f"multiple of {world.size} (the global batch is cut into equal slices)."
             )
 
+    def check_given(self, flags: Collection[str]) -> None:
+        """Refuse another architecture's option given on the command line, even at its default value.
+        With a sweep file the runs' architectures are only known once it expands (`sweep.expand`)."""
+        if self.sweep is not None:
+            return
+        own = architectures.option_names(self.arch)
+        for name in sorted(set(flags) & set(architectures.all_option_names()) - set(own)):
+            raise ConfigError(foreign_option(name, self.arch))
+
     def validate_against(self, store: ShardStore) -> None:
         d_sae = store.d_vit * self.exp_factor
         try:
@@ -213,8 +263,31 @@ class TrainConfig(*architectures.option_classes(), RunSettings):
 
 
 def varying_settings(configs: Sequence[TrainConfig]) -> list[str]:
-    """The config keys whose values differ between runs, in field order."""
+    """The config keys whose values differ between the runs that have them (an architecture's options
+    only count between runs of architectures that read them), in field order."""
     settings = [c.to_dict() for c in configs]
-    if not settings:
-        return []
-    return [k for k in settings[0] if len({json.dumps(s[k]) for s in settings}) > 1]
+    keys = [f.name for f in dataclasses.fields(TrainConfig) if any(f.name in s for s in settings)]
+    return [k for k in keys if len({json.dumps(s[k]) for s in settings if k in s}) > 1]
+
+
+def foreign_option(name: str, arch: str) -> str:
+    """The message refusing `name`, an option `--arch arch` does not read."""
+    owners = architectures.readers(name)
+    return (
+        f"{flag(name)} is an option of {' and '.join(owners)}; --arch {arch} does not read it: drop it, "
+        f"or use --arch {owners[0]}."
+    )
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    """Each TrainConfig field's default, as `to_dict` writes it (fields without one are left out)."""
+    return {
+        f.name: _plain(f.default)
+        for f in dataclasses.fields(TrainConfig)
+        if f.default is not dataclasses.MISSING
+    }
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, pathlib.Path) else value

@@ -10,7 +10,7 @@ from typing import Any
 
 from saev.fileio import atomic_open
 from saev.training.config import TrainConfig, varying_settings
-from saev.training.trainer import RunResult
+from saev.training.results import RunResult
 
 CURVES = "curves.png"
 """A run's training curves, in its folder."""
@@ -305,7 +305,8 @@ def _label_sides(xy: list[tuple[float, float]], log_x: bool, log_y: bool) -> lis
 def run_label(config: TrainConfig, varying: Sequence[str]) -> str:
     """The architecture and the settings that vary, e.g. "topk k=16"."""
     values = config.to_dict()
-    parts = [config.arch] + [f"{k}={_value(values[k])}" for k in varying if k != "arch"]
+    # An option of another architecture than this run's is not one of its settings.
+    parts = [config.arch] + [f"{k}={_value(values[k])}" for k in varying if k != "arch" and k in values]
     return " ".join(parts)
 
 

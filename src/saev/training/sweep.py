@@ -11,6 +11,7 @@ from typing import Any
 
 from saev.errors import ConfigError
 from saev.fileio import read_text
+from saev.nn import architectures
 from saev.training.config import TrainConfig
 
 NOT_SWEEPABLE = ("sweep", "resume", "out")
@@ -19,12 +20,15 @@ MAX_RUNS = 1024
 
 
 def expand(base: TrainConfig, sweep: dict[str, Any], source: str = "sweep") -> list[TrainConfig]:
-    """Every combination of the swept values applied to `base`, in a stable order."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(sweep) - set(fields))
+    """Every combination of the swept values applied to `base`, in a stable order.
+
+    An architecture's options apply to its own runs only: sweeping `arch = ["topk", "relu"]` with
+    `k = [16, 32]` gives two TopK runs and one ReLU run. An option that no run reads is refused."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig) if f.init}
+    unknown = sorted(set(sweep) - fields)
     if unknown:
         raise ConfigError(
-            f"{source}: unknown keys {unknown}; valid keys: {sorted(set(fields) - set(NOT_SWEEPABLE))}."
+            f"{source}: unknown keys {unknown}; valid keys: {sorted(fields - set(NOT_SWEEPABLE))}."
         )
     fixed = sorted(set(sweep) & set(NOT_SWEEPABLE))
     if fixed:
@@ -38,11 +42,37 @@ def expand(base: TrainConfig, sweep: dict[str, Any], source: str = "sweep") -> l
             f"{source}: expands to {n_runs:,} runs ({sizes}); saev trains at most {MAX_RUNS:,} per sweep "
             "(each trains in memory beside the others): split it into several sweep files."
         )
-    cfgs = []
+    cfgs: list[TrainConfig] = []
     for combo in itertools.product(*values):
         changes = {k: _coerce(k, v, source) for k, v in zip(keys, combo, strict=True)}
-        cfgs.append(dataclasses.replace(base, sweep=None, **changes))
+        cfg = _for_arch(dataclasses.replace(base, sweep=None, **changes))
+        if cfg not in cfgs:
+            cfgs.append(cfg)
+    _check_read(base, keys, cfgs, source)
     return cfgs
+
+
+def _for_arch(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with the options its architecture does not read at their defaults."""
+    own = architectures.option_names(cfg.arch)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    others = {k: defaults[k] for k in architectures.all_option_names() if k not in own}
+    return dataclasses.replace(cfg, **others)
+
+
+def _check_read(base: TrainConfig, keys: list[str], cfgs: list[TrainConfig], source: str) -> None:
+    """Refuse a swept option, or one given beside the sweep file, that no run's architecture reads."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    given = [*keys, *(k for k in architectures.all_option_names() if getattr(base, k) != defaults[k])]
+    archs = list(dict.fromkeys(cfg.arch for cfg in cfgs))
+    for name in dict.fromkeys(given):
+        if name in architectures.all_option_names() and not any(
+            a in architectures.readers(name) for a in archs
+        ):
+            raise ConfigError(
+                f"{source}: {name} is an option of {' and '.join(architectures.readers(name))}, but this "
+                f"sweep trains {' and '.join(archs)} only."
+            )
 
 
 def load(base: TrainConfig) -> list[TrainConfig]:

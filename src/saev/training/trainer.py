@@ -1,7 +1,5 @@
 """The training loop: every batch is read once and fed to every SAE that shares its data stream."""
 
-import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -19,7 +17,7 @@ import saev
 from saev import distributed
 from saev.data.readers import iter_batches
 from saev.data.statistics import store_normalization
-from saev.data.store import ShardStore, open_shards
+from saev.data.store import ShardStore
 from saev.errors import ConfigError, TrainingError
 from saev.fileio import (
     atomic_open,
@@ -27,122 +25,39 @@ from saev.fileio import (
     check_output,
     existing_kind,
     naming_errors,
-    read_json,
     read_text,
     write_json,
 )
 from saev.nn import checkpoints
 from saev.nn.config import Provenance
-from saev.nn.evaluation import DEAD_DEFINITION, DENSE_DEFINITION, Accumulator, EvalResult
+from saev.nn.evaluation import Accumulator, EvalResult
 from saev.nn.modeling import SparseAutoencoder
 from saev.nn.objectives import training_loss
 from saev.normalization import ActNorm
-from saev.options import available_memory, size_text
-from saev.training import schedules, sweep
-from saev.training.config import NOT_IDENTITY, TrainConfig, varying_settings
+from saev.training import preflight, schedules
+from saev.training.config import TrainConfig
+from saev.training.results import RunResult, run_warnings
 
 logger = logging.getLogger("saev.training")
-EVAL_BATCH = 1024
-BYTES_PER_PARAMETER = 16
-"""float32 weights, their gradients and Adam's two moments."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RunResult:
-    config: TrainConfig
-    eval: EvalResult | None
-    warnings: tuple[str, ...] = ()
-    """What went wrong in a run that finished: see `run_warnings`."""
-
-    @property
-    def run_id(self) -> str:
-        return self.config.run_id
-
-    @property
-    def path(self) -> pathlib.Path:
-        """The run's folder."""
-        return self.config.out / self.config.run_id
-
-    @property
-    def checkpoint(self) -> pathlib.Path:
-        """Its sae.safetensors."""
-        return self.path / "sae.safetensors"
-
-
-DEAD_SHARE = 0.5
-"""A run whose held-out dead latents exceed this share of its latents is flagged."""
-
-
-def run_warnings(
-    cfg: TrainConfig, result: EvalResult | None, n_steps: int, warmup: int, d_sae: int
-) -> tuple[str, ...]:
-    """Signs that a finished run learned little, each naming its likely cause."""
-    out = []
-    if warmup >= n_steps:
-        out.append(
-            f"the run ended inside its learning-rate warm-up ({n_steps} steps, warm-up {warmup}): the learning "
-            "rate never reached its value; give more --n-train or a shorter --lr-warmup"
-        )
-    if result is not None and result.fve < 0:
-        out.append(
-            f"held-out FVE is {result.fve:.3f}: the SAE reconstructs worse than the mean activation; train longer "
-            "(--n-train), or check the learning rate and sparsity settings"
-        )
-    if result is not None and math.isnan(result.fve):
-        out.append(
-            f"held-out FVE is undefined: the {result.n_tokens:,} held-out activations are all equal (no variance); "
-            "check the store (a constant or blank image set) or its held-out images"
-        )
-    if result is not None and result.n_dead > DEAD_SHARE * d_sae:
-        out.append(
-            f"{result.n_dead} of {d_sae} latents ({result.n_dead / d_sae:.0%}) are dead (fire on none of the "
-            f"{result.n_tokens:,} held-out tokens): lower the sparsity penalty, raise --aux-k, or train longer"
-        )
-    return tuple(out)
 
 
 def train(base: TrainConfig) -> list[RunResult]:
     """Train every configuration of `base` (expanded by its sweep file); checks everything first."""
-    _check_out(base.out)
-    cfgs = sweep.load(base)
-    stores: dict[pathlib.Path, ShardStore] = {}
-    varying = varying_settings(cfgs)
-    for cfg in cfgs:
-        setting = ", ".join(f"{k} = {cfg.to_dict()[k]!r}" for k in varying)
-        with _in_sweep(base.sweep, f"the run with {setting or 'these settings'}: "):
-            cfg.validate()
-            if cfg.shards not in stores:  # opening verifies every shard file: once per store
-                stores[cfg.shards] = open_shards(cfg.shards)
-            store = stores[cfg.shards]
-            cfg.validate_against(store)
-            _check_data(cfg, store)
-            _check_run_dir(cfg)
-    if any(cfg.wandb_project for cfg in cfgs):
-        _require_wandb()
-    ids = [cfg.run_id for cfg in cfgs]
-    if len(set(ids)) != len(ids):
-        raise ConfigError(
-            "the sweep repeats a configuration: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1}))
-        )
-    groups: dict[tuple, list[TrainConfig]] = {}
-    for cfg in cfgs:
-        groups.setdefault(cfg.stream, []).append(cfg)
-    for group in groups.values():
-        with _in_sweep(base.sweep):
-            _check_memory(group, stores[group[0].shards].d_vit)
+    checked = preflight.check(base)
+    groups, stores = checked.groups, checked.stores
     # Statistics first, for every pass: a store they refuse stops the sweep before any run trains.
     # Under torchrun rank 0 computes and caches them beside the store; the others then read the cache.
     world = distributed.current()
     if not world.main:
         distributed.barrier(patient=True)
-    norms = [store_normalization(stores[g[0].shards], g[0].layer, g[0].tokens) for g in groups.values()]
+    norms = [store_normalization(stores[g[0].shards], g[0].layer, g[0].tokens) for g in groups]
     if world.main:
         distributed.barrier(patient=True)
     if len(groups) > 1:
-        logger.info("%d runs in %d data passes", len(cfgs), len(groups))
+        logger.info("%d runs in %d data passes", sum(map(len, groups)), len(groups))
     results: list[RunResult] = []
     failures: list[TrainingError] = []
-    for group, norm in zip(groups.values(), norms, strict=True):
+    for group, norm in zip(groups, norms, strict=True):
         done, failed = _train_parallel(group, stores[group[0].shards], norm)
         results += done
         failures += failed
@@ -152,114 +67,6 @@ def train(base: TrainConfig) -> list[RunResult]:
         )
         raise TrainingError("\n".join(str(err) for err in failures) + finished)
     return results
-
-
-@contextlib.contextmanager
-def _in_sweep(sweep_file: pathlib.Path | None, which: str = "") -> Iterator[None]:
-    """A ConfigError about runs of a sweep names the sweep file and `which` runs."""
-    try:
-        yield
-    except ConfigError as err:
-        if sweep_file is None:
-            raise
-        raise ConfigError(f"{sweep_file}: {which}{err}") from None
-
-
-def _check_out(out: pathlib.Path) -> None:
-    """Refuse an --out that is (or lies under) a file, or lies inside a run folder (a run in a run)."""
-    existing = next((f for f in [out, *out.absolute().parents] if existing_kind(f) is not None), None)
-    if existing is not None:
-        check_output(existing, "folder", f"--out {out}: ")
-    for folder in [out, *out.resolve().parents]:
-        if existing_kind(folder / "config.json") != "a file":
-            continue  # never open a FIFO or a device to look inside
-        try:
-            data = json.loads((folder / "config.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and "run_id" in data and "config" in data:
-            raise ConfigError(
-                f"--out {out} is inside the run folder {folder}; give the folder that holds the runs, e.g. {folder.parent}."
-            )
-
-
-def _split(cfg: TrainConfig, store: ShardStore) -> tuple[range, range]:
-    """Training images and the held-out tail (the last `holdout` fraction by index)."""
-    n = len(store)
-    n_eval = math.ceil(cfg.holdout * n)
-    if n - n_eval < 1:
-        raise ConfigError(f"--holdout {cfg.holdout} leaves no training images in {store.path} ({n} images).")
-    return range(0, n - n_eval), range(n - n_eval, n)
-
-
-def _check_data(cfg: TrainConfig, store: ShardStore) -> None:
-    """The store holds at least one batch of training tokens, and --n-train at least one batch."""
-    train_imgs, _ = _split(cfg, store)
-    per_img = _tokens_per_img(store, cfg.tokens)
-    if len(train_imgs) * per_img < cfg.batch_size:
-        raise ConfigError(
-            f"{store.path} has {len(train_imgs) * per_img:,} training tokens ({len(train_imgs)} images x "
-            f"{per_img} {cfg.tokens} tokens, the held-out images left out), fewer than one batch of "
-            f"--batch-size {cfg.batch_size}: use a smaller --batch-size or record more images."
-        )
-    if cfg.n_train < cfg.batch_size:
-        raise ConfigError(f"--n-train {cfg.n_train} is less than one batch of --batch-size {cfg.batch_size}.")
-
-
-def _check_memory(cfgs: list[TrainConfig], d_vit: int) -> None:
-    """Refuse a pass over the data whose SAEs cannot fit on its device, before allocating any.
-
-    The estimate is a lower bound: every SAE of the pass (weights, gradients and Adam's two moments,
-    16 bytes per parameter) plus one step's activations: a training batch's pre-activations, codes and
-    their gradient, or an evaluation batch's pre-activations and codes (the SAEs step one after another,
-    so only the widest counts)."""
-    first = cfgs[0]
-    available = available_memory(first.device)
-    if available is None:
-        return
-    free, what = available
-    widths = [d_vit * cfg.exp_factor for cfg in cfgs]
-    # 2 d_vit d_sae for W_enc and W_dec, 3 d_sae for b_enc and an architecture's per-latent weights;
-    # 8 bytes per latent record when it last fired.
-    models = sum(BYTES_PER_PARAMETER * (2 * d_vit * s + 3 * s + d_vit) + 8 * s for s in widths)
-    step = 4 * (max(3 * first.batch_size, 2 * EVAL_BATCH) * max(widths) + 2 * first.batch_size * d_vit)
-    if models + step <= free:
-        return
-    raise ConfigError(
-        f"--exp-factor {max(cfg.exp_factor for cfg in cfgs)}: the {len(cfgs)} SAE(s) trained in one pass "
-        f"need at least {size_text(models + step)} on {first.device} ({size_text(models)} of weights, gradients and "
-        f"Adam moments for d_sae up to {max(widths):,}, {size_text(step)} for one step at --batch-size "
-        f"{first.batch_size}), but it has {size_text(free)} of {what}: lower --exp-factor or --batch-size, or "
-        "put fewer runs in the sweep."
-    )
-
-
-def _check_run_dir(cfg: TrainConfig) -> None:
-    run_dir = cfg.out / cfg.run_id
-    config_path = run_dir / "config.json"
-    if existing_kind(config_path) is None:
-        return
-    record = read_json(config_path, "run record")
-    saved = record.get("config") if isinstance(record, dict) else None
-    if not isinstance(saved, dict):
-        raise ConfigError(
-            f"{config_path}: not a saev run record (no 'config' object); remove {run_dir} to start the "
-            "run again, or choose another --out."
-        )
-    mine = json.loads(json.dumps(cfg.to_dict()))
-    if any(saved.get(k) != mine[k] for k in mine if k not in NOT_IDENTITY):
-        raise ConfigError(f"{run_dir} already holds a different run; choose another --out.")
-    if not cfg.resume:
-        raise ConfigError(
-            f"{run_dir} already holds this run; pass --resume to continue it, or choose another --out."
-        )
-
-
-def _require_wandb() -> None:
-    try:
-        import wandb  # noqa: F401  # optional extra: checked only when asked for
-    except ImportError:
-        raise ConfigError("--wandb-project needs Weights & Biases: pip install -e '.[wandb]'.") from None
 
 
 class _Run:
@@ -535,7 +342,7 @@ def _train_group(
 ) -> tuple[list[RunResult], list[TrainingError]]:
     """Train and evaluate runs that share a data stream; the finished runs, and why others stopped."""
     first = cfgs[0]
-    train_imgs, eval_imgs = _split(first, store)
+    train_imgs, eval_imgs = preflight.split_images(first, store)
     n_steps = first.n_train // first.batch_size
     runs = [_Run(cfg, store, norm, n_steps) for cfg in cfgs]
     for run in runs:
@@ -620,15 +427,11 @@ def _finished(run: _Run) -> RunResult:
     return run.result(EvalResult.from_json(data) if data else None)
 
 
-def _tokens_per_img(store: ShardStore, tokens: str) -> int:
-    return store.token_view(tokens).n
-
-
 def _stream(
     store: ShardStore, cfg: TrainConfig, images: range, start: int, n_steps: int
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Shuffled batches, one epoch after another (epoch e shuffled with seed (data_seed, e))."""
-    per_epoch = len(images) * _tokens_per_img(store, cfg.tokens) // cfg.batch_size
+    per_epoch = len(images) * preflight.tokens_per_img(store, cfg.tokens) // cfg.batch_size
     step = start
     while step < n_steps:
         epoch, within = divmod(step, per_epoch)
@@ -667,7 +470,9 @@ def _evaluate(
     mine = range(images.start + share.start, images.start + share.stop)
     bad: list[int] = []
     for batch in (
-        iter_batches(store, cfg.layer, cfg.tokens, EVAL_BATCH, shuffle=False, images=mine) if mine else ()
+        iter_batches(store, cfg.layer, cfg.tokens, preflight.EVAL_BATCH, shuffle=False, images=mine)
+        if mine
+        else ()
     ):
         x_n = device_norm.apply(batch["act"].to(cfg.device))
         finite = torch.isfinite(x_n).all(dim=1)
@@ -713,28 +518,6 @@ def _logged_step(line: str) -> int | None:
         return None
     step = logged.get("step") if isinstance(logged, dict) else None
     return step if isinstance(step, int) and not isinstance(step, bool) else None
-
-
-def results_table(results: list[RunResult]) -> str:
-    """Held-out metrics per run, with a column for every setting that differs between the runs,
-    what dead and dense mean, and each run's warnings."""
-    settings = [r.config.to_dict() for r in results]
-    varying = varying_settings([r.config for r in results])
-    headers = ["run", *varying, "MSE", "FVE", "L0", "dead", "dense"]
-    rows = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for r, setting in zip(results, settings, strict=True):
-        e = r.eval
-        metrics = (
-            ["-"] * 5 if e is None else [f"{e.mse:.4g}", f"{e.fve:.3f}", f"{e.l0:.1f}", e.n_dead, e.n_dense]
-        )
-        rows.append(
-            "| " + " | ".join(str(v) for v in [r.run_id, *(setting[k] for k in varying), *metrics]) + " |"
-        )
-    n_tokens = next((r.eval.n_tokens for r in results if r.eval is not None), None)
-    if n_tokens is not None:
-        rows.append(f"{DEAD_DEFINITION} (here the {n_tokens:,} held-out tokens); {DENSE_DEFINITION}.")
-    rows += [f"warning, {r.run_id}: {w}" for r in results for w in r.warnings]
-    return "\n".join(rows)
 
 
 def _checks_every_step(device: str) -> bool:

@@ -5,6 +5,7 @@ instance `ARCHITECTURE`, then register it below. Its config is saved in checkpoi
 become `saev train` flags and sweep keys, and its name becomes an `--arch` choice.
 """
 
+import dataclasses
 import typing
 
 from saev.errors import ConfigError
@@ -47,3 +48,18 @@ def option_classes() -> tuple[type, ...]:
     """Every architecture's options class, each once, subclasses before their bases (for a valid MRO)."""
     classes = list(dict.fromkeys(arch.options for arch in ARCHITECTURES.values()))
     return tuple(c for c in classes if not any(o is not c and issubclass(o, c) for o in classes))
+
+
+def option_names(name: str) -> tuple[str, ...]:
+    """The training options `--arch name` reads."""
+    return tuple(f.name for f in dataclasses.fields(by_name(name).options))
+
+
+def readers(option: str) -> list[str]:
+    """The architectures that read the training option `option`, in registry order."""
+    return [name for name in ARCHITECTURES if option in option_names(name)]
+
+
+def all_option_names() -> tuple[str, ...]:
+    """Every architecture's training options, each once."""
+    return tuple(dict.fromkeys(o for name in ARCHITECTURES for o in option_names(name)))
