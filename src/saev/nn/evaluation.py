@@ -47,7 +47,12 @@ class EvalResult:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "EvalResult":
-        return cls(**data | {"fve": math.nan if data["fve"] is None else data["fve"]})
+        # eval.json also names the run's sparsity coefficient, which is not a metric.
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(
+            **{k: v for k, v in data.items() if k in fields}
+            | {"fve": math.nan if data["fve"] is None else data["fve"]}
+        )
 
     def summary(self) -> dict[str, Any]:
         """The scalar metrics, and what dead and dense mean for them."""

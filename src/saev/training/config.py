@@ -19,6 +19,7 @@ from saev.nn import config as nn_config
 from saev.nn.architectures import Activation, Architecture, ArchName
 from saev.nn.objectives import Decoder, Objective
 from saev.options import check_finite, flag
+from saev.training import sparsity
 
 STREAM_FIELDS = ("shards", "layer", "tokens", "n_train", "batch_size", "data_seed", "holdout", "device")
 """Runs that agree on these read the same batches in the same order, so they train in one pass."""
@@ -50,6 +51,8 @@ class RunSettings:
     """Architecture (see saev.nn.architectures); its options below apply."""
     matryoshka_prefixes: tuple[int, ...] = ()
     """Nested prefix sizes in latents for a Matryoshka objective, e.g. 128 512 2048."""
+    target_l0: float | None = None
+    """Active latents per token to aim at: topk, batchtopk (and Matryoshka over them) keep k = this; relu, jumprelu and gated adapt their sparsity coefficient during training until the L0 meets it (default for those, without --sparsity-coeff: 32)."""
     exp_factor: int = 16
     """d_sae = exp_factor * d_vit."""
     n_train: int = 10_000_000
@@ -151,6 +154,21 @@ class TrainConfig(*architectures.option_classes(), RunSettings):
         """`sparsity_coeff`, or the architecture's default."""
         return self.sparsity_coeff if self.sparsity_coeff is not None else self.architecture.default_coeff
 
+    def adapts_coefficient(self) -> bool:
+        """Whether training adapts the sparsity coefficient to `target_l0` (see `resolved`)."""
+        return self.target_l0 is not None and "sparsity_coeff" in architectures.option_names(self.arch)
+
+    def resolved(self) -> "TrainConfig":
+        """The run `--target-l0` asks for: k = the target for the architectures with a k; for the
+        penalised ones given neither a target nor a coefficient, the default target (recorded, so
+        that such runs are told apart from runs of earlier versions with a fixed default coefficient)."""
+        own = architectures.option_names(self.arch)
+        if self.target_l0 is not None and "k" in own:
+            return dataclasses.replace(self, k=round(self.target_l0))
+        if self.target_l0 is None and self.sparsity_coeff is None and "sparsity_coeff" in own:
+            return dataclasses.replace(self, target_l0=float(sparsity.DEFAULT_TARGET_L0))
+        return self
+
     def objective(self, d_vit: int) -> Objective:
         aux_k = (d_vit // 2 if self.aux_k is None else self.aux_k) if self.architecture.auxk else 0
         return Objective(self.matryoshka_prefixes, aux_k, self.aux_coeff, self.decoder)
@@ -224,6 +242,7 @@ class TrainConfig(*architectures.option_classes(), RunSettings):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"{flag(name)} must be >= 0, got {value}.")
+        self._check_target()
         if not 0 <= self.holdout < 1:
             raise ConfigError(f"--holdout must be in [0, 1), got {self.holdout}.")
         prefixes = self.matryoshka_prefixes
@@ -234,6 +253,23 @@ class TrainConfig(*architectures.option_classes(), RunSettings):
             raise ConfigError(
                 f"--batch-size {self.batch_size} does not split evenly over {world.size} processes; give a "
                 f"multiple of {world.size} (the global batch is cut into equal slices)."
+            )
+
+    def _check_target(self) -> None:
+        if self.target_l0 is None:
+            return
+        if not 0 < self.target_l0 < math.inf:
+            raise ConfigError(f"--target-l0 must be a positive number, got {self.target_l0}.")
+        if "k" not in architectures.option_names(self.arch):
+            return
+        if self.target_l0 != round(self.target_l0):
+            raise ConfigError(
+                f"--target-l0 {self.target_l0:g}: --arch {self.arch} keeps a whole number of latents per "
+                "token (its k); give an integer."
+            )
+        if self.k not in (_defaults()["k"], round(self.target_l0)):
+            raise ConfigError(
+                f"--k {self.k} and --target-l0 {self.target_l0:g}: give one of them (k = the target)."
             )
 
     def check_given(self, flags: Collection[str]) -> None:

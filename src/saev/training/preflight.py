@@ -41,6 +41,7 @@ def check(base: TrainConfig) -> Checked:
         setting = ", ".join(f"{k} = {cfg.to_dict().get(k)!r}" for k in varying)
         with _in_sweep(base.sweep, f"the run with {setting or 'these settings'}: "):
             cfg.validate()
+            cfg = cfg.resolved()
             if cfg.shards not in stores:  # opening verifies every shard file: once per store
                 stores[cfg.shards] = open_shards(cfg.shards)
             store = stores[cfg.shards]

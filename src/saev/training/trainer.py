@@ -1,5 +1,6 @@
 """The training loop: every batch is read once and fed to every SAE that shares its data stream."""
 
+import dataclasses
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ from saev.nn.evaluation import Accumulator, EvalResult
 from saev.nn.modeling import SparseAutoencoder
 from saev.nn.objectives import training_loss
 from saev.normalization import ActNorm
-from saev.training import preflight, schedules
+from saev.training import preflight, schedules, sparsity
 from saev.training.config import TrainConfig
 from saev.training.results import RunResult, run_warnings
 
@@ -92,6 +93,13 @@ class _Run:
         self.warmup = cfg.warmup_steps(n_steps)
         self.sparsity_warmup = cfg.sparsity_warmup_steps(n_steps)
         self.coeff = cfg.coefficient()
+        self.controller = (
+            sparsity.L0Controller(
+                cfg.target_l0, self.coeff, sparsity.adapting_steps(n_steps, self.sparsity_warmup), cfg.device
+            )
+            if cfg.adapts_coefficient() and cfg.target_l0 is not None
+            else None
+        )
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.lr)
         self.last_fired = torch.zeros(self.sae.cfg.d_sae, dtype=torch.int64, device=cfg.device)
         self.step = 0
@@ -179,6 +187,13 @@ class _Run:
             raise ConfigError(f"{damaged} ({first[:300]}); {advice}.") from None
         if not all(torch.isfinite(t).all() for t in self.sae.state_dict().values() if t.is_floating_point()):
             raise ConfigError(f"{damaged}: its weights are not finite; {advice}.")
+        if self.controller is not None:
+            log_coeff = state.get("log_coeff")
+            if not isinstance(log_coeff, Tensor) or log_coeff.shape != () or not torch.isfinite(log_coeff):
+                raise ConfigError(
+                    f"{damaged}: it lacks the adapted sparsity coefficient ('log_coeff'); {advice}."
+                )
+            self.controller.log_coeff = log_coeff.to(self.controller.log_coeff)
         self.last_fired = last_fired.to(self.last_fired)
         self.step = self.saved_step = step
 
@@ -192,7 +207,8 @@ class _Run:
         lr = schedules.lr_at(self.step, self.lr, self.warmup, self.n_steps, cfg.lr_schedule)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        coeff = schedules.coeff_at(self.step, self.coeff, self.sparsity_warmup)
+        base = self.coeff if self.controller is None else self.controller.coeff
+        coeff = schedules.coeff_at(self.step, base, self.sparsity_warmup)
         dead = (self.step - self.last_fired) * cfg.batch_size >= cfg.dead_tokens
         per_token = self.step < int(cfg.architecture.per_token_warmup(cfg) * self.n_steps)
         with torch.autocast(x_n.device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
@@ -213,6 +229,11 @@ class _Run:
         self.sae.remove_parallel_grads()
         self.opt.step()
         self.sae.normalize_w_dec()
+        if self.controller is not None:
+            l0 = out.l0.detach()
+            if world.distributed:  # every process adapts the same coefficient, to the whole batch's L0
+                l0 = distributed.all_reduce(l0.reshape(1).float())[0] / world.size
+            self.controller.update(self.step, l0)
         self.step += 1
         fired_S = out.fired_S
         if world.distributed:  # a latent fired if it fired on any process's slice
@@ -228,7 +249,7 @@ class _Run:
                 "step": self.step,
                 "tokens": self.step * cfg.batch_size,
                 "lr": lr,
-                "sparsity_coeff": coeff,
+                "sparsity_coeff": float(coeff),
                 "loss": loss,
                 "mse": mse,
                 "l0": l0,
@@ -265,6 +286,8 @@ class _Run:
             "opt": self.opt.state_dict(),
             "last_fired": self.last_fired,
         }
+        if self.controller is not None:
+            state["controller"] = self.controller.state
         if self.writes:  # every process holds the same state
             with atomic_open(self.ckpt_path) as f:
                 torch.save(state, f)
@@ -292,9 +315,12 @@ class _Run:
         )
 
     def finish(self, result: EvalResult | None) -> RunResult:
+        if self.controller is not None:  # the checkpoint names the coefficient its weights settled under
+            self.sae.cfg = dataclasses.replace(self.sae.cfg, sparsity_coeff=float(self.controller.coeff))
         checkpoints.dump(self.dir / "sae.safetensors", self.sae)
         summary = result.summary() if result else None
-        write_json(self.dir / "eval.json", result.to_json() if result else {}, indent=None)
+        coeff = {"sparsity_coeff": self.sae.cfg.sparsity_coeff} if self.cfg.architecture.default_coeff else {}
+        write_json(self.dir / "eval.json", result.to_json() | coeff if result else {}, indent=None)
         write_json(
             self.dir / "config.json",
             {
@@ -304,7 +330,8 @@ class _Run:
                 "steps": self.step,
                 "tokens": self.step * self.cfg.batch_size,
                 "eval": summary,
-            },
+            }
+            | coeff,
         )
         self.ckpt_path.unlink(missing_ok=True)
         if self.wandb is not None:

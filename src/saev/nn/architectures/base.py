@@ -85,8 +85,8 @@ class Architecture:
         raise NotImplementedError
 
     def tag(self, opts: Any) -> str:
-        """The run-id part naming the sparsity setting, e.g. `k32` or `c0.0004`."""
-        return f"c{opts.coefficient():g}"
+        """The run-id part naming the sparsity setting, e.g. `k32`, `c0.0004`, or `l0-32` for a target L0."""
+        return f"l0-{opts.target_l0:g}" if opts.target_l0 is not None else f"c{opts.coefficient():g}"
 
     def check(self, opts: Any, d_sae: int) -> None:
         """Raise ConfigError for options that cannot work with `d_sae` latents."""
