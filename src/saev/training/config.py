@@ -104,7 +104,7 @@ class RunSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainConfig(*architectures.option_classes(), RunSettings):
+class TrainConfig(*architectures.option_classes(), RunSettings):  # type: ignore[misc]  # bases from the registry
     """Train sparse autoencoders on a store's activations (a sweep file trains many in one pass)."""
 
     # Every architecture's training options (saev.nn.architectures) are inherited fields, so each

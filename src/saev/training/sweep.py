@@ -55,7 +55,8 @@ def expand(base: TrainConfig, sweep: dict[str, Any], source: str = "sweep") -> l
 def _for_arch(cfg: TrainConfig) -> TrainConfig:
     """`cfg` with the options its architecture does not read at their defaults."""
     own = architectures.option_names(cfg.arch)
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    # Every architecture option has a default (MISSING is for required fields only).
+    defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     others = {k: defaults[k] for k in architectures.all_option_names() if k not in own}
     return dataclasses.replace(cfg, **others)
 

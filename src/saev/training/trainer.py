@@ -7,6 +7,7 @@ import pathlib
 import pickle
 import zipfile
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import tqdm
@@ -99,7 +100,7 @@ class _Run:
         """Step of the last checkpoint on disk, all of whose weights were finite."""
         self.done = (self.dir / "sae.safetensors").exists() and (self.dir / "eval.json").exists()
         self.last: dict[str, float] = {}
-        self.wandb = None
+        self.wandb: Any = None  # a wandb Run when logging there (wandb is an optional extra)
         # Reading a loss on the host is free on the CPU, so a CPU run stops at its first bad batch. On
         # an accelerator it would be a sync per step: there the first non-finite step is recorded on
         # the device and read only when metrics or a checkpoint are written, which sync anyway.

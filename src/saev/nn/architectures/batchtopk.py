@@ -2,6 +2,7 @@
 training, a learned threshold at inference."""
 
 import dataclasses
+import typing
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,8 @@ class BatchTopKActivation(torch.nn.Module):
     smallest kept value is a quantile of a whole batch, so it barely varies from batch to batch
     and needs little averaging.
     """
+
+    threshold: Tensor  # a buffer, registered in __init__
 
     def __init__(self, k: int, momentum: float = 0.3):
         super().__init__()
@@ -112,9 +115,10 @@ class BatchTopKArchitecture(Architecture):
     def select(
         self, sae: Autoencoder, pre_BS: Float[Tensor, "batch d_sae"], per_token: bool
     ) -> sparse.Active:
+        act = typing.cast(BatchTopKActivation, sae.activation)
         if per_token:
-            return topk_per_token(pre_BS, sae.activation.k)
-        flat = sae.activation.select(pre_BS)
+            return topk_per_token(pre_BS, act.k)
+        flat = act.select(pre_BS)
         n_latents = pre_BS.shape[1]
         return sparse.Active.from_pairs(flat // n_latents, flat % n_latents, pre_BS.shape[0])
 

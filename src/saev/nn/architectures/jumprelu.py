@@ -3,6 +3,7 @@ straight-through estimator and an L0 penalty."""
 
 import dataclasses
 import math
+import typing
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +120,7 @@ class JumpReluArchitecture(Architecture):
                 )
 
     def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float) -> Penalty:
-        act = sae.activation
+        act = typing.cast(JumpReluActivation, sae.activation)
         l0 = step(pre_BS, act.threshold, act.bandwidth).sum(-1).mean()
         return Penalty(coeff * l0, torch.zeros((), device=x_BD.device))
 
