@@ -206,9 +206,9 @@ class TrainConfig(*architectures.option_classes(), RunSettings):  # type: ignore
         if self.lr is not None and not 0 < self.lr < math.inf:
             raise ConfigError(f"--lr must be a positive number, got {self.lr}.")
         check_finite(self)
-        defaults = _defaults()
-        for name in set(architectures.all_option_names()) - set(architectures.option_names(self.arch)):
-            if getattr(self, name) != defaults[name]:
+        own = architectures.option_names(self.arch)
+        for name in self.options_set():
+            if name not in own:
                 raise ConfigError(foreign_option(name, self.arch))
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
@@ -235,6 +235,18 @@ class TrainConfig(*architectures.option_classes(), RunSettings):  # type: ignore
                 f"--batch-size {self.batch_size} does not split evenly over {world.size} processes; give a "
                 f"multiple of {world.size} (the global batch is cut into equal slices)."
             )
+
+    def options_set(self) -> list[str]:
+        """The architecture options, of any architecture, that differ from their defaults."""
+        defaults = _defaults()
+        return [n for n in architectures.all_option_names() if getattr(self, n) != defaults[n]]
+
+    def for_own_arch(self) -> "TrainConfig":
+        """This run with the options its architecture does not read back at their defaults."""
+        defaults, own = _defaults(), architectures.option_names(self.arch)
+        return dataclasses.replace(
+            self, **{n: defaults[n] for n in architectures.all_option_names() if n not in own}
+        )
 
     def check_given(self, flags: Collection[str]) -> None:
         """Refuse another architecture's option given on the command line, even at its default value.
