@@ -370,11 +370,13 @@ class _Heartbeat(threading.Thread):
 
     def give_up(self, message: str) -> NoReturn:
         # The main thread is blocked inside Gloo or on the GPU, where no exception can reach it: end
-        # the process, and torchrun ends the others. Close progress bars first, as saev.cli does.
+        # the process, and torchrun ends the others. Close progress bars first, as saev.cli does; the
+        # other ranks share this stderr and one of them (the lost one) may have left a bar mid-line,
+        # so the message starts a line of its own.
         try:
             for bar in list(getattr(tqdm.tqdm, "_instances", ())):
                 bar.close()
-            print(message, file=sys.stderr, flush=True)
+            print(f"\n{message}", file=sys.stderr, flush=True)
         finally:
             os._exit(2)
 
