@@ -34,6 +34,7 @@ import saev.nn
 from benchmarks.common import interleaved_medians, table
 from saev.nn.architectures.gated import Gated
 from saev.nn.objectives import Objective, training_loss
+from saev.training import trainer
 
 D_VIT, D_SAE, K = 768, 12_288, 32
 Step = Callable[[], None]
@@ -77,7 +78,7 @@ def saev_step(x_BD: torch.Tensor, bf16: bool, activation: object) -> Step:
     # As TrainConfig.sae_config builds it: inputs are already centred by the normalisation.
     cfg = saev.nn.SaeConfig(d_vit=D_VIT, d_sae=D_SAE, activation=activation, subtract_b_dec=False)
     sae = saev.nn.SparseAutoencoder(cfg)
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    opt = trainer.adam(sae, 1e-4)
     obj = Objective(aux_k=D_VIT // 2 if sae.arch.auxk else 0)
     dead_S = torch.zeros(D_SAE, dtype=torch.bool)
     coeff = sae.arch.default_coeff
