@@ -106,7 +106,7 @@ def decode(
 
 
 CANDIDATE_GROUP = 16
-"""Values per group in `top_set`: its first pass keeps one value in this many."""
+"""Values per group in `row_top` and `top_set`: their first pass keeps one value in this many."""
 
 
 def row_top(pre_BS: Float[Tensor, "batch d_sae"], k: int) -> Int[Tensor, "batch k"]:
