@@ -190,16 +190,3 @@ def test_top_set_leaves_ties_and_nan_to_topk():
     assert _as_set(sparse.top_set(flat, m)[1]) == _as_set(flat.topk(m, sorted=False).indices)
     flat[7] = float("nan")
     assert _as_set(sparse.top_set(flat, m)[1]) == _as_set(flat.topk(m, sorted=False).indices)
-
-
-def test_row_top_gives_topks_indices_in_topks_order():
-    """Each row's top k, in the (descending) order CPU topk leaves them, which the decoder sums in:
-    rows with a tie or a NaN are answered by topk itself."""
-    gen = torch.Generator().manual_seed(0)
-    pre = torch.randn(64, 64 * 16, generator=gen)
-    ref = pre.topk(8, dim=-1, sorted=False).indices
-    pre[3, ref[3, 2]] = pre[3, ref[3, 5]]  # a tie inside row 3's top k
-    pre[4, ref[4, 7]] = pre[4].topk(9).values[-1]  # row 4's k-th and (k + 1)-th tie
-    pre[5, 0] = float("nan")
-    assert torch.equal(sparse.row_top(pre, 8), pre.topk(8, dim=-1, sorted=False).indices)
-    assert torch.equal(sparse.row_top(pre.double(), 8), pre.double().topk(8, dim=-1, sorted=False).indices)

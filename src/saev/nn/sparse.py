@@ -8,8 +8,7 @@ N = tokens * k active pairs alone:
   W_enc's gradient per latent with `embedding_bag` instead of a dense [d_vit, tokens] x
   [tokens, d_sae] product;
 - `decode` sums the active decoder rows per token with `embedding_bag`;
-- `row_top` and `top_set` find each token's (TopK) or the batch's (BatchTopK) largest values among a
-  few candidates, without sorting them all.
+- `top_set` finds a batch's largest values (BatchTopK) from a few candidates, without sorting them all.
 """
 
 import dataclasses
@@ -107,39 +106,6 @@ def decode(
 
 CANDIDATE_GROUP = 16
 """Values per group in `row_top` and `top_set`: their first pass keeps one value in this many."""
-
-
-def row_top(pre_BS: Float[Tensor, "batch d_sae"], k: int) -> Int[Tensor, "batch k"]:
-    """Indices of each row's k largest values, as `pre_BS.topk(k, sorted=False).indices` gives them on
-    a CPU: there, with 64 k <= d_sae, torch's partial sort leaves them in descending order, and the
-    decoder sums them in that order, so the order is part of the result.
-
-    Candidates as in `top_set`, per row: the k + 1 groups with the largest maxima. A row's answer is
-    their k largest, sorted, when the k + 1 largest candidates are all distinct and the k-th exceeds
-    the smallest chosen group maximum (which bounds every other value); other rows (ties, NaNs), other
-    devices and half precision are torch's.
-    """
-    n, d = pre_BS.shape
-    g = CANDIDATE_GROUP
-    if (
-        pre_BS.device.type != "cpu"
-        or pre_BS.dtype not in (torch.float32, torch.float64)
-        or d % g
-        or 64 * k > d
-        or 4 * g * (k + 1) > d
-    ):
-        return pre_BS.topk(k, dim=-1, sorted=False).indices
-    w = d // g
-    max_BW = pre_BS.view(n, g, w).amax(1)  # group j holds columns j, j + w, ..., j + (g - 1) w
-    group_max_BG, group_BG = max_BW.topk(k + 1, dim=-1, sorted=False)
-    cols_BC = (group_BG[:, None, :] + torch.arange(0, d, w)[:, None]).reshape(n, -1)
-    top_BK1, pos_BK1 = pre_BS.gather(1, cols_BC).topk(k + 1, dim=-1, sorted=True)
-    exact_B = (top_BK1[:, :-1] > top_BK1[:, 1:]).all(-1) & (top_BK1[:, k - 1] > group_max_BG.amin(-1))
-    idx_BK = cols_BC.gather(1, pos_BK1[:, :k])
-    if not bool(exact_B.all()):
-        rows = (~exact_B).nonzero().squeeze(1)
-        idx_BK[rows] = pre_BS[rows].topk(k, dim=-1, sorted=False).indices
-    return idx_BK
 
 
 def top_set(flat_N: Float[Tensor, " n"], m: int) -> tuple[Float[Tensor, " m"], Int[Tensor, " m"]]:

@@ -119,7 +119,7 @@ class Architecture:
 
 def topk_per_token(pre_BS: Codes, k: int) -> sparse.Active:
     """The k largest pre-activations of every token."""
-    return sparse.Active.from_topk(sparse.row_top(pre_BS, k))
+    return sparse.Active.from_topk(pre_BS.topk(k, dim=-1, sorted=False).indices)
 
 
 def check_k(k: int, d_sae: int) -> None:
