@@ -105,7 +105,7 @@ def decode(
 
 
 CANDIDATE_GROUP = 16
-"""Values per group in `row_top` and `top_set`: their first pass keeps one value in this many."""
+"""Values per group in `top_set`: its first pass keeps one value in this many."""
 
 
 def top_set(flat_N: Float[Tensor, " n"], m: int) -> tuple[Float[Tensor, " m"], Int[Tensor, " m"]]:
