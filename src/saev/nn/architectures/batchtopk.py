@@ -70,7 +70,7 @@ class BatchTopKActivation(torch.nn.Module):
         world = distributed.current()
         # Under torchrun the batch is every process's slice together: n_keep counts all of them.
         n_keep = self.k * (flat.numel() // pre_BS.shape[-1]) * world.size
-        vals, idx = flat.topk(min(n_keep, flat.numel()), sorted=False)
+        vals, idx = sparse.top_set(flat, min(n_keep, flat.numel()))
         if world.distributed:
             # No process holds more of the batch's top n_keep than its own top n_keep, so the n_keep-th
             # largest of every process's candidates is the batch's threshold.
