@@ -1,6 +1,7 @@
-# `make quickstart` and `make test` each create the virtual environment when it is missing:
-# `make quickstart` installs saev and what it needs, `make test` adds the test tools, extras and the
-# other SAE libraries the format tests compare against (`pytest -m 'not oracle'` runs without them).
+# `make quickstart`, `make test` and `make test-fast` each create the virtual environment when it is
+# missing: `make quickstart` installs saev and what it needs, the test targets add the test tools,
+# extras and the other SAE libraries the format tests compare against (`pytest -m 'not oracle'` runs
+# without them).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ BASE := $(VENV)/.saev-base
 DEV := $(VENV)/.saev-dev
 REFERENCE := .cache/reference/saev_ref
 
-.PHONY: quickstart test lint clean
+.PHONY: quickstart test test-fast lint clean
 
 # A .venv whose interpreter is gone (a moved or deleted Python) or older than 3.11 is rebuilt.
 VENV_OK := $(shell test ! -d $(VENV) || $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo ok)
@@ -34,20 +35,28 @@ $(REFERENCE): | $(DEV)
 	$(PY) -m pip download --quiet --no-deps saev==0.1.0 -d .cache/reference \
 		&& $(PY) -m zipfile -e .cache/reference/saev-0.1.0-py3-none-any.whl .cache/reference/unpacked \
 		&& mv .cache/reference/unpacked/saev $(REFERENCE) \
-		|| echo "reference saev 0.1.0 unavailable: oracle tests against it will be skipped"
+		|| echo "reference saev 0.1.0 unavailable: oracle tests against it will be skipped (fail under CI=true)"
 
 quickstart: $(BASE)
 	$(VENV)/bin/saev quickstart
 
+# `make test` runs every test; `make test-fast` the unit and oracle tiers, without the end-to-end
+# tests (marked `slow`: real commands, training runs, the quickstart, browsers, torchrun). Under
+# CI=true a missing oracle package or the reference saev fails the tests instead of skipping them.
 test: $(DEV) $(REFERENCE)
 	$(PY) -m pytest -q
 
+test-fast: $(DEV) $(REFERENCE)
+	$(PY) -m pytest -q -m 'not slow'
+
 # ruff for style; lint-imports for the layer contracts in pyproject.toml (the library never
-# imports the commands layer; see docs/architecture.md).
+# imports the commands layer; see docs/architecture.md); mypy for the types saev ships (py.typed),
+# configured in pyproject.toml.
 lint: $(DEV)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .cache

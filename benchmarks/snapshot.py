@@ -10,7 +10,7 @@ version's source tree (e.g. a `git worktree` of the previous commit) with this m
 Both runs must use the same --work folder: a store's name hashes its images' absolute paths.
 
 Run ids hash the settings, so the folder names and the text that quotes them are normalised
-(`-<8 hex digits>` after an architecture's id becomes `-ID`), JSON keys that hold wall-clock times
+(`-<8 hex digits>` after an architecture's id becomes `-ID`, also in safetensors headers), JSON keys that hold wall-clock times
 are dropped, and files that draw a run id as pixels (curves.png) are listed but not compared.
 """
 
@@ -102,6 +102,11 @@ def hash_tree(root: pathlib.Path) -> dict[pathlib.Path, str]:
 
 def _content(path: pathlib.Path) -> bytes:
     data = path.read_bytes()
+    if path.suffix == ".safetensors":
+        # The header's metadata may quote a run's path (its id); the tensors follow the header.
+        n = int.from_bytes(data[:8], "little")
+        header = RUN_ID.sub(r"\1-ID", data[8 : 8 + n].decode())
+        return json.dumps(json.loads(header), sort_keys=True).encode() + data[8 + n :]
     if path.suffix not in (".json", ".jsonl", ".html", ".md", ".txt", ".csv", ".js", ".toml"):
         return data
     text = DURATION.sub(r"\1, N s", RUN_ID.sub(r"\1-ID", data.decode()))

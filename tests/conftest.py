@@ -1,10 +1,15 @@
-"""Shared fixtures: offline Hugging Face cache, tiny real-architecture ViTs, real photographs."""
+"""Shared fixtures: offline Hugging Face cache, tiny real-architecture ViTs, real photographs; and
+`missing`, `import_or_skip` and `requires`: what a test needs but this machine lacks is skipped,
+or a failure under CI=true."""
 
+import importlib
 import json
 import os
 import pathlib
 import shutil
 import tempfile
+from types import ModuleType
+from typing import NoReturn
 
 # Tests never download: point the Hugging Face cache at a private folder and forbid network use
 # before anything imports huggingface_hub.
@@ -138,9 +143,55 @@ def photos(photos_dir) -> list[pathlib.Path]:
     return sorted(photos_dir.iterdir())
 
 
+# What a test needs but this machine lacks (an oracle library, the reference saev, Chromium): skipped
+# here, a failure under CI=true, where `make test` and .ci/run install everything and a skip would
+# hide a broken setup.
+DEV_HINT = "`pip install -e '.[dev,oracle]'` installs it (`make test` does)"
+ORACLE_HINT = "`pip install -e '.[oracle]'` installs it (`make test` does)"
+
+
+def on_ci() -> bool:
+    """CI systems set CI=true; CI=1 counts too."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def missing(what: str, hint: str = DEV_HINT) -> NoReturn:
+    """Skip the test (or the test module, at import) for lack of `what`; fail instead under CI=true."""
+    message = f"{what} is missing; {hint}"
+    if on_ci():
+        pytest.fail(f"CI={os.environ['CI']}: {message}", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
+def import_or_skip(name: str, hint: str = DEV_HINT) -> ModuleType:
+    """`pytest.importorskip` that fails under CI=true, naming the package."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        what = f"package {name!r}" + ("" if err.name == name else f" ({err})")
+    missing(what, hint)  # outside the except: the message alone, not the ImportError chained to it
+
+
+def requires(available: bool, what: str, hint: str = DEV_HINT) -> pytest.MarkDecorator:
+    """Mark a test that needs a program: skipped where it is missing, failing under CI=true (see
+    pytest_runtest_setup)."""
+    return pytest.mark.requires(available, what, hint)
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("requires"):
+        available, what, hint = mark.args
+        if not available:
+            missing(what, hint)
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# A system program, not a Python package: .ci/run installs it where it can (root, apt-get), and a CI
+# machine without it skips the browser tests with this reason rather than failing the run.
 needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="Chromium is not installed (CI installs it); this browser test is skipped"
+    CHROMIUM is None,
+    reason="Chromium (`chromium` or `chromium-browser` on PATH) is missing for this browser test; "
+    "install it, e.g. `apt-get install chromium` (.ci/run does where it can)",
 )
 
 

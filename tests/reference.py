@@ -9,8 +9,9 @@ import pathlib
 import sys
 from types import ModuleType
 
-import pytest
 import torch
+
+from tests.conftest import missing
 
 REF_DIR = pathlib.Path(__file__).resolve().parents[1] / ".cache" / "reference" / "saev_ref"
 
@@ -19,13 +20,13 @@ def load_reference() -> ModuleType:
     if "saev_ref" in sys.modules:
         return sys.modules["saev_ref"]
     if not (REF_DIR / "__init__.py").exists():
-        pytest.skip(f"reference saev 0.1.0 not unpacked at {REF_DIR} (`make test` fetches it from PyPI)")
+        missing(f"the reference saev 0.1.0 (at {REF_DIR})", "`make test` fetches it from PyPI and unpacks it")
     try:
         import beartype  # noqa: F401
         import einops  # noqa: F401
         import jaxtyping  # noqa: F401
     except ImportError as err:
-        pytest.skip(f"reference saev needs {err.name}")
+        missing(f"package {err.name!r}, which the reference saev needs")
     spec = importlib.util.spec_from_file_location(
         "saev_ref", REF_DIR / "__init__.py", submodule_search_locations=[str(REF_DIR)]
     )

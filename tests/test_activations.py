@@ -71,6 +71,7 @@ def test_record_skips_blocks_after_the_deepest_layer(clip_vit, clip_batch):
     assert not clip_vit.blocks[0]._forward_hooks  # hooks are removed after each call
 
 
+@pytest.mark.oracle
 def test_matches_reference_recording_value_for_value(tiny_clip_dir, clip_batch):
     load_reference()
     import saev_ref.activations as ref
@@ -143,6 +144,7 @@ def test_dinov2_position_embedding_follows_the_official_interpolation():
     torch.testing.assert_close(native.pos_embed[:, :1], native_pos[:, :1])
 
 
+@pytest.mark.slow
 def test_siglip_has_no_cls_token():
     vit = make_vit("siglip", "ViT-B-16-SigLIP/none", pretrained=False)
     with pytest.raises(ModelError, match="no \\[CLS\\] token"):
@@ -188,6 +190,7 @@ def test_accepts_grayscale_and_rgba_images(tiny_clip):
         assert transform(img).shape == (3, 224, 224)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "family,ckpt",
     [

@@ -115,6 +115,7 @@ for arch, kw in (("topk", {"k": 16}), ("jumprelu", {"sparsity_coeff": 0.02})):
 """
 
 
+@pytest.mark.slow
 def test_adding_an_option_to_an_architecture_keeps_every_run_id(tmp_path):
     ids = [
         TrainConfig(shards=tmp_path, arch="topk", lr=0.001, k=16).run_id,
@@ -158,6 +159,7 @@ def test_sweep_keys_apply_to_the_architectures_that_read_them(tmp_path):
         sweep_mod.expand(beside, {"lr": [1e-3, 2e-3]})
 
 
+@pytest.mark.slow
 def test_a_run_folder_of_the_previous_release_resumes(legacy_folder, caplog):
     cfg = legacy_config(legacy_folder)
     assert cfg.run_id != LEGACY_ID  # ids now hash the architecture's own options only
@@ -180,6 +182,7 @@ def test_a_run_folder_of_the_previous_release_resumes(legacy_folder, caplog):
     assert again.path == result.path
 
 
+@pytest.mark.slow
 def test_the_cli_resumes_a_run_folder_of_the_previous_release(legacy_folder, capsys):
     args = ["train", "--shards", str(legacy_folder), "--out", "runs", "--layer", "0", "--exp-factor", "2"]
     args += ["--k", "3", "--n-train", "10000", "--batch-size", "500", "--lr", "0.003", "--lr-warmup", "2"]

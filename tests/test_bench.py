@@ -42,6 +42,7 @@ def metric(card: dict, name: str) -> dict:
     return next(m for m in card["metrics"] if m["name"] == name)
 
 
+@pytest.mark.slow
 def test_the_quickstart_reports_its_scorecard_and_the_gallery_links_it(world):
     out, report, _ = world
     card = report["scorecard"]
@@ -67,6 +68,7 @@ def test_the_quickstart_reports_its_scorecard_and_the_gallery_links_it(world):
     assert 'href="../bench/index.html"' in (out / "gallery" / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_a_trained_sae_beats_a_random_dictionary_outside_the_intervals(world, capsys):
     out, report, random = world
     store = json.loads((out / "report.json").read_text())["store"]
@@ -100,6 +102,7 @@ def test_best_marks_only_a_winner_outside_every_other_interval():
     assert best([card(0.9, 0.5, 1.0), card(0.5, 0.4, 0.6)], "m") == set()
 
 
+@pytest.mark.slow
 def test_objects_are_absorption_items_with_the_world_hierarchy(world):
     out, report, _ = world
     store = open_shards(report["store"])
@@ -160,6 +163,7 @@ def test_a_hierarchy_file_that_is_not_a_mapping_is_named(tmp_path):
         inputs.read_hierarchy(path)
 
 
+@pytest.mark.slow
 def test_label_masks_give_concept_detection_on_any_images(world, tmp_path):
     """Masks mirroring the image folder (here: each object's shape) become the detection concepts."""
     out, report, _ = world
@@ -189,6 +193,7 @@ def test_label_masks_give_concept_detection_on_any_images(world, tmp_path):
         inputs.with_masks(known, files, masks, names, transform, store.grid)
 
 
+@pytest.mark.slow
 def test_class_folders_record_first_and_skip_what_they_cannot_support(tmp_path, photos, tiny_clip, capsys):
     """`--images` records the SAE's ViT and layer first; class folders give the probing task, a
     CLIP zero-shot head gives preservation; detection, steering, absorption and stability say why not."""

@@ -383,6 +383,7 @@ def test_a_child_split_over_two_latents_shows_an_f1_gap():
     assert rate.estimate.value > 0 and contains(rate.estimate) and contains(gap.estimate)
 
 
+@pytest.mark.slow
 def test_absorption_skips_small_groups_and_classes():
     codes, h = hierarchy_codes("own")
     labels = h.labels_N.copy()

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import ORACLE_HINT, import_or_skip
+
 pytestmark = pytest.mark.oracle
 
-visaebench = pytest.importorskip("visaebench")
+visaebench = import_or_skip("visaebench", ORACLE_HINT)
 
 from visaebench.metrics.concept_detection.monosemanticity import MonosemanticityScore  # noqa: E402
 from visaebench.metrics.concept_detection.sparse_probing import SparseProbing  # noqa: E402

@@ -15,6 +15,7 @@ from saev.bench.reconstruction import TokenSums, fvu, token_sums, visaebench_fvu
 from saev.bench.sparsity import _FiringSums, sparsity
 from saev.bench.stability import stability
 from saev.nn.evaluation import DEAD_DEFINITION, DENSE_DEFINITION
+from tests.conftest import ORACLE_HINT, import_or_skip
 
 R = 50  # resamples: enough for an interval, quick
 
@@ -107,9 +108,10 @@ def test_visaebench_fvu_by_hand():
     assert visaebench_fvu(torch.ones(3, 2), torch.zeros(3, 2)) == math.inf
 
 
+@pytest.mark.slow
 @pytest.mark.oracle
 def test_visaebench_fvu_matches_visaebench():
-    metric = pytest.importorskip("visaebench.metrics.reconstruction.fvu")
+    metric = import_or_skip("visaebench.metrics.reconstruction.fvu", ORACLE_HINT)
     from saev.nn.config import SaeConfig
     from saev.nn.modeling import SparseAutoencoder
 

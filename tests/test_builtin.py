@@ -78,6 +78,7 @@ def test_recording_gives_cls_then_every_patch(vit, held_out):
     assert out.shape == (4, len(synthetic.CONCEPTS))
 
 
+@pytest.mark.slow
 @torch.inference_mode()
 def test_predicts_concepts_of_fresh_images(vit, held_out):
     transform = make_img_transform("builtin", NAME)
@@ -105,6 +106,7 @@ def test_unknown_name_lists_the_known_ones():
         builtin.load("no-such-vit")
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_writes_a_loadable_file(tmp_path, monkeypatch):
     # Keep the suite's thread count: train() would set it process-wide.
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)

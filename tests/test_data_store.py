@@ -157,6 +157,7 @@ def protocol_reader(root: pathlib.Path, image_i: int, layer: int) -> np.ndarray:
     return np.array(shard[image_i % per_shard, meta["layers"].index(layer)])
 
 
+@pytest.mark.oracle
 def test_store_equals_reference_store_and_each_reads_the_other(tmp_path, tiny_clip_dir, photos_dir):
     load_reference()
     import saev_ref.activations

@@ -19,9 +19,9 @@ from saev import synthetic
 from saev.cli import main
 from saev.commands import serve
 from saev.explorer.app import Coalescer
-from tests.conftest import launch_chromium, needs_chromium
+from tests.conftest import import_or_skip, launch_chromium, needs_chromium
 
-fastapi = pytest.importorskip("fastapi")
+fastapi = import_or_skip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 SQUARE = synthetic.CONCEPTS.index("shape:square")
@@ -57,6 +57,7 @@ def square_image(out: pathlib.Path) -> tuple[str, list[int]]:
     raise AssertionError("no image with one square among the generated ones")
 
 
+@pytest.mark.slow
 def test_the_api_lists_the_squares_latent_and_suppressing_it_removes_the_squares(run, client):
     out, report, square_latent, _ = run
     info = client.get("/api/info").json()
@@ -86,6 +87,7 @@ def test_the_api_lists_the_squares_latent_and_suppressing_it_removes_the_squares
     assert all(r["freq"] <= 0.25 for r in sparse) and any(r["freq"] > 0.25 for r in dense)
 
 
+@pytest.mark.slow
 def test_images_thumbnails_crops_uploads_and_the_openapi_schema(run, client):
     page = client.get("/api/images", params={"offset": 590, "limit": 50}).json()
     assert page["total"] == 600 and [im["id"] for im in page["images"]] == [f"s{i}" for i in range(590, 600)]
@@ -102,6 +104,7 @@ def test_images_thumbnails_crops_uploads_and_the_openapi_schema(run, client):
     assert "text/html" in client.get("/").headers["content-type"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method,path,body,status,message",
     [
@@ -146,6 +149,7 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving(
     assert client.get("/api/info").status_code == 200
 
 
+@pytest.mark.slow
 def test_uploads_are_capped_in_bytes_and_pixels(client):
     too_big = client.post("/api/upload", content=b"\0" * (10 * 2**20 + 1))
     assert too_big.status_code == 413 and "limit" in too_big.json()["error"]
@@ -182,6 +186,7 @@ def test_a_newer_request_replaces_the_waiting_one():
     assert sorted(calls) == [1, 4, 9]
 
 
+@pytest.mark.slow
 def test_the_server_binds_loopback_unless_told(monkeypatch, run, caplog):
     calls = {}
 
@@ -200,6 +205,7 @@ def test_the_server_binds_loopback_unless_told(monkeypatch, run, caplog):
     assert "anyone who can reach this machine" in caplog.text
 
 
+@pytest.mark.slow
 def test_quickstart_prints_the_serve_command(run, capsys):
     out, report, _, _ = run
     main(["quickstart", "--out", str(out), "--n-images", "600", "--n-train", "600000", "--n-latents", "16"])
@@ -238,6 +244,7 @@ def serving(app) -> Iterator[str]:
     thread.join(5)
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_the_page_in_a_real_browser(run, server, tmp_path):
     from playwright.sync_api import sync_playwright

@@ -21,10 +21,10 @@ from saev.commands import serve
 from saev.explorer.session import ImageSet
 from saev.steering.edits import Edit
 from saev.visuals.heatmap import class_colours
-from tests.conftest import launch_chromium, needs_chromium
+from tests.conftest import import_or_skip, launch_chromium, needs_chromium
 from tests.test_explorer import serving
 
-fastapi = pytest.importorskip("fastapi")
+fastapi = import_or_skip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 HOST = "http://127.0.0.1:8000"
@@ -81,6 +81,7 @@ def client(built):
 # 1. Images by name.
 
 
+@pytest.mark.slow
 def test_images_are_found_by_file_name_and_uploads_by_theirs(qs, client):
     found = client.get("/api/images/find", params={"name": "000003.png"}).json()
     assert found == {"id": "s3", "name": "000003.png", "label": None}
@@ -107,6 +108,7 @@ def test_repeated_image_names_are_made_unique():
 # 3. The slider's value is a factor: 1 unchanged, 0 removed.
 
 
+@pytest.mark.slow
 def test_factor_one_leaves_the_predictions_and_zero_removes_the_latent(client, built):
     explorer = built[1]
     info = client.get("/api/info").json()
@@ -126,6 +128,7 @@ def test_factor_one_leaves_the_predictions_and_zero_removes_the_latent(client, b
 # 4. Patch heads: probabilities, the head's own.
 
 
+@pytest.mark.slow
 def test_a_patch_head_answers_probabilities(client, built):
     explorer = built[1]
     pred = client.post("/api/predict", json={"image": "s3", "edits": []}).json()["before"]
@@ -140,6 +143,7 @@ def test_a_patch_head_answers_probabilities(client, built):
 # 6, 9. The layer as the CLI writes it; dense latents hidden, counted, and shown with --dense.
 
 
+@pytest.mark.slow
 def test_the_layer_is_the_cli_s_and_dense_latents_are_counted(qs, client, built):
     explorer = built[1]
     info = client.get("/api/info").json()
@@ -159,6 +163,7 @@ def test_the_layer_is_the_cli_s_and_dense_latents_are_counted(qs, client, built)
 # 10. Names.
 
 
+@pytest.mark.slow
 def test_latent_names_are_listed_and_searchable(client):
     info = client.get("/api/info").json()
     assert info["named"] is True
@@ -181,6 +186,7 @@ def test_latent_names_are_listed_and_searchable(client):
     assert client.get("/api/names", params={"q": "unexplained"}).json()["total"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,message",
     [
@@ -249,6 +255,7 @@ def settled(page, image: str) -> None:
     page.wait_for_load_state("networkidle")
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_nothing_broken_shows_before_an_image_is_picked(server, browser_page, tmp_path):
     page = browser_page
@@ -262,6 +269,7 @@ def test_nothing_broken_shows_before_an_image_is_picked(server, browser_page, tm
     shot(page, "1-before-a-pick", tmp_path)
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_titles_and_url_use_the_file_name_and_another_image_clears_the_edits(server, browser_page, tmp_path):
     page = browser_page
@@ -289,6 +297,7 @@ def test_titles_and_url_use_the_file_name_and_another_image_clears_the_edits(ser
     assert page.locator("#image-name").inner_text() == "000005.png"
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_the_slider_is_labelled_and_sends_what_it_shows(server, browser_page, tmp_path):
     page = browser_page
@@ -321,6 +330,7 @@ def test_the_slider_is_labelled_and_sends_what_it_shows(server, browser_page, tm
     assert card.locator(".value").inner_text() == "1× (unchanged)" and sent[-1]["edits"] == []
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_class_filter_survives_a_reload_and_errors_show_beside_their_control(server, browser_page, tmp_path):
     page = browser_page
@@ -352,6 +362,7 @@ def test_class_filter_survives_a_reload_and_errors_show_beside_their_control(ser
     assert page.locator("#add-error").inner_text() == ""
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_dense_latents_are_hidden_and_counted_and_names_are_shown_and_searchable(
     server, client, browser_page, tmp_path
@@ -388,6 +399,7 @@ def test_dense_latents_are_hidden_and_counted_and_names_are_shown_and_searchable
     assert "dense=1" in page.url
 
 
+@pytest.mark.slow
 def test_the_explorer_colours_classes_with_the_pictures_palette(client):
     head = client.get("/api/info").json()["head"]
     expected = ["#{:02x}{:02x}{:02x}".format(*rgb) for rgb in class_colours(head["classes"])]
@@ -399,6 +411,7 @@ def test_the_explorer_colours_classes_with_the_pictures_palette(client):
     assert "PALETTE" not in (pathlib.Path(saev.explorer.__file__).parent / "static" / "app.js").read_text()
 
 
+@pytest.mark.slow
 def test_the_page_and_its_script_are_revalidated_after_an_upgrade(client):
     for path in ("/", "/static/app.js", "/static/style.css"):
         assert client.get(path).headers["cache-control"] == "no-cache", path

@@ -4,6 +4,7 @@ gallery, with random-weight models saved locally (offline)."""
 import json
 import pathlib
 
+import pytest
 import timm
 import torch
 import transformers
@@ -77,6 +78,7 @@ def run_pipeline(
     return pathlib.Path(store)
 
 
+@pytest.mark.slow
 def test_timm_vit(tmp_path, photos_dir, capsys):
     name = "vit_tiny_patch16_224.augreg_in21k"
     torch.manual_seed(0)
@@ -92,6 +94,7 @@ def test_timm_vit(tmp_path, photos_dir, capsys):
     assert all(len(list((tmp_path / "gallery" / "thumbs" / p.stem).glob("*.jpg"))) > 0 for p in pages)
 
 
+@pytest.mark.slow
 def test_transformers_dinov2_with_registers_non_square(tmp_path, photos_dir, capsys):
     """A Hugging Face DINOv2 with 4 registers and a 56x84 crop: a 4x6 grid, registers dropped, and
     gallery thumbnails with the grid's aspect."""

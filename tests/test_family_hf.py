@@ -5,6 +5,7 @@ import dataclasses
 import pathlib
 import pickle
 import sys
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 import transformers as tf
 
 from saev.activations import RecordedVisionTransformer, make_img_transform, make_vit, visible_crop
+from saev.activations.families import hf
 from saev.errors import ModelError
 from tests.conftest import hf_cache_put, photo
 
@@ -161,6 +163,7 @@ def reference(folder: str) -> tuple[Any, float]:
     return processor, 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
 def test_layout_transform_and_recorded_shapes(folders, name, caplog):
     case, folder = CASES[name], folders[name]
@@ -212,6 +215,7 @@ def test_layout_transform_and_recorded_shapes(folders, name, caplog):
     torch.testing.assert_close(acts[0, 0, int(case.has_cls) :], out[0, -n_patches:])  # registers dropped
 
 
+@pytest.mark.slow
 def test_dinov3_transform_matches_pillow_processing(folders):
     """Ours is HF's PIL processing of DINOv3's processor config exactly (its own processor resizes
     float tensors instead; see `reference`)."""
@@ -229,6 +233,7 @@ def test_dinov3_transform_matches_pillow_processing(folders):
         torch.testing.assert_close(ours(img), expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
 def test_splits_at_any_block(folders, name):
     vit = make_vit("hf", folders[name], pretrained=True)
@@ -250,6 +255,7 @@ def test_splits_at_any_block(folders, name):
         assert not torch.allclose(changed, expected.last_hidden_state)
 
 
+@pytest.mark.slow
 def test_loads_a_hub_id_from_the_offline_cache(folders):
     folder = pathlib.Path(folders["dinov2_with_registers"])
     files = ("config.json", "model.safetensors", "preprocessor_config.json")
@@ -261,6 +267,7 @@ def test_loads_a_hub_id_from_the_offline_cache(folders):
     assert transform(photo("coffee")).shape == (3, 56, 56)
 
 
+@pytest.mark.slow
 def test_clear_errors(folders, tmp_path, monkeypatch):
     with pytest.raises(
         ModelError, match="'facebook/dinov2-base' is not a local folder and is not in the Hugging Face cache"
@@ -324,6 +331,12 @@ def test_clear_errors(folders, tmp_path, monkeypatch):
         ModelError, match="gives 84x84 images, but the model's position embeddings are for 56x56"
     ):
         make_vit("hf", wrong_size, pretrained=False)
+    # A centre crop without height and width is refused up front, not at the first image.
+    crop_edge = types.SimpleNamespace(
+        do_resize=True, size={"height": 64, "width": 64}, do_center_crop=True, crop_size={"shortest_edge": 56}
+    )
+    with pytest.raises(ModelError, match="unsupported image processor centre crop"):
+        hf.make_transform(crop_edge, "crop-edge")
 
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ModelError, match="needs transformers: pip install -e '\\.\\[hf\\]'"):

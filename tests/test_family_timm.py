@@ -14,6 +14,7 @@ TINY = "vit_tiny_patch16_224.augreg_in21k"
 REGISTERS = "vit_small_patch14_reg4_dinov2.lvd142m"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,grid,n_registers,size",
     [(TINY, (14, 14), 0, 224), (REGISTERS, (37, 37), 4, 518)],

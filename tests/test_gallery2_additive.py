@@ -88,6 +88,7 @@ def index_rows(out: pathlib.Path) -> list[dict]:
     return json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', text).group(1))
 
 
+@pytest.mark.slow
 def test_the_printed_advice_adds_pages_and_loses_nothing(recorded, tmp_path, capsys, monkeypatch):
     out = tmp_path / "gallery"
     first_gallery(recorded, out)
@@ -127,6 +128,7 @@ def test_the_printed_advice_adds_pages_and_loses_nothing(recorded, tmp_path, cap
     assert not {int(w) for w in again[again.index("--latents") + 1 :]} & set(rendered)
 
 
+@pytest.mark.slow
 def test_repeating_a_command_recomputes_the_same_bytes(recorded, tmp_path, capsys):
     out = tmp_path / "gallery"
     first_gallery(recorded, out)

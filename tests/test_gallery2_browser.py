@@ -3,11 +3,14 @@ index's names, search and dense latents."""
 
 import json
 
+import pytest
+
 from tests.conftest import launch_chromium, needs_chromium
 from tests.test_gallery2_additive import first_gallery, recorded  # noqa: F401 (a fixture)
 from tests.test_visuals_gallery import _std
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_latent_page_shows_its_name_relations_and_quantile_strip(recorded, tmp_path):  # noqa: F811
     from playwright.sync_api import sync_playwright

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from saev.cli import main
-from saev.commands.visuals import LENS_IMAGES
 from saev.data.store import open_shards
+from saev.explorer.lens import LENS_IMAGES
 from saev.nn import Provenance, SaeConfig, SparseAutoencoder, TopK, checkpoints
 from saev.steering import inputs
 from saev.steering.heads import open_head
@@ -55,6 +55,7 @@ def rows(gallery) -> dict[int, dict]:
     return {r["latent"]: r for r in json.loads((gallery / "latents.json").read_text())["latents"]}
 
 
+@pytest.mark.slow
 def test_pages_show_the_heads_logit_lens_as_computed_directly(made):
     root, store, head_spec, gallery = made
     got = rows(gallery)
@@ -80,6 +81,7 @@ def test_pages_show_the_heads_logit_lens_as_computed_directly(made):
     assert "effects" not in got[3]
 
 
+@pytest.mark.slow
 def test_names_reach_latents_json_and_the_advice_keeps_names_and_effects(made):
     root, _, head_spec, gallery = made
     named = {
@@ -99,6 +101,7 @@ def test_names_reach_latents_json_and_the_advice_keeps_names_and_effects(made):
     assert {s: r.get("name") for s, r in after.items()} == named
 
 
+@pytest.mark.slow
 def test_a_bad_head_is_refused_before_the_pass(made, capsys):
     root, store, _, _ = made
     with pytest.raises(SystemExit) as err:

@@ -168,6 +168,7 @@ def test_inspect_gives_each_input_its_own_outputs(capsys, tmp_path, tiny_clip, p
     assert images == list(map(str, inputs))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bounds", [["0", "-5"], ["1", "2"]])
 def test_a_frequency_range_that_selects_nothing_is_refused_before_work(bounds, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -69,6 +69,7 @@ CONFIGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_a_damaged_run_record_is_named(interrupted, tmp_path, capsys, name):
     args, run_dir = copy_run(interrupted, tmp_path)
@@ -99,6 +100,7 @@ CHECKPOINTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CHECKPOINTS))
 def test_a_damaged_checkpoint_is_named_and_left_alone(interrupted, tmp_path, capsys, name):
     args, run_dir = copy_run(interrupted, tmp_path)
@@ -115,6 +117,7 @@ def test_a_damaged_checkpoint_is_named_and_left_alone(interrupted, tmp_path, cap
     assert ckpt.read_bytes() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", [b"", b"not a zip", b"PK\x03\x04 truncated"])
 def test_an_unreadable_checkpoint_is_named(interrupted, tmp_path, capsys, content):
     args, run_dir = copy_run(interrupted, tmp_path)
@@ -123,6 +126,7 @@ def test_an_unreadable_checkpoint_is_named(interrupted, tmp_path, capsys, conten
     assert f"{run_dir / 'checkpoint.pt'}: damaged checkpoint" in err
 
 
+@pytest.mark.slow
 def test_damaged_metrics_lines_are_dropped_with_a_warning(interrupted, tmp_path, caplog):
     args, run_dir = copy_run(interrupted, tmp_path)
     metrics = run_dir / "metrics.jsonl"
@@ -132,6 +136,7 @@ def test_damaged_metrics_lines_are_dropped_with_a_warning(interrupted, tmp_path,
     assert all(isinstance(json.loads(line)["step"], int) for line in metrics.read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_resuming_a_checkpoint_gives_the_uninterrupted_run(interrupted, tmp_path):
     args, run_dir = copy_run(interrupted, tmp_path)
     main([*args, "--resume"])

@@ -253,6 +253,7 @@ def test_a_store_file_that_is_a_fifo_is_refused_without_blocking(tmp_path, name)
 # Piped output
 
 
+@pytest.mark.slow
 def test_output_piped_into_a_closed_reader_ends_quietly():
     """`saev catalog --json | head -c 10`: the reader leaves before saev writes."""
     proc = subprocess.Popen(
@@ -313,6 +314,7 @@ def test_a_disk_filling_during_a_checkpoint_is_one_line_and_the_run_resumes(tmp_
     assert (run_dir / "sae.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_closed_stdout_is_not_a_traceback():
     """`saev catalog --json >&-`: Python starts with sys.stdout None."""
     proc = subprocess.run(

@@ -129,6 +129,7 @@ def visuals(sae, store, out, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_visuals_refuses_another_layer_and_reads_the_sae_s_own_by_default(tmp_path, store, tiny_clip, capsys):
     sae = sae_at(tmp_path / "sae.safetensors", tiny_clip, layer=1)
     err = run_cli(visuals(sae, store, tmp_path / "v", "--layer", "-2"), capsys)

@@ -20,9 +20,11 @@ from PIL import Image
 import saev.errors
 from saev.cli import main
 from saev.commands import serve
+from saev.explorer import server
+from tests.conftest import import_or_skip
 from tests.test_hardening_cli import run_cli
 
-fastapi = pytest.importorskip("fastapi")
+fastapi = import_or_skip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from saev.explorer.app import JSON_LIMIT, create_app  # noqa: E402
@@ -127,6 +129,7 @@ def no_errors_logged(caplog) -> bool:
 # 1. The host is checked before anything starts.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "host,message",
     [
@@ -153,16 +156,17 @@ def test_a_bad_or_unresolvable_host_is_a_one_line_error(quickstart, host, messag
 def test_addresses_and_localhost_are_taken_without_resolving_them(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: pytest.fail("resolved an address"))
     for host in ("localhost", "127.0.0.1", "0.0.0.0", "::1", "::", "192.168.1.5", "fe80::1%eth0"):
-        serve.check_host(host, 8000)
+        server.check_host(host, 8000)
     monkeypatch.setattr(
         socket, "getaddrinfo", lambda *a, **k: [(socket.AF_INET, 1, 6, "", ("10.0.0.2", 8000))]
     )
-    serve.check_host("explorer.lan", 8000)  # a name that resolves
+    server.check_host("explorer.lan", 8000)  # a name that resolves
 
 
 # 2. Image ids.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "image_id,status",
     [
@@ -192,6 +196,7 @@ def test_image_ids_are_parsed_strictly(client, image_id, status):
 # 3. Request bodies are capped before they are read.
 
 
+@pytest.mark.slow
 def test_a_declared_body_over_the_limit_is_refused_unread(built):
     app = built[0]
     for path, limit in (("/api/latents", JSON_LIMIT), ("/api/upload", 10 * 2**20)):
@@ -202,6 +207,7 @@ def test_a_declared_body_over_the_limit_is_refused_unread(built):
             assert (status, read) == (413, 0) and f"{limit:,}-byte limit" in body["error"]
 
 
+@pytest.mark.slow
 def test_a_chunked_body_is_counted_as_it_arrives(built):
     app = built[0]
     json_header = [(b"content-type", b"application/json")]
@@ -215,6 +221,7 @@ def test_a_chunked_body_is_counted_as_it_arrives(built):
     assert status == 200 and len(body["latents"]) <= 3
 
 
+@pytest.mark.slow
 def test_a_json_body_over_a_megabyte_gets_413_and_the_server_keeps_serving(client):
     padded = b'{"image": "s1"' + b" " * JSON_LIMIT + b"}"
     response = client.post("/api/latents", content=padded, headers={"content-type": "application/json"})
@@ -222,6 +229,7 @@ def test_a_json_body_over_a_megabyte_gets_413_and_the_server_keeps_serving(clien
     assert client.get("/api/info").status_code == 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("declared", [b"abc", b"-1", b"1e3", b"0x10", "١٢".encode(), b""])
 def test_a_malformed_content_length_is_refused(built, declared):
     status, body, read = call(built[0], "POST", "/api/latents", [(b"content-length", declared)], [b"{}"])
@@ -233,6 +241,7 @@ def test_a_malformed_content_length_is_refused(built, declared):
 NAME = socket.gethostname()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "bind,host,answered",
     [
@@ -271,6 +280,7 @@ def test_requests_addressed_to_another_host_are_refused(built, quickstart, bind,
         )
 
 
+@pytest.mark.slow
 def test_the_default_test_client_host_is_refused(built):
     assert TestClient(built[0]).get("/api/info").status_code == 421  # Host: testserver
 
@@ -278,6 +288,7 @@ def test_the_default_test_client_host_is_refused(built):
 # 5. Clients that go away are not the server's errors.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "path,headers,chunks",
     [
@@ -320,6 +331,7 @@ def tampered(quickstart, tmp_path) -> tuple[pathlib.Path, pathlib.Path, pathlib.
     return store, root, secret
 
 
+@pytest.mark.slow
 def test_serve_answers_404_for_an_image_outside_the_root(quickstart, tampered, caplog):
     store, root, secret = tampered
     app, _ = serve.build(config(quickstart, shards=store))
@@ -333,6 +345,7 @@ def test_serve_answers_404_for_an_image_outside_the_root(quickstart, tampered, c
     assert len(warnings) == 1 and str(root) in warnings[0] and "../secret.png" in warnings[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override", [False, True])
 def test_visuals_draws_a_placeholder_for_an_image_outside_the_root(
     quickstart, tampered, tmp_path, caplog, override
@@ -374,6 +387,7 @@ def test_visuals_draws_a_placeholder_for_an_image_outside_the_root(
 # 7. A source folder given by the user must exist.
 
 
+@pytest.mark.slow
 def test_visuals_and_serve_refuse_a_missing_images_folder(quickstart, tmp_path, capsys):
     out, sae = quickstart
     store = next((out / "shards").iterdir())
@@ -391,6 +405,7 @@ def test_visuals_and_serve_refuse_a_missing_images_folder(quickstart, tmp_path, 
     assert str(missing) in err and "not found" in err
 
 
+@pytest.mark.slow
 def test_a_store_whose_images_moved_still_gets_its_gallery_with_a_warning(quickstart, tmp_path, caplog):
     out, sae = quickstart
     store = tmp_path / "store"
@@ -409,6 +424,7 @@ def test_a_store_whose_images_moved_still_gets_its_gallery_with_a_warning(quicks
 BIG = "9" * 5000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "path,body,status",
     [
@@ -448,6 +464,7 @@ def test_odd_json_gets_a_4xx_with_a_message(client, path, body, status):
     assert client.get("/api/info").status_code == 200
 
 
+@pytest.mark.slow
 def test_valid_edge_requests_are_answered(client):
     assert client.post("/api/predict", json={"image": "s1", "edits": []}).status_code == 200
     edits = [{"latent": s, "value": -1000 if s % 2 else 1000} for s in range(8)]
@@ -456,6 +473,7 @@ def test_valid_edge_requests_are_answered(client):
     assert client.get(f"/api/latents/s1/{10**20}").status_code == 400
 
 
+@pytest.mark.slow
 def test_requests_from_another_site_s_page_are_refused(built):
     """A page elsewhere may post to 127.0.0.1 without reading the answer (a "simple" request needs no
     CORS preflight); the browser names that page in Origin."""
@@ -469,6 +487,7 @@ def test_requests_from_another_site_s_page_are_refused(built):
         assert response.status_code == 403 and "are refused" in response.json()["error"], origin
 
 
+@pytest.mark.slow
 def test_request_fields_are_strict(client):
     """Pydantic would read "3" as a patch index and "true" as a boolean: refused instead."""
     bad = [
@@ -481,6 +500,7 @@ def test_request_fields_are_strict(client):
         assert response.status_code == 422 and field in response.json()["error"], (path, body)
 
 
+@pytest.mark.slow
 def test_an_image_too_small_to_read_is_refused_at_upload(client):
     buf = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buf, "PNG")
@@ -488,6 +508,7 @@ def test_an_image_too_small_to_read_is_refused_at_upload(client):
     assert response.status_code == 400 and "too small" in response.json()["error"]
 
 
+@pytest.mark.slow
 def test_edits_past_float32_from_tampered_maxima_are_refused(quickstart, tmp_path):
     """A visuals folder whose maxima are finite but huge: value x max overflows float32."""
     from safetensors import safe_open
@@ -514,6 +535,7 @@ def test_edits_past_float32_from_tampered_maxima_are_refused(quickstart, tmp_pat
         serve.build(serve.Config(sae=sae, visuals=gallery, head="builtin-patch"))
 
 
+@pytest.mark.slow
 def test_a_deeply_nested_latents_list_is_refused(quickstart, tmp_path):
     out, sae = quickstart
     gallery = tmp_path / "gallery"
@@ -523,6 +545,7 @@ def test_a_deeply_nested_latents_list_is_refused(quickstart, tmp_path):
         serve.build(serve.Config(sae=sae, visuals=gallery, head="builtin-patch"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("upload_mb", ["1e308", "0", "-1"])
 def test_an_absurd_upload_limit_is_refused(quickstart, capsys, upload_mb):
     out, sae = quickstart
@@ -530,6 +553,7 @@ def test_an_absurd_upload_limit_is_refused(quickstart, capsys, upload_mb):
     assert "--upload-mb in (0, 1024.0]" in run_cli(args, capsys)
 
 
+@pytest.mark.slow
 def test_a_port_in_use_is_a_clear_error(quickstart, capsys):
     out, sae = quickstart
     taken = socket.create_server(("127.0.0.1", 0))
@@ -542,6 +566,7 @@ def test_a_port_in_use_is_a_clear_error(quickstart, capsys):
     assert f"--host 127.0.0.1 --port {port}: cannot listen there (Address already in use)" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("missing", ["uvicorn", "fastapi"])
 def test_serve_without_the_serve_extra_is_a_one_line_error(quickstart, missing, capsys, monkeypatch):
     out, sae = quickstart

@@ -103,6 +103,7 @@ def clip_sae(tmp_path_factory, tiny_clip) -> pathlib.Path:
 # 1. Probe files
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["fifo", "folder", "missing"])
 @pytest.mark.parametrize("command", ["steer", "evaluate"])
 def test_a_probe_path_that_is_not_a_file_is_refused_by_kind(scene, tmp_path, capsys, what, command):  # noqa: F811
@@ -227,6 +228,7 @@ def test_a_probe_of_another_width_or_pool_is_refused(scene, tmp_path, capsys):  
     assert f"{other}: a probe of builtin/another-vit, not of builtin/shapes-vit" in err
 
 
+@pytest.mark.slow
 def test_probe_class_names_file_is_checked(tmp_path, capsys):
     images, masks = write_pairs(tmp_path / "d", 3)
     base = ["probe", *VIT, "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "o")]
@@ -253,6 +255,7 @@ def test_probe_says_why_no_image_was_readable(tmp_path, capsys):
 # 2. clip-zero-shot class lists
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -474,6 +477,7 @@ def test_steer_draws_images_of_the_same_name_apart(scene, tmp_path, capsys):  # 
     assert len(set(pngs)) == 2 and all(pathlib.Path(p).is_file() for p in pngs)
 
 
+@pytest.mark.slow
 def test_a_visuals_topk_that_is_a_fifo_is_refused(scene, tmp_path, capsys):  # noqa: F811
     (tmp_path / "v").mkdir()
     os.mkfifo(tmp_path / "v" / "topk.safetensors")

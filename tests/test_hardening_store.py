@@ -348,6 +348,7 @@ def test_cli_train_refuses_nan_in_a_held_out_image(tmp_path, capsys):
     assert not list(store.glob("normalization_*.json"))
 
 
+@pytest.mark.slow
 def test_cli_visuals_refuses_nan_and_writes_no_gallery(tmp_path, capsys):
     store = saev_store(tmp_path / "shards")
     poke(store, "acts000000.bin", 2, 0, 1, np.nan)

@@ -160,6 +160,7 @@ def test_a_sweep_with_one_bad_value_trains_nothing(store, tmp_path, sweep, messa
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every_step", [True, False], ids=["cpu-checks-every-step", "device-flag"])
 def test_nan_in_a_training_shard_stops_the_run_and_it_resumes_after_repair(tmp_path, monkeypatch, every_step):
     shards = tiny_store(tmp_path / "store")

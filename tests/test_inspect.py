@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 import saev.nn
+import saev.visuals.inspect
 from saev.cli import main
-from saev.commands import inspect_images
 from saev.visuals import summarize
 
 
@@ -82,6 +82,7 @@ def test_inspect_command_writes_png_and_json(tmp_path, tiny_clip, photos, capsys
             assert np.asarray(img).std() > 10
 
 
+@pytest.mark.slow
 def test_inspect_errors_are_one_line(tmp_path, tiny_clip, photos):
     result = subprocess.run(
         [
@@ -172,7 +173,7 @@ def test_without_visuals_few_images_keep_dense_latents_and_say_so_once(tmp_path,
 def test_without_visuals_enough_images_estimate_the_dense_latents(
     tmp_path, tiny_clip, photos, caplog, monkeypatch
 ):
-    monkeypatch.setattr(inspect_images, "MIN_IMAGES_TO_ESTIMATE", 3)
+    monkeypatch.setattr(saev.visuals.inspect, "MIN_IMAGES_TO_ESTIMATE", 3)
     make_dense_sae(tmp_path / "sae.safetensors")
     records, _ = inspect(tmp_path, tiny_clip, photos[:3])
     assert all(

@@ -8,10 +8,12 @@ import sys
 
 import pytest
 
+from tests.conftest import requires
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LINT_IMPORTS = pathlib.Path(sys.executable).parent / "lint-imports"
 
-pytestmark = pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter is not installed")
+pytestmark = requires(LINT_IMPORTS.exists(), f"import-linter ({LINT_IMPORTS})")
 
 
 def lint_imports(package_parent: pathlib.Path) -> subprocess.CompletedProcess:

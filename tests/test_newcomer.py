@@ -46,6 +46,7 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"saev {saev.__version__}"
 
 
+@pytest.mark.slow
 def test_the_default_warm_up_is_a_small_share_of_the_run(dictionary, tmp_path):
     cfg = TrainConfig(shards=dictionary.store, out=tmp_path, layer=0)
     assert cfg.warmup_steps(40) == 2 and cfg.warmup_steps(10_000) == 500 and cfg.warmup_steps(3) == 1

@@ -45,6 +45,7 @@ def test_every_header_variant_loads_with_its_forward(tmp_path, variant):
     torch.testing.assert_close(x_hat, ref_hat, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.oracle
 def test_codes_equal_reference_project_for_public_v0b_checkpoints(tmp_path):
     ref = load_reference()
     import saev_ref.nn
@@ -74,6 +75,7 @@ def test_v2_topk_reproduces_reference_topk_without_relu(tmp_path):
     torch.testing.assert_close(sae.encode(x), expected)
 
 
+@pytest.mark.oracle
 def test_reference_project_reads_our_pt_dump(tmp_path):
     load_reference()
     import saev_ref.nn

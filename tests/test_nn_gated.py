@@ -99,6 +99,7 @@ def test_native_checkpoints_round_trip_exactly(tmp_path):
         saev.nn.dump(tmp_path / "g.pt", sae)
 
 
+@pytest.mark.slow
 def test_saev_train_gated_recovers_a_known_dictionary(tmp_path, capsys):
     truth = make_dictionary_store(tmp_path / "truth", n_atoms=128, d=32, n_tokens=60_000)
     args = ["train", "--shards", str(truth.store), "--out", str(tmp_path / "runs"), "--layer", "0"]

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import saev.nn
-from saev.nn import SaeConfig, SparseAutoencoder
+from saev.nn import SaeConfig, SparseAutoencoder, sparse
 from saev.nn.objectives import Objective, training_loss
 
 D, S = 24, 192
@@ -163,3 +163,30 @@ def test_bf16_autocast_stays_close_to_float32(activation, decoder):
         assert g16[name].dtype == torch.float32
         cos = F.cosine_similarity(g16[name].flatten(), g32[name].flatten(), dim=0)
         assert cos > 0.98, f"{name}: cosine {cos:.4f}"
+
+
+def _as_set(idx: torch.Tensor) -> list[int]:
+    return sorted(idx.tolist())
+
+
+@pytest.mark.parametrize("n, m", [(64 * 16 * 33, 32), (160_000, 1000), (1000, 10), (4096 * 3 + 5, 20)])
+def test_top_set_is_the_set_topk_returns(n, m):
+    """The candidate search returns exactly topk's set, whether it answers itself or falls back."""
+    gen = torch.Generator().manual_seed(n)
+    flat = torch.randn(n, generator=gen)
+    vals, idx = sparse.top_set(flat, m)
+    ref_vals, ref_idx = flat.topk(m, sorted=False)
+    assert _as_set(idx) == _as_set(ref_idx)
+    assert torch.equal(vals.sort().values, ref_vals.sort().values)
+    assert torch.equal(flat[idx], vals)
+
+
+def test_top_set_leaves_ties_and_nan_to_topk():
+    """A tie at the m-th value (torch's pick among equals) or a NaN: the answer is topk's own."""
+    flat = torch.randn(64 * 16 * 10)
+    m = 100
+    top = flat.topk(m + 1).values
+    flat[flat == top[-1]] = top[-2]  # the m-th and (m + 1)-th largest now tie
+    assert _as_set(sparse.top_set(flat, m)[1]) == _as_set(flat.topk(m, sorted=False).indices)
+    flat[7] = float("nan")
+    assert _as_set(sparse.top_set(flat, m)[1]) == _as_set(flat.topk(m, sorted=False).indices)

@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import ORACLE_HINT, import_or_skip
+
 pytestmark = pytest.mark.oracle
 
 os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # sparsify's eager decoder: no Triton, no GPU
 
-sae_lens = pytest.importorskip("sae_lens")
-sparsify = pytest.importorskip("sparsify")
+sae_lens = import_or_skip("sae_lens", ORACLE_HINT)
+sparsify = import_or_skip("sparsify", ORACLE_HINT)
 
 from sae_lens.training.activation_scaler import ActivationScaler  # noqa: E402
 

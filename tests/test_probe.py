@@ -86,6 +86,7 @@ def colour_folder(tmp_path_factory) -> pathlib.Path:
     return root
 
 
+@pytest.mark.slow
 def test_classification_by_colour(colour_folder, tmp_path, vit, capsys, monkeypatch):
     out = tmp_path / "probe"
     argv = ["probe", *VIT, "--images", str(colour_folder), "--out", str(out)]
@@ -128,7 +129,7 @@ def test_classification_by_colour(colour_folder, tmp_path, vit, capsys, monkeypa
     def no_vit(*args, **kwargs):
         raise AssertionError("features recomputed despite the cache")
 
-    monkeypatch.setattr(probes, "extract", no_vit)
+    monkeypatch.setattr(probes.training, "extract", no_vit)
     main(argv)
     assert "reused cached features" in capsys.readouterr().err
     assert cache.stat().st_mtime_ns == mtime
@@ -146,7 +147,7 @@ def test_feature_cache_follows_the_inputs(colour_folder, tmp_path, monkeypatch):
         calls.append(cfg.pool)
         return real(cfg, inputs)
 
-    monkeypatch.setattr(probes, "extract", counting)
+    monkeypatch.setattr(probes.training, "extract", counting)
     base = ["probe", *VIT, "--images", str(colour_folder), "--out", str(out), "--epochs", "2"]
     main(base)
     main([*base, "--pool", "mean"])
@@ -178,6 +179,7 @@ def segmentation_folders(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
     return root / "images", root / "masks"
 
 
+@pytest.mark.slow
 def test_segmentation_by_colour(segmentation_folders, tmp_path, vit, capsys):
     images, masks = segmentation_folders
     names = tmp_path / "classes.txt"
@@ -222,7 +224,7 @@ def test_segmentation_default_classes_are_the_labels_present():
     cfg = probes.ProbeConfig(
         "builtin", "shapes-vit", pathlib.Path("img"), pathlib.Path("out"), pathlib.Path("m")
     )
-    inputs = probes._Inputs(("x.png", "y.png"), ("x.png", "y.png"), None)
+    inputs = probes.Inputs(("x.png", "y.png"), ("x.png", "y.png"), None)
     examples = probes.examples_from(cfg, inputs, feats)
     assert examples.classes == ("0", "3", "7")
     assert examples.y_N.tolist() == [0, 1, 2, 2, 2, 0]
@@ -323,7 +325,7 @@ def test_grid_heads_train_independently():
     assert (grid.scores[3]["lr"], grid.scores[3]["weight_decay"]) == (1e-2, 0.1)
     assert grid.scores[3] == pytest.approx(alone.scores[0])
     # Folded standardisation: raw-feature logits of the saved weights equal the scored ones.
-    acc, _ = probes._evaluate(x[40:], y[40:], grid.weight_GDC, grid.bias_GC)
+    acc, _ = probes.grid._evaluate(x[40:], y[40:], grid.weight_GDC, grid.bias_GC)
     assert [s["val_accuracy"] for s in grid.scores] == pytest.approx(acc.tolist())
 
 
@@ -337,7 +339,7 @@ def no_vit(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the ViT was built before the input was checked")
 
-    monkeypatch.setattr(probes, "make_vit", refuse)
+    monkeypatch.setattr(probes.features, "make_vit", refuse)
 
 
 def saev_error(argv: list[str], capsys) -> str:

@@ -14,6 +14,7 @@ def quickstart(capsys, *args: str) -> list[str]:
     return capsys.readouterr().out.strip().splitlines()
 
 
+@pytest.mark.slow
 def test_reduced_quickstart_finds_concepts_and_builds_the_gallery(tmp_path, capsys):
     out = tmp_path / "qs"
     lines = quickstart(capsys, "--out", str(out), "--n-images", "600", "--n-train", "600000")
@@ -66,6 +67,7 @@ def test_reduced_quickstart_finds_concepts_and_builds_the_gallery(tmp_path, caps
         assert (out / "gallery" / "steering" / f"{latent}.png").exists()
 
 
+@pytest.mark.slow
 def test_rerun_reuses_finished_steps(tmp_path, capsys):
     out = tmp_path / "qs"
     quickstart(capsys, "--out", str(out), "--n-images", "200", "--n-train", "20000")
@@ -75,6 +77,7 @@ def test_rerun_reuses_finished_steps(tmp_path, capsys):
     assert sae.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_quickstart_on_your_own_images(tmp_path, capsys, photos_dir):
     out = tmp_path / "qs"
     lines = quickstart(

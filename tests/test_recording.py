@@ -23,6 +23,7 @@ from saev.cli import main
 from saev.data.store import STATE_FILE
 from saev.data.writer import ShardWriter
 from saev.errors import ConfigError, StoreError
+from tests.conftest import import_or_skip
 from tests.test_data_store import direct_acts
 
 FILES = ("metadata.json", "shards.json", "images.json", "skipped.json")
@@ -64,6 +65,7 @@ def cli_args(ckpt, images, dump_to, **extra):
     return args
 
 
+@pytest.mark.slow
 def test_sigkilled_recording_resumes_to_an_identical_store(tmp_path, tiny_clip, photos):
     images = many_images(tmp_path, photos, 40)
     extra = dict(batch_size=1, n_patches_per_shard=2 * 2 * 197, dtype="float16")
@@ -323,7 +325,7 @@ def test_normalize_attaches_store_statistics_to_a_legacy_sae(tmp_path, tiny_clip
 
 
 def test_hugging_face_dataset_source(tmp_path, tiny_clip, photos_dir):
-    pytest.importorskip("datasets")
+    import_or_skip("datasets")
     data = tmp_path / "hf" / "train"
     for k, path in enumerate(sorted(photos_dir.iterdir())[:4]):
         (data / ("cats" if k % 2 else "dogs")).mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,7 @@ def models(tmp_path_factory, tiny_clip):
     return family_models(tmp_path_factory, tiny_clip)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["builtin", "clip", "dinov2", "timm", "hf", "siglip"])
 @pytest.mark.parametrize("tokens", ["patches", "all"])
 def test_an_empty_edit_reproduces_the_model_exactly(models, name, tokens):

@@ -47,6 +47,7 @@ def weights(path):
     return {k: v.clone() for k, v in saev.nn.load(path).state_dict().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "jumprelu"])
 def test_fixed_seed_gives_bit_identical_checkpoints(dictionary, tmp_path, arch):
     cfg = base(dictionary, tmp_path, arch=arch, n_train=10_000)
@@ -84,6 +85,7 @@ def test_resume_after_a_kill_ends_with_identical_weights(dictionary, tmp_path, m
     assert not (run_dir / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_sweep_trains_every_combination_in_one_pass(dictionary, tmp_path, monkeypatch, capsys):
     sweep = tmp_path / "sweep.toml"
     sweep.write_text('arch = ["topk", "batchtopk"]\nk = [2, 3]\nlr = 0.002\n')
@@ -320,6 +322,7 @@ def train_on_dictionary(tmp_path, capsys, *args: str):
     return recovered, untrained
 
 
+@pytest.mark.slow
 def test_ground_truth_atoms_are_recovered(tmp_path, capsys):
     """TopK, BatchTopK and ReLU SAEs trained by `saev train` find >= 90% of a known dictionary's atoms."""
     sweep = tmp_path / "sweep.toml"
@@ -330,6 +333,7 @@ def test_ground_truth_atoms_are_recovered(tmp_path, capsys):
     assert min(recovered.values()) >= 0.9, recovered
 
 
+@pytest.mark.slow
 def test_bf16_autocast_training_recovers_atoms_too(tmp_path, capsys):
     recovered, _ = train_on_dictionary(tmp_path, capsys, "--autocast", "bf16")
     assert recovered["TopK"] >= 0.9, recovered

@@ -70,6 +70,7 @@ def assert_no_temporary_files(folder: pathlib.Path) -> None:
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_a_single_run_draws_its_curves_and_names_them_on_stderr(dictionary, tmp_path, capsys):
     out = tmp_path / "runs"
     main(train_argv(dictionary, out))
@@ -86,6 +87,7 @@ def test_a_single_run_draws_its_curves_and_names_them_on_stderr(dictionary, tmp_
     assert_no_temporary_files(run_dir)
 
 
+@pytest.mark.slow
 def test_a_sweep_draws_every_runs_curves_and_the_frontier(dictionary, tmp_path, capsys):
     out = tmp_path / "runs"
     sweep = tmp_path / "sweep.toml"

@@ -56,6 +56,7 @@ def gallery(tmp_path_factory, tiny_clip, photos_dir):
     return tmp, store_dir, sae
 
 
+@pytest.mark.slow
 def test_data_files_match_the_library_pass(gallery):
     tmp, store_dir, sae = gallery
     out = tmp / "out"
@@ -88,6 +89,7 @@ def test_data_files_match_the_library_pass(gallery):
             assert (out / "thumbs" / str(s) / name).stat().st_size < 40_000
 
 
+@pytest.mark.slow
 def test_missing_images_become_placeholders(gallery, capsys):
     tmp, _, _ = gallery
     latents = json.loads((tmp / "out" / "latents.json").read_text())["latents"]
@@ -183,6 +185,7 @@ def _std(path, box=None) -> float:
         return float(np.asarray((img.crop(box) if box else img).convert("L")).std())
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_gallery_opens_from_file_urls_without_errors(gallery):
     from playwright.sync_api import sync_playwright

@@ -5,8 +5,9 @@ import os
 # Idle OpenMP threads must sleep, not spin, or a busy neighbour process slows every command
 # tenfold (see saev.runtime); the runtime reads this once, when torch loads just below.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# Under torchrun only rank 0 draws progress bars (tqdm reads TQDM_* when it is imported).
-if int(os.environ.get("RANK", "0")) > 0:
+# Under torchrun only rank 0 draws progress bars (tqdm reads TQDM_* when it is imported). A RANK
+# that is not a number is left to torch.distributed, which names it, rather than a traceback here.
+if os.environ.get("RANK", "0").strip() not in ("", "0"):
     os.environ.setdefault("TQDM_DISABLE", "1")
 
 import dataclasses  # noqa: E402
@@ -111,7 +112,7 @@ def _main(argv: list[str] | None) -> None:
         return
     try:
         choice = runtime.system_choice()
-    except ValueError as err:
+    except SaevError as err:  # a bad SAEV_THREADS (runtime.ThreadsError)
         _fail(str(err))
     torch.set_num_threads(choice.threads)
     logging.getLogger("saev").debug("%d compute threads (%s)", choice.threads, choice.reason)
@@ -119,7 +120,7 @@ def _main(argv: list[str] | None) -> None:
         Annotated[Any, tyro.conf.subcommand(name, constructor=cmd.config, description=cmd.description)]
         for name, cmd in COMMANDS.items()
     )
-    one_of = Union[choices]  # noqa: UP007 (a union built at run time)
+    one_of: Any = Union[choices]  # noqa: UP007 (a union built at run time)
     cfg = tyro.cli(one_of, prog="saev", description=DESCRIPTION, args=args)
     name, command = next((n, cmd) for n, cmd in COMMANDS.items() if isinstance(cfg, cmd.config))
     world = distributed.World()

@@ -109,9 +109,9 @@ def best_detectors(
     best_f1 = torch.full((labels_NC.shape[1], sel.shape[1]), -1.0)
     best_thr = torch.zeros_like(best_f1)
     for thr_U in thresholds_QU:
-        f1 = _scores(sel > thr_U, labels_NC[select_N])[0]
-        better = f1 > best_f1
-        best_f1 = torch.where(better, f1, best_f1)
+        f1_CU = _scores(sel > thr_U, labels_NC[select_N])[0]
+        better = f1_CU > best_f1
+        best_f1 = torch.where(better, f1_CU, best_f1)
         best_thr = torch.where(better, thr_U.expand_as(best_thr), best_thr)
     out = []
     for c in range(labels_NC.shape[1]):

@@ -40,7 +40,7 @@ PATIENCE = datetime.timedelta(days=7)
 """How long a rank that finished its share waits for the others (`patient=True`): as long as their
 remaining work, which may be hours (a resumed recording's unfinished parts). A rank that dies still
 ends the job at once: torchrun stops the others."""
-_patient = None
+_patient: dist.ProcessGroup | None = None
 """A Gloo group over every rank with the `PATIENCE` timeout."""
 STALL_ENV = "SAEV_DIST_STALL"
 DEFAULT_STALL_S = 300.0
@@ -157,7 +157,8 @@ def setup(device: str) -> tuple[World, str]:
     if not dist.is_initialized():
         limit = stall()
         dist.init_process_group("nccl" if on_gpu else "gloo", timeout=timeout())
-        _patient = dist.new_group(backend="gloo", timeout=PATIENCE)
+        # Typed as possibly NON_GROUP_MEMBER, which only a rank left out of `ranks` gets: all join here.
+        _patient = dist.new_group(backend="gloo", timeout=PATIENCE)  # type: ignore[assignment]
         _heartbeat = _Heartbeat(rank(), limit)
         _heartbeat.start()
     return current(), device
@@ -369,11 +370,13 @@ class _Heartbeat(threading.Thread):
 
     def give_up(self, message: str) -> NoReturn:
         # The main thread is blocked inside Gloo or on the GPU, where no exception can reach it: end
-        # the process, and torchrun ends the others. Close progress bars first, as saev.cli does.
+        # the process, and torchrun ends the others. Close progress bars first, as saev.cli does; the
+        # other ranks share this stderr and one of them (the lost one) may have left a bar mid-line,
+        # so the message starts a line of its own.
         try:
             for bar in list(getattr(tqdm.tqdm, "_instances", ())):
                 bar.close()
-            print(message, file=sys.stderr, flush=True)
+            print(f"\n{message}", file=sys.stderr, flush=True)
         finally:
             os._exit(2)
 

@@ -255,7 +255,18 @@ def sample_records(seed: int, n_images: int, cfg: SceneConfig = SceneConfig()) -
 def _grey(rng: np.random.Generator, lo: int = 20, hi: int = 236) -> tuple[int, int, int]:
     level = int(rng.integers(lo, hi))
     tint = rng.integers(-_GREY_TINT, _GREY_TINT + 1, size=3)
-    return tuple(int(v) for v in np.clip(level + tint, 0, 255))
+    return _rgb(level + tint)
+
+
+def _rgb(values: np.ndarray) -> tuple[int, int, int]:
+    """Three channel values clipped to 0..255, as Python ints."""
+    r, g, b = (int(v) for v in np.clip(values, 0, 255))
+    return r, g, b
+
+
+def _xy(values: np.ndarray) -> tuple[float, float]:
+    x, y = (float(v) for v in values)
+    return x, y
 
 
 def _sample_background(rng: np.random.Generator) -> Background:
@@ -293,9 +304,9 @@ def _place_object(
         cy=cy,
         radius=radius,
         angle=float(rng.uniform(-cfg.max_rotation, cfg.max_rotation)),
-        rgb=tuple(int(v) for v in np.clip(np.array(COLOURS[colour]) + jitter, 0, 255)),
+        rgb=_rgb(np.array(COLOURS[colour]) + jitter),
         texture_angle=float(rng.choice([0.0, 45.0, 90.0, 135.0])),
-        texture_offset=tuple(float(v) for v in rng.uniform(0, cfg.texture_period_px, size=2)),
+        texture_offset=_xy(rng.uniform(0, cfg.texture_period_px, size=2)),
     )
 
 
@@ -396,7 +407,8 @@ def _concept_matrix(record: ImageRecord) -> np.ndarray:
 def image_concepts(record: ImageRecord | Mapping[str, Any]) -> np.ndarray:
     """[n_concepts] bool: the concepts of any object in the image."""
     record = _as_record(record)
-    return _concept_matrix(record).any(axis=0)
+    # numpy's stubs type any(axis=...) as possibly a scalar; over axis 0 of a 2-D array it is an array.
+    return _concept_matrix(record).any(axis=0)  # type: ignore[return-value]
 
 
 def patch_coverage(

@@ -34,8 +34,10 @@ def mismatches(prov: Provenance, reading: Reading) -> list[str]:
     trained = (prov.vit_family or reading.vit_family, prov.vit_ckpt or reading.vit_ckpt)
     if trained != (reading.vit_family, reading.vit_ckpt):
         out.append(f"it was trained on {'/'.join(trained)}, not {reading.vit_family}/{reading.vit_ckpt}")
-    if None not in (prov.layer, reading.layer) and not same_block(
-        prov.layer, reading.layer, reading.n_blocks
+    if (
+        prov.layer is not None
+        and reading.layer is not None
+        and not same_block(prov.layer, reading.layer, reading.n_blocks)
     ):
         depth = f" of {reading.n_blocks}" if reading.n_blocks is not None else ""
         out.append(f"it was trained on block {prov.layer}, not block {reading.layer}{depth}")

@@ -24,6 +24,8 @@ class RecordedVisionTransformer(torch.nn.Module):
     order; register tokens are dropped.
     """
 
+    token_i: Tensor  # a buffer (register_buffer): declared for the type checker
+
     def __init__(self, vit: Vit, n_patches_per_img: int, cls_token: bool, layers: Sequence[int]):
         super().__init__()
         if not isinstance(vit, Vit):

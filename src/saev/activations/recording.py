@@ -4,7 +4,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import pathlib
 import typing
 from typing import Any, Literal
@@ -17,10 +16,11 @@ from saev.activations.families import FamilyName, make_img_transform, make_vit
 from saev.activations.recorder import RecordedVisionTransformer
 from saev.data import metadata as md
 from saev.data import parts
+from saev.data.images import decode_batches, default_workers
 from saev.data.sources import ImageSource, open_source
 from saev.data.store import to_stored
 from saev.data.writer import ShardWriter, Skip, StoreLock
-from saev.errors import ConfigError, ImageError, StoreError
+from saev.errors import ConfigError, StoreError
 from saev.fileio import OutputFolder
 
 logger = logging.getLogger("saev.activations")
@@ -73,43 +73,12 @@ NON_FINITE = "non-finite activations"
 """How the reason of an image skipped for its activations starts in skipped.json."""
 
 
-class _Decoded(torch.utils.data.Dataset):
-    """Source images from `start` on, decoded and transformed in worker processes; failures become reasons."""
-
-    def __init__(self, source: ImageSource, transform, start: int, stop: int):
-        self.source, self.transform, self.start, self.stop = source, transform, start, stop
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __getitem__(self, j: int) -> tuple[int, torch.Tensor | None, str | None]:
-        i = self.start + j
-        try:
-            return i, self.transform(self.source.load(i)), None
-        except ImageError as err:
-            return i, None, str(err)
-        except Exception as err:  # a transform failing on an odd image must not stop the run
-            return i, None, f"cannot preprocess: {type(err).__name__}: {err}"
-
-
-def default_workers() -> int:
-    """Decoding competes with a CPU forward pass for cores; leave it two of them."""
-    return max(0, min(4, (os.cpu_count() or 1) - 2))
-
-
-def _single_thread(_: int) -> None:
-    torch.set_num_threads(1)
-
-
-def _identity(items: list) -> list:
-    return items
-
-
 def record(cfg: RecordConfig) -> RecordResult:
     _validate(cfg)
     source = open_source(cfg.images)
-    if getattr(source, "n_ignored", 0):
-        logger.info("ignored %d files without an image extension", source.n_ignored)
+    n_ignored = getattr(source, "n_ignored", 0)
+    if n_ignored:
+        logger.info("ignored %d files without an image extension", n_ignored)
     vit = make_vit(cfg.vit_family, cfg.vit_ckpt)
     n_blocks = len(vit.blocks)
     layers = _sorted_layers(cfg.layers, n_blocks)
@@ -279,32 +248,25 @@ def _run(
     first = start - start % per
     staging = _Staging(cfg.batch_size, torch.device(cfg.device).type == "cuda")
     n_workers = default_workers() if cfg.n_workers is None else cfg.n_workers
-    loader = torch.utils.data.DataLoader(
-        _Decoded(source, transform, first, stop),
-        batch_size=16,
-        num_workers=n_workers,
-        collate_fn=_identity,
-        pin_memory=False,
-        worker_init_fn=_single_thread if n_workers else None,
-        persistent_workers=False,
-    )
+    chunks = decode_batches(source, transform, range(first, stop), 16, n_workers=n_workers)
     pending: list[tuple[int, torch.Tensor]] = []
     world = distributed.current()
     desc = f"recording (rank 0's {stop - start:,} of {len(source):,})" if world.distributed else "recording"
     bar = tqdm.tqdm(total=stop - start, unit="img", desc=desc, dynamic_ncols=True)
     with torch.inference_mode(), _autocast(cfg):
-        for items in loader:
-            for i, x, err in items:
-                if err is None:
-                    pending.append((i, x))
-                elif i >= start:
-                    logger.warning("skipped %s", err)
-                    writer.skip(i, _source_name(source, i), err)
+        for chunk in chunks:
+            for item in chunk.items:
+                if item.x_3HW is not None:
+                    pending.append((item.index, item.x_3HW))
+                elif item.index >= start:
+                    reason = item.unreadable or f"cannot preprocess: {item.unprocessable}"
+                    logger.warning("skipped %s", reason)
+                    writer.skip(item.index, _source_name(source, item.index), reason)
             while pending and (
                 len(pending) >= cfg.batch_size or pending[-1][0] // per != pending[0][0] // per
             ):
                 pending = _forward(pending, cfg, recorder, writer, source, staging, start)
-            bar.update(max(0, items[-1][0] + 1 - start - bar.n))
+            bar.update(max(0, chunk.items[-1].index + 1 - start - bar.n))
             distributed.progress()
         while pending:
             pending = _forward(pending, cfg, recorder, writer, source, staging, start)

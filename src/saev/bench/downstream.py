@@ -3,6 +3,7 @@ selectivity, and the evaluator's image embeddings for monosemanticity."""
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,7 +108,7 @@ def steering(
     def metric(kind: str, better: bool) -> Metric:
         est = bootstrap(rates(edit_NK4, kind), n, resamples=resamples, seed=seed)
         base = bootstrap(rates(random_NK4, kind), n, resamples=resamples, seed=seed)
-        details = {"head": head.name, "edit": test.edit}
+        details: dict[str, Any] = {"head": head.name, "edit": test.edit}
         # The per-concept counts once, with the headline metric, not thrice.
         details |= {"per_concept": per_concept} if kind == "selectivity" else {}
         return Metric(f"steering_{kind}", "steering", est, better, base, "a random live latent", details)

@@ -171,12 +171,12 @@ def _page(cards: Sequence[Scorecard], png_b64: str) -> str:
             body.append(f'<tr class="group"><th colspan="{len(cards) + 4}">{html.escape(group)}</th></tr>')
         winners = best(cards, name)
         cells = "".join(_cell(m, i in winners) for i, m in enumerate(found))
-        base = found[0].baseline if found[0] is not None else None
+        shown = found[0]  # the first SAE's baseline
         base_text = (
             ""
-            if base is None
-            else f"{html.escape(base.text())}<br><small>{html.escape(found[0].baseline_name)}</small>"
-        )  # type: ignore[union-attr]
+            if shown is None or shown.baseline is None
+            else f"{html.escape(shown.baseline.text())}<br><small>{html.escape(shown.baseline_name)}</small>"
+        )
         body.append(
             f"<tr><td>{html.escape(name)}</td><td>{DIRECTION[first.higher_is_better]}</td>{cells}<td>{base_text}</td>"
             f"<td>{html.escape(verdict(name, checked))}</td></tr>"

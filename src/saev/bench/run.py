@@ -90,7 +90,9 @@ def score(
         sae, sae_spec, store, layer, images, known, gathered, settings, reseeds, skipped, bar
     )
     bar.close()
-    concept_latents = next((m.details["latents"] for m in metrics if m.name == "detection_f1"), {})
+    concept_latents: dict[str, int] = next(
+        (m.details["latents"] for m in metrics if m.name == "detection_f1"), {}
+    )
     metrics += _pixel_metrics(
         sae, sae_spec, layer, store, lookup, images, known, gathered, concept_latents, settings, skipped
     )

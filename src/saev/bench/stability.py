@@ -62,8 +62,8 @@ def stability(
     pairs = list(itertools.combinations(range(len(units)), 2))
     matched_PS = np.stack([_matched(units[a], units[b], one_to_one) for a, b in pairs])
     gen = torch.Generator().manual_seed(seed)
-    random = [_unit_rows(torch.randn(n_latents, d_vit, generator=gen)) for _ in range(2)]
-    base_PS = _matched(*random, one_to_one)[None]
+    random_a, random_b = (_unit_rows(torch.randn(n_latents, d_vit, generator=gen)) for _ in range(2))
+    base_PS = _matched(random_a, random_b, one_to_one)[None]
 
     def estimate(statistic: Callable[[np.ndarray], float]) -> stats.Estimate:
         return stats.bootstrap(statistic, n_latents, resamples=resamples, seed=seed, unit="latents")

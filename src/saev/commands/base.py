@@ -4,7 +4,9 @@ library, and a report that prints the run's result."""
 import dataclasses
 import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
+
+import tyro
 
 from saev.activations.families import FamilyName, Transform
 from saev.data.layout import Tokens
@@ -12,8 +14,8 @@ from saev.errors import ConfigError
 from saev.fileio import OutputMark, check_output
 from saev.nn import checkpoints
 from saev.options import check_device, check_finite, check_integers, flag
-from saev.steering import inputs
-from saev.steering.heads import DEFAULT_PROMPT, Head, open_head
+from saev.steering import heads, inputs
+from saev.steering.heads import DEFAULT_PROMPT, Head
 from saev.steering.splice import SplicedVit
 
 
@@ -34,13 +36,11 @@ class Command:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SplicedOptions:
-    """Options of the commands that splice an SAE into its ViT (steer, evaluate)."""
+class SpliceOptions:
+    """Options of the commands that splice an SAE into its ViT (steer, evaluate, serve)."""
 
     sae: str
     """SAE checkpoint: a path, hf://ORG/NAME or hf://ORG/NAME/FILE."""
-    head: tuple[str, ...]
-    """Heads to read: builtin-image, builtin-patch, PROBE.safetensors (saev probe) or clip-zero-shot:CLASSES.txt."""
     vit_family: FamilyName | None = None
     """ViT family; defaults to the SAE's recorded provenance."""
     vit_ckpt: str | None = None
@@ -53,21 +53,13 @@ class SplicedOptions:
     """Splice the SAE into another ViT, at another layer or on other tokens than it was trained on."""
     prompt: str = DEFAULT_PROMPT
     """clip-zero-shot prompt template; {} is replaced by each class name."""
-    batch_size: int = 16
-    """Images per forward pass."""
     device: str = "cpu"
     """Torch device, e.g. cpu or cuda."""
 
-    def spliced(self) -> tuple[SplicedVit, Transform, list[Head]]:
-        """The SAE spliced into its ViT, the ViT's transform, and the heads; bad options fail here."""
-        if not self.head:
-            raise ConfigError("give at least one --head.")
-        if len(set(self.head)) < len(self.head):
-            raise ConfigError(f"--head {' '.join(self.head)}: a head is given twice.")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be positive, got {self.batch_size}.")
+    def splice(self) -> tuple[SplicedVit, Transform]:
+        """The SAE spliced into its ViT, and the ViT's transform."""
         sae = checkpoints.load(self.sae, device=self.device).eval()
-        spliced, transform = inputs.spliced_model(
+        return inputs.spliced_model(
             sae,
             self.vit_family,
             self.vit_ckpt,
@@ -77,7 +69,26 @@ class SplicedOptions:
             device=self.device,
             where=self.sae,
         )
-        return spliced, transform, [open_head(spec, spliced.vit, self.prompt) for spec in self.head]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SplicedOptions(SpliceOptions):
+    """Options of the commands that splice an SAE into its ViT and read its heads (steer, evaluate)."""
+
+    head: Annotated[tuple[str, ...], tyro.conf.arg(help=f"Heads to read: {heads.describe()}.")]
+    batch_size: int = 16
+    """Images per forward pass."""
+
+    def spliced(self) -> tuple[SplicedVit, Transform, list[Head]]:
+        """The SAE spliced into its ViT, the ViT's transform, and the heads; bad options fail here."""
+        if not self.head:
+            raise ConfigError("give at least one --head.")
+        if len(set(self.head)) < len(self.head):
+            raise ConfigError(f"--head {' '.join(self.head)}: a head is given twice.")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be positive, got {self.batch_size}.")
+        spliced, transform = self.splice()
+        return spliced, transform, [heads.open_head(spec, spliced.vit, self.prompt) for spec in self.head]
 
 
 def check_options(cfg: Any) -> None:

@@ -73,7 +73,7 @@ def _record(cfg: Config) -> ShardStore:
         )
     result = record(
         RecordConfig(
-            vit_family=prov.vit_family,  # type: ignore[arg-type]
+            vit_family=prov.vit_family,
             vit_ckpt=prov.vit_ckpt,
             images=str(cfg.images),
             dump_to=cfg.out / "activations",

@@ -19,7 +19,7 @@ Format = Literal[formats.WRITABLE]  # type: ignore[valid-type]
 class Config:
     """Write a finished training run as a Hub-ready folder: the SAE, the run's record (saev_run.json) and a
     README.md model card (architecture, ViT, layer, tokens, dataset, training tokens, held-out metrics,
-    normalisation, a loading snippet). Publish it with `huggingface-cli upload ORG/NAME OUT .`; then
+    normalisation, a loading snippet). Publish it with `hf upload ORG/NAME OUT .`; then
     `saev.nn.load("hf://ORG/NAME")` reads it."""
 
     run_dir: Annotated[pathlib.Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
@@ -42,7 +42,7 @@ def run(cfg: Config) -> export.Exported:
 def report(result: export.Exported) -> None:
     names = ", ".join(p.name for p in result.files)
     print(
-        f"wrote {names}; publish with: huggingface-cli upload {result.repo} {result.folder} .",
+        f"wrote {names}; publish with: hf upload {result.repo} {result.folder} .",
         file=sys.stderr,
     )
     print(result.folder)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import pathlib
+import typing
 
 from saev.activations import provenance
 from saev.commands.base import Command
@@ -41,7 +42,9 @@ def run(cfg: Config) -> pathlib.Path:
             f"{cfg.sae} reads {sae.cfg.d_vit}-dim activations; {store.path} holds {store.d_vit}-dim ones."
         )
     layer = cfg.layer if cfg.layer is not None else provenance.default_layer(sae.provenance, store, cfg.sae)
-    tokens = cfg.tokens or sae.provenance.tokens or "patches"
+    # A checkpoint's string, not checked on load: token_view refuses any other value.
+    recorded = typing.cast(Tokens | None, sae.provenance.tokens)
+    tokens: Tokens = cfg.tokens or recorded or "patches"
     reading = provenance.store_reading(store, layer, tokens)
     provenance.check(sae.provenance, reading, force=cfg.force, where=cfg.sae)
     sae.set_normalization(store_normalization(store, layer, tokens))

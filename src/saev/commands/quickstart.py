@@ -23,11 +23,11 @@ from saev.activations.families import FamilyName, make_img_transform, make_vit
 from saev.activations.recording import RecordConfig, record
 from saev.activations.transforms import visible_crop
 from saev.commands.base import Command
-from saev.commands.steer import edit_picture
 from saev.commands.train import plot_runs
-from saev.commands.visuals import lens_effects
 from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError
+from saev.explorer.lens import lens_effects
+from saev.explorer.pictures import edit_picture
 from saev.fileio import OutputFolder, existing_kind, read_json, save_image, write_json
 from saev.naming.settings import NamingSettings
 from saev.nn import checkpoints
@@ -108,7 +108,7 @@ def run(cfg: Config) -> Result:
     if ckpt is None:
         raise ConfigError(f"--vit-family {cfg.vit_family} needs --vit-ckpt.")
     _check(cfg)
-    images = _generate(cfg) if synthetic_run else cfg.images
+    images = _generate(cfg) if cfg.images is None else cfg.images
     store = _record(cfg, images, ckpt)
     run_result = _train(cfg, store.path)
     scores = _score_concepts(cfg, store, run_result) if synthetic_run else []
@@ -234,6 +234,7 @@ def _splice_and_steer(
     n = len(store)
     paths = [root / store.images[i]["path"] for i in range(n - max(2, int(np.ceil(0.1 * n))), n)]
     labels = inputs.labels_for(paths, synthetic.CONCEPTS, vit.layout.grid)
+    assert labels is not None  # a saev.synthetic folder labels every image and patch
 
     def batches(chosen: list[pathlib.Path]):
         return inputs.load_batches(chosen, transform, 64, {})
@@ -242,6 +243,7 @@ def _splice_and_steer(
     splice = {}
     for head in heads:
         rows = labels.patch_NPC if head.kind == "patch" else labels.image_NC
+        assert rows is not None
         labelled = ((b.x_B3HW, rows[[position[p] for p in b.paths]].float()) for b in batches(paths))
         splice[head.name] = evaluate_splice(spliced, head, labelled).to_dict()
     scoring = paths[1::2]  # detectors were chosen on the even held-out images

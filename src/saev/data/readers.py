@@ -124,7 +124,7 @@ def _ordered_chunks(reader: _Reader, images: range, row_bytes: int, skip: int):
     for run in reader.store.runs(
         range(min(first, images.stop), images.stop), max(1, int(32 * MiB // row_bytes))
     ):
-        chunk = reader.read(run)
+        chunk: tuple[np.ndarray, ...] = reader.read(run)
         if run.start == first and skip % rows_per_img:
             chunk = tuple(a[skip % rows_per_img :] for a in chunk)
         yield chunk

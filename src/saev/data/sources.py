@@ -73,7 +73,8 @@ def scan_folder(root: str | os.PathLike) -> FolderSource:
     root = _image_folder(root)
     scan = _Scan(root)
     top_files, top_dirs = scan.listing("")
-    files, ignored = [], 0
+    files: list[str] = []
+    ignored = 0
     for name in top_files:
         ignored += _keep(name, name, files)
     for name in top_dirs:

@@ -58,7 +58,7 @@ def to_stored(acts: Float[torch.Tensor, "..."], dtype: str) -> np.ndarray:
 class ShardStore:
     """An opened store. `len(store)` is the number of images; `acts(i)` reads one image."""
 
-    def __init__(self, path: str | pathlib.Path):
+    def __init__(self, path: str | os.PathLike):
         self.path = pathlib.Path(path)
         if not self.path.is_dir():
             raise StoreError(f"{self.path}: no such store directory.")
@@ -426,6 +426,6 @@ def nonfinite_rows(values: np.ndarray) -> np.ndarray:
     return np.argwhere(~np.isfinite(values).all(axis=-1))
 
 
-def open_shards(path: str | pathlib.Path) -> ShardStore:
+def open_shards(path: str | os.PathLike) -> ShardStore:
     """Open an activation store written by saev or the reference project (any metadata era)."""
     return ShardStore(path)

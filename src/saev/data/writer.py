@@ -9,6 +9,7 @@ written last: its presence marks a finished store. While a recording runs it hol
 import dataclasses
 import errno
 import fcntl
+import io
 import json
 import logging
 import os
@@ -107,7 +108,7 @@ class ShardWriter:
         self.skips: list[Skip] = [Skip(**s) for s in self.state["skipped"]]
         self.filled = 0
         self.last_index = -1
-        self._file = None
+        self._file: io.BufferedWriter | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, daemon=True)
@@ -219,7 +220,7 @@ class ShardWriter:
                 if op == "append":
                     if self._file is None:
                         self._file = open(self._partial(committed), "wb")
-                    self._file.write(memoryview(np.ascontiguousarray(arg)).cast("B"))
+                    self._file.write(np.ascontiguousarray(arg).data.cast("B"))
                 elif op == "commit":
                     self._commit(committed, arg)
                     committed += 1
@@ -232,6 +233,7 @@ class ShardWriter:
     def _commit(self, shard_i: int, info: dict[str, Any]) -> None:
         name = f"acts{shard_i:06d}.bin"
         f, self._file = self._file, None
+        assert f is not None, "a shard is committed only after images were appended to it"
         f.truncate(self.per_shard * self.planned.bytes_per_img)
         f.flush()
         os.fsync(f.fileno())

@@ -387,7 +387,7 @@ class Explorer:
 
     def _latent_row(self, s: int, codes_PS: Tensor, score_S: Tensor) -> dict[str, Any]:
         info = self.info_latents
-        row = {
+        row: dict[str, Any] = {
             "latent": s,
             "score": float(score_S[s]),
             "max": float(info.max_S[s]),

@@ -119,8 +119,8 @@ def from_text(
     read = np.zeros(len(images), dtype=bool)
     for start in tqdm.trange(0, len(images), batch_size, desc="words", unit="batch"):
         chunk = list(range(start, min(start + batch_size, len(images))))
-        loaded = [(k, lookup.load(images[k])) for k in chunk]
-        loaded = [(k, img) for k, img in loaded if img is not None]
+        attempts = [(k, lookup.load(images[k])) for k in chunk]
+        loaded = [(k, img) for k, img in attempts if img is not None]
         if not loaded:
             continue
         x_B3HW = torch.stack([transform(img) for _, img in loaded]).to(device)

@@ -201,4 +201,5 @@ def read_naming(path: pathlib.Path) -> tuple[dict[int, dict[str, Any] | None], d
                 f"{path}: a latents entry is not {{latent: int, name: object or null}}: {row!r:.80}."
             )
         out[row["latent"]] = row["name"]
-    return out, data.get("method") if isinstance(data.get("method"), dict) else {}
+    method = data.get("method")
+    return out, method if isinstance(method, dict) else {}

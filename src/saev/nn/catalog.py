@@ -57,7 +57,7 @@ class Entry:
 
     def fill(self, prov: config.Provenance) -> config.Provenance:
         """`prov` with the facts it lacks taken from this entry."""
-        facts = {
+        facts: dict[str, Any] = {
             "vit_family": self.vit_family,
             "vit_ckpt": self.vit_ckpt,
             "layer": self.layer,

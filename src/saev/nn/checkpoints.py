@@ -85,9 +85,10 @@ def dump(path: str | os.PathLike, sae: SparseAutoencoder) -> None:
 
 def save(path: str | os.PathLike, sae: SparseAutoencoder, fmt: str) -> None:
     """Write `sae` in format `fmt` (one of `formats.WRITABLE`): a file, or a folder for SAELens and sparsify."""
-    if fmt not in formats.WRITABLE:
+    write = formats.FORMATS[fmt].write if fmt in formats.FORMATS else None
+    if write is None:
         raise CheckpointError(f"cannot write format {fmt!r}; saev writes {', '.join(formats.WRITABLE)}.")
-    formats.FORMATS[fmt].write(pathlib.Path(path), sae)
+    write(pathlib.Path(path), sae)
 
 
 def resolve(path: str) -> pathlib.Path:

@@ -66,6 +66,7 @@ class SparseAutoencoder(torch.nn.Module):
 
     act_mean: Tensor | None
     act_scale: Tensor | None
+    """Set together by `set_normalization`: both None or both tensors."""
 
     def __init__(
         self, cfg: config.SaeConfig, provenance: config.Provenance | None = None, *, init: bool = True
@@ -97,7 +98,7 @@ class SparseAutoencoder(torch.nn.Module):
 
     @property
     def normalization(self) -> ActNorm | None:
-        if self.act_mean is None:
+        if self.act_mean is None or self.act_scale is None:
             return None
         return ActNorm(self.act_mean, float(self.act_scale), self.act_clamp)
 
@@ -112,12 +113,12 @@ class SparseAutoencoder(torch.nn.Module):
         self.act_clamp = norm.clamp
 
     def normalize(self, x: Float[Tensor, "*batch d_vit"]) -> Float[Tensor, "*batch d_vit"]:
-        if self.act_mean is None:
+        if self.act_mean is None or self.act_scale is None:
             return x
         return normalize(x, self.act_mean, self.act_scale, self.act_clamp)
 
     def denormalize(self, x: Float[Tensor, "*batch d_vit"]) -> Float[Tensor, "*batch d_vit"]:
-        if self.act_mean is None:
+        if self.act_mean is None or self.act_scale is None:
             return x
         return denormalize(x, self.act_mean, self.act_scale)
 
@@ -156,7 +157,7 @@ class SparseAutoencoder(torch.nn.Module):
     @torch.no_grad()
     def normalize_w_dec(self) -> None:
         if self.cfg.normalize_w_dec:
-            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     @torch.no_grad()
     def remove_parallel_grads(self) -> None:

@@ -100,7 +100,8 @@ def _dense_loss(sae, x_BD, x_in, sizes, coeff, dead_S, obj, per_token: bool) -> 
     else:
         f_BS = sae.arch.encode(sae, pre_BS)
     recons = matryoshka.dense_reconstructions(f_BS, sae.W_dec, sae.b_dec, sizes)
-    l0 = (f_BS > 0).sum(-1, dtype=torch.float32).mean()
+    fires_BS = f_BS > 0  # one pass over the codes serves L0 and the fired latents
+    l0 = fires_BS.sum(-1, dtype=torch.float32).mean()
     l1 = f_BS.sum(-1).mean()
     penalty = sae.arch.penalty(sae, x_BD, pre_BS, f_BS, coeff)
     aux = (
@@ -108,7 +109,7 @@ def _dense_loss(sae, x_BD, x_in, sizes, coeff, dead_S, obj, per_token: bool) -> 
         if sae.arch.auxk
         else penalty.aux
     )
-    return _combine(x_BD, recons, penalty.sparsity, aux, l0, l1, (f_BS > 0).any(0))
+    return _combine(x_BD, recons, penalty.sparsity, aux, l0, l1, fires_BS.any(0))
 
 
 def _auxk(sae, x_BD, x_in, pre_BS, recon_BD, dead_S, obj, differentiable_pre: bool) -> Tensor:

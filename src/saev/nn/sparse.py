@@ -7,7 +7,8 @@ N = tokens * k active pairs alone:
 - `encode_at` returns pre-activations at chosen pairs, with a backward that accumulates
   W_enc's gradient per latent with `embedding_bag` instead of a dense [d_vit, tokens] x
   [tokens, d_sae] product;
-- `decode` sums the active decoder rows per token with `embedding_bag`.
+- `decode` sums the active decoder rows per token with `embedding_bag`;
+- `top_set` finds a batch's largest values (BatchTopK) from a few candidates, without sorting them all.
 """
 
 import dataclasses
@@ -101,3 +102,40 @@ def decode(
     return F.embedding_bag(
         active.latent_i, W_dec_SD, active.offsets, mode="sum", per_sample_weights=codes_N.to(W_dec_SD.dtype)
     )
+
+
+CANDIDATE_GROUP = 16
+"""Values per group in `top_set`: its first pass keeps one value in this many."""
+
+
+def top_set(flat_N: Float[Tensor, " n"], m: int) -> tuple[Float[Tensor, " m"], Int[Tensor, " m"]]:
+    """The m largest values and their indices: the same set as `flat_N.topk(m, sorted=False)`, in
+    another order, found among a few candidates instead of all n values (a top m of 50M values took
+    most of a BatchTopK step).
+
+    The values form groups of `CANDIDATE_GROUP` (strided, so their maxima take one vectorised pass).
+    The (m + 1)-th largest group maximum is at most the (m + 1)-th largest value (m + 1 groups reach
+    it), so every value at least that large lies in a group whose maximum reaches it: those values are
+    the candidates, usually little more than m of them. Their m largest are torch's set unless the
+    m-th and (m + 1)-th tie (then torch's pick among equals decides, so torch picks). float16 and
+    bfloat16 values tie too often to gain, NaNs rank first in torch: both go to `topk` itself.
+    """
+    n, g = flat_N.numel(), CANDIDATE_GROUP
+    if n % g or 4 * g * (m + 1) > n or flat_N.dtype not in (torch.float32, torch.float64):
+        return flat_N.topk(m, sorted=False)
+    w = n // g
+    max_W = flat_N.view(g, w).amax(0)  # group j holds the values at j, j + w, ..., j + (g - 1) w
+    if max_W.isnan().any():
+        return flat_N.topk(m, sorted=False)
+    floor = max_W.kthvalue(w - m).values  # the (m + 1)-th largest group maximum
+    group_G = (max_W >= floor).nonzero().squeeze(1)
+    cols_C = (group_G + torch.arange(0, n, w, device=flat_N.device)[:, None]).reshape(-1)
+    vals_C = flat_N[cols_C]
+    reach_C = vals_C >= floor
+    vals_C, cols_C = vals_C[reach_C], cols_C[reach_C]
+    vals_M1, pos_M1 = vals_C.topk(m + 1, sorted=False)
+    last_2 = vals_M1.topk(2, largest=False).values  # the (m + 1)-th and m-th largest values
+    if not last_2[1] > last_2[0]:
+        return flat_N.topk(m, sorted=False)
+    keep_M1 = vals_M1 > last_2[0]
+    return vals_M1[keep_M1], cols_C[pos_M1[keep_M1]]

@@ -55,7 +55,8 @@ def parse_edit(text: str) -> Edit:
             "optional x after V for multiples of the latent's largest activation, e.g. 686=-1x."
         )
     latent, sign, value, x = match.groups()
-    op: Op = {"": "set", "+": "add", "*": "scale"}[sign]
+    ops: dict[str, Op] = {"": "set", "+": "add", "*": "scale"}
+    op = ops[sign]
     return Edit(int(latent), op, float(value), relative=bool(x))
 
 

@@ -18,17 +18,21 @@ null in JSON and "-" in tables, with a warning, never NaN.
 
 import dataclasses
 import logging
+import pathlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import tqdm
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from saev.activations.families import Transform
 from saev.concepts import best_detectors
 from saev.errors import ConfigError
-from saev.steering.edits import Edit
+from saev.steering import inputs
+from saev.steering.edits import Edit, check_latents
 from saev.steering.heads import Head
 from saev.steering.splice import Prefix, SplicedVit
 
@@ -161,6 +165,16 @@ class SteeringTest:
         )
         return "\n".join(rows)
 
+    def lines(self) -> list[str]:
+        """What `saev steer --evaluate` prints of it: the edit, the table and the medians."""
+        m = {k: number(v, ".3f") for k, v in self.medians().items()}
+        return [
+            f"head {self.head}: set each latent {self.edit}",
+            self.table(),
+            f"median target change rate {m['target']}, other {m['other']}; random latent {m['random_latent_target']}; "
+            f"random direction {m['random_direction_target']}",
+        ]
+
     def undefined(self) -> list[str]:
         """Classes whose chosen edit has an undefined target rate: never predicted before it."""
         return [r.cls for r in self.results if r.edit.target is None]
@@ -198,7 +212,8 @@ def steering_test(
         spliced.device
     )
     counts = {(h.name, k, kind): Counts() for h in heads for k in range(len(targets)) for kind in range(3)}
-    for x in batches:
+    # Shown only past 2 s: a few images pass unnoticed, the quickstart's held-out images do not.
+    for x in tqdm.tqdm(batches, desc="steering", unit="batch", delay=2, dynamic_ncols=True):
         prefix = spliced.prefix(x)
         before = {h.name: _predict(h, spliced.finish(prefix.tokens_BTD)) for h in heads}
         for k, (c, latent) in enumerate(targets):
@@ -260,3 +275,89 @@ def pick_latents(
     g = torch.Generator().manual_seed(seed)
     select_N = torch.rand(len(codes_NS), generator=g) < 0.5
     return [d.unit for d in best_detectors(codes_NS, labels_NC, select_N, signed=False, include_zero=True)]
+
+
+def evaluate_classes(
+    spliced: SplicedVit,
+    transform: Transform,
+    heads: Sequence[Head],
+    paths: Sequence[pathlib.Path],
+    max_S: Float[Tensor, " d_sae"],
+    skipped: dict[str, str],
+    batch_size: int = 16,
+    *,
+    latents: Sequence[str] = (),
+    value: float = -1.0,
+    seed: int = 0,
+    where: str = "the SAE",
+) -> list[SteeringTest]:
+    """`saev steer --evaluate`: the steering test of each class of the heads (all over the same
+    classes) that occurs in the images' labels, with its latent from `latents` (CLASS=LATENT) or
+    its best detector on the labels. Unreadable images are recorded in `skipped`."""
+    classes = heads[0].classes
+    if any(h.classes != classes for h in heads):
+        raise ConfigError("--evaluate with several heads needs heads over the same classes.")
+    if latents:
+        targets = parse_latents(latents, classes)
+        check_latents([Edit(s, "set", 0.0) for _, s in targets], spliced.sae.cfg.d_sae, where)
+    else:
+        targets = _detector_targets(spliced, transform, heads, paths, classes, seed, batch_size)
+    if not targets:
+        raise ConfigError(
+            f"--evaluate: none of the classes {', '.join(classes)} occurs in these images' labels; nothing to test."
+        )
+    batches = (b.x_B3HW for b in inputs.load_batches(paths, transform, batch_size, skipped))
+    return steering_test(spliced, heads, batches, targets, max_S, value=value, seed=seed)
+
+
+def parse_latents(items: Sequence[str], classes: tuple[str, ...]) -> list[tuple[int, int]]:
+    """`--latents` CLASS=LATENT pairs as (class index, latent)."""
+    pairs = []
+    for item in items:
+        name, sep, latent = item.rpartition("=")
+        if not sep or name not in classes or not latent.isdigit():
+            raise ConfigError(
+                f"--latents {item!r}: expected CLASS=LATENT with CLASS one of {', '.join(classes)}."
+            )
+        pairs.append((classes.index(name), int(latent)))
+    return pairs
+
+
+def _detector_targets(
+    spliced: SplicedVit,
+    transform: Transform,
+    heads: Sequence[Head],
+    paths: Sequence[pathlib.Path],
+    classes: tuple[str, ...],
+    seed: int,
+    batch_size: int,
+) -> list[tuple[int, int]]:
+    """(class index, latent) pairs: each class's best detecting latent on the images' labels, for
+    the classes that occur in them."""
+    labels = inputs.labels_for(paths, classes, spliced.vit.layout.grid)
+    if labels is None:
+        raise ConfigError(
+            "--evaluate needs each class's latent: give --latents CLASS=LATENT, or labelled images "
+            "(class subfolders named like the head's classes, or a saev.synthetic folder)."
+        )
+    per_patch = (
+        labels.patch_NPC is not None and any(h.kind == "patch" for h in heads) and spliced.tokens != "cls"
+    )
+    codes, rows = [], []
+    for batch in inputs.load_batches(paths, transform, batch_size, {}):
+        c = spliced.prefix(batch.x_B3HW).codes_BNS.cpu()
+        idx = [paths.index(p) for p in batch.paths]
+        if per_patch:
+            assert labels.patch_NPC is not None  # per_patch requires patch labels
+            codes.append(c[:, spliced.patch_N >= 0].reshape(-1, c.shape[-1]))
+            rows.append(
+                labels.patch_NPC[idx][:, spliced.patch_N[spliced.patch_N >= 0].cpu()].reshape(
+                    -1, len(classes)
+                )
+            )
+        else:
+            codes.append(c.amax(1))
+            rows.append(labels.image_NC[idx])
+    labels_NC = torch.cat(rows)
+    latents = pick_latents(torch.cat(codes), labels_NC, seed)
+    return [(c, s) for c, s in enumerate(latents) if labels_NC[:, c].any()]

@@ -16,7 +16,7 @@ from torch import Tensor
 from saev import synthetic
 from saev.activations import provenance
 from saev.activations.families import Transform, make_img_transform, make_vit
-from saev.data.images import load_rgb
+from saev.data.images import ImageFiles, decode_batches, none_readable
 from saev.data.layout import Tokens
 from saev.data.sources import EXTENSIONS
 from saev.errors import ConfigError, ImageError
@@ -41,10 +41,10 @@ def spliced_model(
     """The ViT the SAE was trained on (or the one given) with the SAE spliced in, and its transform."""
     prov = sae.provenance
     family, ckpt = vit_family or prov.vit_family, vit_ckpt or prov.vit_ckpt
-    missing = [n for n, v in (("--vit-family", family), ("--vit-ckpt", ckpt)) if v is None]
-    if layer is None and prov.layer is None:
-        missing.append("--layer")
-    if missing:
+    if family is None or ckpt is None or (layer is None and prov.layer is None):
+        missing = [n for n, v in (("--vit-family", family), ("--vit-ckpt", ckpt)) if v is None]
+        if layer is None and prov.layer is None:
+            missing.append("--layer")
         raise ConfigError(f"{where} does not record which ViT it reads; pass {', '.join(missing)}.")
     # Before building a model only to refuse it.
     provenance.check(prov, provenance.Reading(family, ckpt), force=force, where=where)
@@ -80,21 +80,24 @@ def load_batches(
     is readable, ImageError saying why each was skipped: every command would otherwise report on
     nothing and succeed."""
     reasons = []
-    for start in range(0, len(paths), batch_size):
-        ok, images = [], []
-        for path in paths[start : start + batch_size]:
-            try:
-                images.append(load_rgb(path))
-                ok.append(path)
-            except ImageError as err:
-                logger.warning("skipped %s", err)
-                skipped[str(path)] = str(err)
-                reasons.append(str(err))
-        if ok:
-            yield Loaded(ok, images, torch.stack([transform(img) for img in images]))
+    chunks = decode_batches(
+        ImageFiles(tuple(paths)),
+        transform,
+        range(len(paths)),
+        batch_size,
+        keep_images=True,
+        skip_unprocessable=False,
+    )
+    for chunk in chunks:
+        for item in chunk.failed:
+            reason = str(item.unreadable)
+            logger.warning("skipped %s", reason)
+            skipped[str(paths[item.index])] = reason
+            reasons.append(reason)
+        if chunk.readable:
+            yield Loaded([paths[d.index] for d in chunk.readable], chunk.images, chunk.stack())
     if reasons and len(reasons) == len(paths):
-        more = f" (and {len(reasons) - 5} more)" if len(reasons) > 5 else ""
-        raise ImageError(f"none of the {len(paths)} image(s) could be read: {'; '.join(reasons[:5])}{more}.")
+        raise ImageError(none_readable(len(paths), reasons))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +133,8 @@ def labels_for(paths: Sequence[pathlib.Path], classes: Sequence[str], grid: tupl
     names = [p.parent.name for p in paths]
     if not set(names) & set(classes):
         return None
-    image = torch.tensor([[n == c for c in classes] for n in names], dtype=torch.bool)
-    return Labels(tuple(classes), image, None)
+    image_NC = torch.tensor([[n == c for c in classes] for n in names], dtype=torch.bool)
+    return Labels(tuple(classes), image_NC, None)
 
 
 def _synthetic_records(root: pathlib.Path, paths: Sequence[pathlib.Path]) -> list[synthetic.ImageRecord]:

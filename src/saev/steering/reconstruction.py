@@ -16,15 +16,19 @@ tokens do not vary: None (null in JSON), with a warning, never NaN.
 import dataclasses
 import logging
 import math
-from collections.abc import Iterable
+import pathlib
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+import tqdm
 from jaxtyping import Float
 from torch import Tensor
 
-from saev.errors import ImageError
+from saev.activations.families import Transform
+from saev.errors import ConfigError, ImageError
 from saev.nn.evaluation import Accumulator
+from saev.steering import inputs
 from saev.steering.heads import Head
 from saev.steering.splice import Prefix, SplicedVit
 
@@ -78,9 +82,11 @@ def evaluate_splice(
     head: Head,
     batches: Iterable[tuple[Tensor, Tensor | None]],
     mean_D: Float[Tensor, " d_vit"] | None = None,
+    total: int | None = None,
 ) -> SpliceEvaluation:
     """`batches` yield images [B, 3, H, W] and their labels (multi-hot [B, C] or [B, P, C] for multi-label heads,
-    class indices [B] or [B, P] otherwise), or None to score against the clean predictions."""
+    class indices [B] or [B, P] otherwise), or None to score against the clean predictions; `total`
+    images in all, for the progress bar."""
     sae = spliced.sae
     mean_D = sae.act_mean if mean_D is None else mean_D
     if mean_D is None:
@@ -88,6 +94,7 @@ def evaluate_splice(
     sums = {c: _Sums() for c in CONDITIONS}
     acc = Accumulator(sae)
     given = None
+    bar = _progress(f"evaluate {head.name}", total)
     for x, labels in batches:
         prefix = spliced.prefix(x)
         with torch.inference_mode():
@@ -99,6 +106,8 @@ def evaluate_splice(
         )
         for c in CONDITIONS:
             _accumulate(sums[c], head, logits[c], logits["clean"], target)
+        bar.update(len(x))
+    bar.close()
     if not sums["clean"].n:
         raise ImageError(f"head {head.name}: no images to evaluate.")
     scores = {c: _scores(s, head.multilabel) for c, s in sums.items()}
@@ -191,3 +200,52 @@ def _scores(s: _Sums, multilabel: bool) -> Scores:
     n = max(s.n, 1)
     accuracy = 2 * s.tp / max(2 * s.tp + s.fp + s.fn, 1) if multilabel else s.correct / n
     return Scores(s.loss / n, accuracy, s.kl / n)
+
+
+def _progress(desc: str, total: int | None) -> tqdm.tqdm:
+    """A bar over images, shown only past 2 s: a few images pass unnoticed, thousands do not."""
+    return tqdm.tqdm(total=total, desc=desc, unit="img", delay=2, dynamic_ncols=True)
+
+
+def mean_activation(
+    spliced: SplicedVit, batches: Iterable[Tensor], total: int | None = None
+) -> Float[Tensor, " d_vit"]:
+    """The mean of the tokens the SAE reads over image batches ([B, 3, H, W]; `total` images)."""
+    total_D, n = torch.zeros(spliced.vit.d_vit, dtype=torch.float64, device=spliced.device), 0
+    bar = _progress("mean activation", total)
+    for x in batches:
+        read = spliced.prefix(x).tokens_BTD[:, spliced.index_N]
+        total_D += read.double().sum((0, 1))
+        n += read.shape[0] * read.shape[1]
+        bar.update(len(x))
+    bar.close()
+    return (total_D / max(n, 1)).float()
+
+
+def labelled_batches(
+    paths: Sequence[pathlib.Path],
+    transform: Transform,
+    batch_size: int,
+    labels: inputs.Labels | None,
+    head: Head,
+    skipped: dict[str, str],
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """Image batches with their labels in the head's terms (`evaluate_splice`), or None where the
+    images have none; unreadable images are recorded in `skipped`."""
+    for batch in inputs.load_batches(paths, transform, batch_size, skipped):
+        idx = [paths.index(p) for p in batch.paths]
+        if labels is None or (head.kind == "patch" and labels.patch_NPC is None):
+            yield batch.x_B3HW, None
+            continue
+        table = labels.patch_NPC if head.kind == "patch" else labels.image_NC
+        assert table is not None  # patch labels were checked above
+        rows = table[idx]
+        if not head.multilabel and not (rows.sum(-1) == 1).all():
+            # argmax would score such a unit against the head's first class.
+            odd = next(p for p, r in zip(batch.paths, rows, strict=True) if not (r.sum(-1) == 1).all())
+            raise ConfigError(
+                f"{odd}: its labels give some {'patches' if head.kind == 'patch' else 'images'} no class (or "
+                f"several) of head {head.name}, which predicts exactly one of {', '.join(head.classes)}; give "
+                "images of those classes only, or none with labels to compare with the clean predictions."
+            )
+        yield batch.x_B3HW, rows.float() if head.multilabel else rows.float().argmax(-1)

@@ -59,9 +59,9 @@ class SplicedVit:
             raise ConfigError(
                 f"{where} reads {sae.cfg.d_vit}-dim activations; {vit.name} makes {vit.d_vit}-dim ones."
             )
-        if layer is None and prov.layer is None:
-            raise ConfigError(f"{where} does not record its layer: give the layer it reads.")
         layer = prov.layer if layer is None else layer
+        if layer is None:
+            raise ConfigError(f"{where} does not record its layer: give the layer it reads.")
         block = vit.block_index(layer)
         if prov.tokens is not None and prov.tokens not in typing.get_args(Tokens):
             raise ConfigError(
@@ -70,7 +70,8 @@ class SplicedVit:
         reading = provenance.Reading(vit.family, vit.ckpt, layer, len(vit.blocks), tokens)
         provenance.check(prov, reading, force=force, where=where)
         self.vit, self.sae, self.layer = vit, sae, block
-        self.tokens: Tokens = tokens or prov.tokens or "patches"
+        recorded = typing.cast(Tokens | None, prov.tokens)  # a checkpoint's string, checked above
+        self.tokens: Tokens = tokens or recorded or "patches"
         layout = vit.layout
         if self.tokens != "patches" and not layout.has_cls:
             raise ConfigError(f"tokens={self.tokens!r}: {vit.name} has no [CLS] token.")

@@ -107,7 +107,7 @@ class RunSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainConfig(*architectures.option_classes(), RunSettings):
+class TrainConfig(*architectures.option_classes(), RunSettings):  # type: ignore[misc]  # bases from the registry
     """Train sparse autoencoders on a store's activations (a sweep file trains many in one pass)."""
 
     # Every architecture's training options (saev.nn.architectures) are inherited fields, so each
@@ -224,9 +224,9 @@ class TrainConfig(*architectures.option_classes(), RunSettings):
         if self.lr is not None and not 0 < self.lr < math.inf:
             raise ConfigError(f"--lr must be a positive number, got {self.lr}.")
         check_finite(self)
-        defaults = _defaults()
-        for name in set(architectures.all_option_names()) - set(architectures.option_names(self.arch)):
-            if getattr(self, name) != defaults[name]:
+        own = architectures.option_names(self.arch)
+        for name in self.options_set():
+            if name not in own:
                 raise ConfigError(foreign_option(name, self.arch))
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
@@ -271,6 +271,18 @@ class TrainConfig(*architectures.option_classes(), RunSettings):
             raise ConfigError(
                 f"--k {self.k} and --target-l0 {self.target_l0:g}: give one of them (k = the target)."
             )
+
+    def options_set(self) -> list[str]:
+        """The architecture options, of any architecture, that differ from their defaults."""
+        defaults = _defaults()
+        return [n for n in architectures.all_option_names() if getattr(self, n) != defaults[n]]
+
+    def for_own_arch(self) -> "TrainConfig":
+        """This run with the options its architecture does not read back at their defaults."""
+        defaults, own = _defaults(), architectures.option_names(self.arch)
+        return dataclasses.replace(
+            self, **{n: defaults[n] for n in architectures.all_option_names() if n not in own}
+        )
 
     def check_given(self, flags: Collection[str]) -> None:
         """Refuse another architecture's option given on the command line, even at its default value.

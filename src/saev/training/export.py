@@ -1,6 +1,6 @@
 """Hub-ready folders: a finished run's SAE, its training record and a model card.
 
-The folder is what `huggingface-cli upload ORG/NAME OUT .` publishes; `saev.nn.load` reads it back
+The folder is what `hf upload ORG/NAME OUT .` publishes; `saev.nn.load` reads it back
 from disk and as `hf://ORG/NAME`. Uploading stays the user's step.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 from saev.errors import ConfigError
 from saev.fileio import atomic_open, check_output, read_text, write_json
 from saev.nn import checkpoints, formats
+from saev.nn.architectures import Activation
 from saev.nn.modeling import SparseAutoencoder
 
 RUN_RECORD = "saev_run.json"
@@ -160,7 +161,7 @@ Or from the command line: `saev inspect photo.jpg --sae hf://{repo}`."""
             common
             + f"""
 
-With SAELens (after `huggingface-cli download {repo} --local-dir sae`):
+With SAELens (after `hf download {repo} --local-dir sae`):
 
 ```python
 from sae_lens import SAE
@@ -178,7 +179,7 @@ With sparsify: `SparseCoder.load_from_hub("{repo}")`."""
     return common
 
 
-def _params(act: object) -> str:
+def _params(act: Activation) -> str:
     fields = dataclasses.asdict(act)
     return "(" + ", ".join(f"{k}={v}" for k, v in fields.items()) + ")" if fields else ""
 

@@ -167,8 +167,8 @@ def write_run_plots(run_dir: str | os.PathLike) -> pathlib.Path:
         if drawn and (len(panel.lines) > 1 or is_dead):
             ax.legend(fontsize=8, loc="best")
         if not drawn:
-            logged = any(key in row for row in rows for key, _ in panel.lines)
-            empty = "no finite values logged" if logged else "not logged by this run"
+            any_logged = any(key in row for row in rows for key, _ in panel.lines)
+            empty = "no finite values logged" if any_logged else "not logged by this run"
             ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
     run_id = _run_id(run_dir)
     steps = f"{len(rows)} logged step{'s' if len(rows) != 1 else ''}"
@@ -187,13 +187,13 @@ def write_sweep_plot(results: Sequence[RunResult], out: str | os.PathLike) -> pa
     """Held-out L0 against FVE and against MSE, one labelled point per run, Pareto frontier
     highlighted, as OUT/sweep.png; None (and no file) for a single run or when no run has
     held-out metrics."""
-    evaluated = [r for r in results if r.eval is not None]
+    evaluated = [(r, r.eval) for r in results if r.eval is not None]
     if len(results) < 2 or not evaluated:
         return None
     from matplotlib.figure import Figure  # 0.4 s to import: only commands that draw pay for it
 
     varying = varying_settings([r.config for r in results])
-    arches = sorted({r.config.arch for r in evaluated})
+    arches = sorted({r.config.arch for r, _ in evaluated})
     colours = {arch: f"C{i % 10}" for i, arch in enumerate(arches)}
     fig = Figure(figsize=(14, 6.5), dpi=100, layout="constrained")
     panels = (
@@ -201,12 +201,12 @@ def write_sweep_plot(results: Sequence[RunResult], out: str | os.PathLike) -> pa
         ("mse", "MSE (normalised; lower is better)", False),
     )
     # One L0 scale for both panels, so that a run sits at the same x in each.
-    log_x = _log_scale([r.eval.l0 for r in evaluated if math.isfinite(r.eval.l0)])
+    log_x = _log_scale([e.l0 for _, e in evaluated if math.isfinite(e.l0)])
     for ax, (key, ylabel, maximize) in zip(fig.subplots(1, 2), panels, strict=True):
         points = [
-            (r, r.eval.l0, getattr(r.eval, key))
-            for r in evaluated
-            if math.isfinite(r.eval.l0) and math.isfinite(getattr(r.eval, key))
+            (r, e.l0, getattr(e, key))
+            for r, e in evaluated
+            if math.isfinite(e.l0) and math.isfinite(getattr(e, key))
         ]
         log_y = not maximize and _log_scale([y for _, _, y in points])
         _frontier_panel(ax, points, maximize, varying, colours, log_x, log_y)

@@ -8,6 +8,7 @@ import math
 import pathlib
 from collections.abc import Iterator
 
+from saev.data.layout import Tokens
 from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError
 from saev.fileio import check_output, existing_kind, read_json
@@ -126,7 +127,7 @@ def split_images(cfg: TrainConfig, store: ShardStore) -> tuple[range, range]:
     return range(0, n - n_eval), range(n - n_eval, n)
 
 
-def tokens_per_img(store: ShardStore, tokens: str) -> int:
+def tokens_per_img(store: ShardStore, tokens: Tokens) -> int:
     return store.token_view(tokens).n
 
 

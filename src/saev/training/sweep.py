@@ -45,25 +45,16 @@ def expand(base: TrainConfig, sweep: dict[str, Any], source: str = "sweep") -> l
     cfgs: list[TrainConfig] = []
     for combo in itertools.product(*values):
         changes = {k: _coerce(k, v, source) for k, v in zip(keys, combo, strict=True)}
-        cfg = _for_arch(dataclasses.replace(base, sweep=None, **changes))
+        cfg = dataclasses.replace(base, sweep=None, **changes).for_own_arch()
         if cfg not in cfgs:
             cfgs.append(cfg)
     _check_read(base, keys, cfgs, source)
     return cfgs
 
 
-def _for_arch(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with the options its architecture does not read at their defaults."""
-    own = architectures.option_names(cfg.arch)
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    others = {k: defaults[k] for k in architectures.all_option_names() if k not in own}
-    return dataclasses.replace(cfg, **others)
-
-
 def _check_read(base: TrainConfig, keys: list[str], cfgs: list[TrainConfig], source: str) -> None:
     """Refuse a swept option, or one given beside the sweep file, that no run's architecture reads."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    given = [*keys, *(k for k in architectures.all_option_names() if getattr(base, k) != defaults[k])]
+    given = [*keys, *base.options_set()]
     archs = list(dict.fromkeys(cfg.arch for cfg in cfgs))
     for name in dict.fromkeys(given):
         if name in architectures.all_option_names() and not any(

@@ -27,6 +27,7 @@ from saev import distributed
 from saev.activations import provenance
 from saev.activations.families import make_img_transform
 from saev.activations.transforms import visible_crop
+from saev.data.layout import Tokens
 from saev.data.store import ShardStore, open_shards
 from saev.errors import ConfigError, ModelError, StoreError
 from saev.fileio import (
@@ -142,10 +143,10 @@ def make_visuals(
     bad = [s for s in cfg.latents if not 0 <= s < sae.cfg.d_sae]
     if bad:
         raise ConfigError(f"--latents {bad} out of range: the SAE has {sae.cfg.d_sae} latents.")
-    if cfg.layer is None:
-        cfg = dataclasses.replace(cfg, layer=provenance.default_layer(sae.provenance, store, cfg.sae))
-    tokens = "cls" if cfg.sort_by == "cls" else "patches"
-    reading = provenance.store_reading(store, cfg.layer, tokens)
+    layer = cfg.layer if cfg.layer is not None else provenance.default_layer(sae.provenance, store, cfg.sae)
+    cfg = dataclasses.replace(cfg, layer=layer)
+    tokens: Tokens = "cls" if cfg.sort_by == "cls" else "patches"
+    reading = provenance.store_reading(store, layer, tokens)
     provenance.check(sae.provenance, reading, force=cfg.force, where=cfg.sae)
     _check_memory(cfg, sae.cfg.d_sae, store)
     given = Kept(
@@ -165,7 +166,7 @@ def make_visuals(
             "%s carries no normalisation statistics; codes assume its inputs are already normalised (see `saev normalize`).",
             cfg.sae,
         )
-    top = top_activations(sae, store, cfg.layer, cfg.top_k, cfg.sort_by, device=cfg.device)
+    top = top_activations(sae, store, layer, cfg.top_k, cfg.sort_by, device=cfg.device)
     asked = _choose(cfg, top)
     chosen = sorted(set(asked) | kept.rendered)
     if not distributed.current().main:
@@ -597,7 +598,7 @@ def _crop_fn(store: ShardStore, size: tuple[int, int]):
     """The crop the store's ViT saw; a centre crop of the grid's aspect when its transform is unavailable."""
     try:
         transform = make_img_transform(store.meta.vit_family, store.meta.vit_ckpt)
-        return lambda img: visible_crop(transform, img).resize(size, Image.BICUBIC)
+        return lambda img: visible_crop(transform, img).resize(size, Image.Resampling.BICUBIC)
     except ModelError as err:
         logger.warning(
             "no image transform for %s/%s (%s); showing centre crops",
@@ -610,7 +611,7 @@ def _crop_fn(store: ShardStore, size: tuple[int, int]):
             scale = min(img.width / size[0], img.height / size[1])
             w, h = round(size[0] * scale), round(size[1] * scale)
             left, top = (img.width - w) // 2, (img.height - h) // 2
-            return img.crop((left, top, left + w, top + h)).resize(size, Image.BICUBIC)
+            return img.crop((left, top, left + w, top + h)).resize(size, Image.Resampling.BICUBIC)
 
         return centre
 

@@ -34,7 +34,9 @@ def overlay(
     scaled = values / top if top > 0 else np.zeros_like(values)
     rgba = matplotlib.colormaps[CMAP](scaled)
     rgba[..., 3] = alpha * scaled  # weak activations stay faint, so the strongest patches stand out
-    patch_img = Image.fromarray((rgba * 255).astype(np.uint8), "RGBA").resize(crop.size, Image.NEAREST)
+    patch_img = Image.fromarray((rgba * 255).astype(np.uint8), "RGBA").resize(
+        crop.size, Image.Resampling.NEAREST
+    )
     return Image.alpha_composite(crop.convert("RGBA"), patch_img).convert("RGB")
 
 
@@ -69,7 +71,7 @@ def spotlight(
     top = float(values.max()) if vmax is None else float(vmax)
     scaled = values / top if top > 0 else np.zeros_like(values)
     gain = Image.fromarray((spotlight_gain(scaled) * 255).round().astype(np.uint8), "L")
-    gain_px = np.asarray(gain.resize(crop.size, Image.NEAREST), dtype=np.float32)[..., None] / 255
+    gain_px = np.asarray(gain.resize(crop.size, Image.Resampling.NEAREST), dtype=np.float32)[..., None] / 255
     out = Image.fromarray(
         (np.asarray(crop.convert("RGB"), dtype=np.float32) * gain_px).round().astype(np.uint8)
     )
@@ -218,7 +220,7 @@ def class_map(
     rgba = np.zeros((gh, gw, 4), dtype=np.uint8)
     rgba[..., :3] = colours[np.clip(classes, 0, None)]
     rgba[..., 3] = np.where(classes >= 0, round(255 * alpha), 0)
-    patch_img = Image.fromarray(rgba, "RGBA").resize(crop.size, Image.NEAREST)
+    patch_img = Image.fromarray(rgba, "RGBA").resize(crop.size, Image.Resampling.NEAREST)
     return Image.alpha_composite(crop.convert("RGBA"), patch_img).convert("RGB")
 
 

@@ -71,19 +71,20 @@ class ImageLookup:
     def describe(self, i: int) -> dict[str, Any]:
         if self.records:
             return self.records[i]
+        assert self.source is not None, "__init__ refuses a store with neither records nor a source"
         return self.source.record(i)
 
     def path(self, i: int) -> str:
         rec = self.describe(i)
         if "path" not in rec:
             return f"index {rec.get('index', i)}"
-        file = self._file(i) if self.root is not None else None
+        file = self._file(self.root, i) if self.root is not None else None
         return str(rec["path"]) if file is None else str(file)
 
     def load(self, i: int) -> Image.Image | None:
         try:
             if self.records and "path" in self.records[i] and self.root is not None:
-                file = self._file(i)
+                file = self._file(self.root, i)
                 if file is not None:
                     return load_rgb(file)
             elif self.source is not None:
@@ -93,21 +94,21 @@ class ImageLookup:
         self.missing.add(i)
         return None
 
-    def _file(self, i: int) -> pathlib.Path | None:
-        """Record i's file under the root, or None (warned once, counted missing) when its path is
-        not a relative path that stays inside the root."""
+    def _file(self, root: pathlib.Path, i: int) -> pathlib.Path | None:
+        """Record i's file under `root` (the image root), or None (warned once, counted missing) when
+        its path is not a relative path that stays inside the root."""
         rel = self.records[i]["path"]
         if isinstance(rel, str) and "\0" not in rel:
             pure = pathlib.PurePath(rel)
             if not pure.is_absolute() and ".." not in pure.parts:
-                return self.root / pure
+                return root / pure
         if i not in self.refused:
             logger.warning(
                 "images.json record %d: path %r is not inside the image root %s (absolute, or "
                 "climbing out with '..'); not read, drawn as a placeholder.",
                 i,
                 rel,
-                self.root,
+                root,
             )
             self.refused.add(i)
         self.missing.add(i)

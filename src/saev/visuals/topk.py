@@ -20,7 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from saev import distributed
-from saev.data.layout import Run
+from saev.data.layout import Run, Tokens
 from saev.data.readers import find_nonfinite
 from saev.data.store import ShardStore
 from saev.distributed import split
@@ -221,7 +221,7 @@ def _scan(
     if nonfinite:
         # Among the tokens checked, in this share only: the shares before it had none, so the first
         # hit here is the store's first, whatever the number of processes.
-        tokens = "all" if first == 0 else "patches"
+        tokens: Tokens = "all" if first == 0 else "patches"
         images = range(runs[0].start, runs[-1].stop)
         [nonfinite_at] = find_nonfinite(store, store.layers[layer_i], tokens, images=images, limit=1)
     sample = CodeSample(

@@ -7,6 +7,7 @@ register it below. The `--vit-family` choices, the commands' help and docs/vit-f
 
 import typing
 
+from saev.activations.compat import torchvision_matches_torch
 from saev.activations.families import builtin, dinov2, hf, openclip, timm_vit
 from saev.activations.families.base import Family, Transform
 from saev.activations.vit import Vit
@@ -24,7 +25,10 @@ FAMILIES: dict[str, Family] = {
     )
 }
 
-FamilyName = typing.Literal[tuple(FAMILIES)]  # type: ignore[valid-type]
+if typing.TYPE_CHECKING:
+    FamilyName = str  # a type checker cannot read a Literal built from the registry
+else:
+    FamilyName = typing.Literal[tuple(FAMILIES)]  # the choices tyro offers and checks
 
 
 def get(name: str) -> Family:
@@ -38,12 +42,14 @@ def make_vit(family: str, ckpt: str, *, pretrained: bool = True) -> Vit:
 
     `pretrained=False` builds the same architecture with random weights (tests, debugging).
     """
-    return get(family).build(ckpt, pretrained).eval()
+    with torchvision_matches_torch():  # timm and OpenCLIP import torchvision as they build
+        return get(family).build(ckpt, pretrained).eval()
 
 
 def make_img_transform(family: str, ckpt: str) -> Transform:
     """The preprocessing `family`/`ckpt` was trained with: PIL image -> float tensor [3, H, W]."""
-    return get(family).transform(ckpt)
+    with torchvision_matches_torch():  # every family's preprocessing is torchvision's
+        return get(family).transform(ckpt)
 
 
 def describe() -> str:

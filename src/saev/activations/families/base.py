@@ -25,3 +25,7 @@ class Family:
     """(ckpt, pretrained) -> the model; `pretrained=False` gives the architecture with random weights."""
     transform: Callable[[str], Transform]
     """ckpt -> the preprocessing the model was trained with."""
+    text_tower: bool = False
+    """Its models have a text tower: zero-shot heads (`clip-zero-shot:`) and candidate words for naming."""
+    concept_heads: bool = False
+    """Its models carry their own concept heads (`--head builtin-image`, `builtin-patch`)."""

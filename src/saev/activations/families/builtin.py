@@ -10,6 +10,8 @@ from saev.activations.vit import TokenLayout, Vit
 
 
 class BuiltinVit(Vit):
+    model: builtin.ConceptVit
+
     def embed(self, x_B3HW: Float[Tensor, "batch 3 height width"]) -> Float[Tensor, "batch tokens d_vit"]:
         return self.model.embed(x_B3HW)
 
@@ -38,4 +40,5 @@ FAMILY = Family(
     f"{' or '.join(builtin.NAMES)}",
     build,
     transform,
+    concept_heads=True,
 )

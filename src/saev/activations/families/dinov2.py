@@ -7,12 +7,13 @@ ImageNet statistics.
 """
 
 import re
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from saev.activations.families.base import Family, Transform
-from saev.activations.families.timm_trunk import TimmTrunkVit
+from saev.activations.families.timm_trunk import TimmTrunkVit, Trunk
 from saev.activations.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_crop_normalize
 from saev.activations.vit import Vit
 from saev.errors import ModelError
@@ -38,7 +39,7 @@ def build(ckpt: str, pretrained: bool) -> Vit:
     import timm  # 2 s to import: only commands that build this model pay for it
 
     timm_name, path = parse(ckpt)
-    kwargs = {"pretrained_cfg_overlay": {"file": path}} if path else {}
+    kwargs: dict[str, Any] = {"pretrained_cfg_overlay": {"file": path}} if path else {}
     try:
         model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0, **kwargs)
     except (RuntimeError, FileNotFoundError, OSError, ValueError) as err:
@@ -48,7 +49,7 @@ def build(ckpt: str, pretrained: bool) -> Vit:
 
 
 @torch.no_grad()
-def resize(model: torch.nn.Module, img_size: int) -> None:
+def resize(model: Trunk, img_size: int) -> None:
     """Set a timm DINOv2 to `img_size` with the official model's position-embedding interpolation.
 
     The official model resamples at run time with bicubic `scale_factor=(g + 0.1) / M` and no

@@ -299,7 +299,13 @@ def make_transform(processor: Any, ckpt: str) -> Transform:
             )
     if getattr(processor, "do_center_crop", False):
         crop = processor.crop_size
-        steps.append(CenterCrop(_field(crop, "height"), _field(crop, "width")))
+        crop_height, crop_width = _field(crop, "height"), _field(crop, "width")
+        if not (crop_height and crop_width):
+            raise ModelError(
+                f"hf checkpoint {ckpt!r}: unsupported image processor centre crop crop_size={crop}; the hf "
+                f"family crops to height and width."
+            )
+        steps.append(CenterCrop(crop_height, crop_width))
     steps.append(v2.ToImage())
     factor = float(getattr(processor, "rescale_factor", 1 / 255))
     if getattr(processor, "do_rescale", False) and abs(factor - 1 / 255) < 1e-12:
@@ -333,6 +339,8 @@ def _output(last_hidden_state: Tensor, pooler_output: Tensor | None) -> Any:
 
 class HfVit(Vit):
     """A `transformers` vision model; `forward` is its own (a `BaseModelOutputWithPooling`)."""
+
+    model: Any  # each architecture's own model class, whose submodules are reached by name
 
     def run_block(
         self, i: int, x_BTD: Float[Tensor, "batch tokens d_vit"]

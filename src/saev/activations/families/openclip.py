@@ -9,7 +9,7 @@ import contextlib
 import logging
 import types
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -79,6 +79,8 @@ def _quiet_root_logger() -> Iterator[None]:
 class OpenClipVit(Vit):
     """OpenCLIP's own VisionTransformer (CLIP): [CLS] + patches, `ln_pre` before the blocks."""
 
+    model: Any  # open_clip's VisionTransformer; open_clip ships no type information
+
     def embed(self, x_B3HW: Float[Tensor, "batch 3 height width"]) -> Float[Tensor, "batch tokens d_vit"]:
         return self.model._embeds(x_B3HW)
 
@@ -94,7 +96,8 @@ class OpenClipVit(Vit):
 
 
 def build(family: str, ckpt: str, pretrained: bool) -> Vit:
-    visual = create(ckpt, "weights" if pretrained else "random").visual
+    # open_clip's VisionTransformer or TimmModel, reached by attribute name (open_clip ships no types).
+    visual: Any = create(ckpt, "weights" if pretrained else "random").visual
     if isinstance(visual, _open_clip().timm_model.TimmModel):
         return TimmTrunkVit(family, ckpt, visual, visual.trunk, post_head=visual.head)
     if not hasattr(visual, "transformer"):
@@ -110,11 +113,9 @@ def build(family: str, ckpt: str, pretrained: bool) -> Vit:
 
 
 def transform(ckpt: str) -> Transform:
-    model = create(ckpt, "preprocess")
+    visual: Any = create(ckpt, "preprocess").visual  # as in build()
     transforms = _open_clip().transform
-    return transforms.image_transform_v2(
-        transforms.PreprocessCfg(**model.visual.preprocess_cfg), is_train=False
-    )
+    return transforms.image_transform_v2(transforms.PreprocessCfg(**visual.preprocess_cfg), is_train=False)
 
 
 CLIP = Family(
@@ -123,6 +124,7 @@ CLIP = Family(
     CHECKPOINTS,
     lambda ckpt, pretrained: build("clip", ckpt, pretrained),
     transform,
+    text_tower=True,
 )
 SIGLIP = Family(
     "siglip",
@@ -130,4 +132,5 @@ SIGLIP = Family(
     "as clip, e.g. ViT-B-16-SigLIP/webli",
     lambda ckpt, pretrained: build("siglip", ckpt, pretrained),
     transform,
+    text_tower=True,
 )

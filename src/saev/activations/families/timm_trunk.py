@@ -10,12 +10,16 @@ from torch import Tensor
 from saev.activations.vit import TokenLayout, Vit
 from saev.errors import ModelError
 
+# A timm VisionTransformer, or any model with its attributes (`check_trunk`); reached by attribute
+# name, as timm's model classes type their submodules only as `torch.nn.Module`.
+Trunk = Any
 
-def layout_of(trunk: torch.nn.Module) -> TokenLayout:
+
+def layout_of(trunk: Trunk) -> TokenLayout:
     """[CLS] (if the model has one) then registers then the patch grid, as timm lays them out."""
     has_cls = getattr(trunk, "cls_token", None) is not None
-    grid = tuple(int(g) for g in trunk.patch_embed.grid_size)
-    return TokenLayout(grid, has_cls, n_registers=trunk.num_prefix_tokens - int(has_cls))
+    rows, cols = trunk.patch_embed.grid_size
+    return TokenLayout((int(rows), int(cols)), has_cls, n_registers=trunk.num_prefix_tokens - int(has_cls))
 
 
 def check_trunk(trunk: torch.nn.Module, name: str) -> None:
@@ -31,9 +35,7 @@ class TimmTrunkVit(Vit):
     """`model` is the timm trunk itself, or a wrapper whose `trunk` attribute it is (`post_head`
     then maps the trunk's output to the wrapper's, as OpenCLIP's projection head does)."""
 
-    def __init__(
-        self, family: str, ckpt: str, model: torch.nn.Module, trunk: torch.nn.Module, post_head: Any = None
-    ):
+    def __init__(self, family: str, ckpt: str, model: torch.nn.Module, trunk: Trunk, post_head: Any = None):
         check_trunk(trunk, f"{family}/{ckpt}")
         super().__init__(family, ckpt, model, trunk.blocks, layout_of(trunk), trunk.embed_dim)
         self.trunk = trunk

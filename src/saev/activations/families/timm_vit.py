@@ -7,6 +7,8 @@ head and token layout ([CLS], registers, patch grid); the transform is timm's ev
 transform for the model's pretrained data config.
 """
 
+from typing import Any
+
 import torch
 
 from saev.activations.families.base import Family, Transform
@@ -34,7 +36,7 @@ def create(ckpt: str, pretrained: bool) -> torch.nn.Module:
     import timm  # 2 s to import: only commands that build timm models pay for it
 
     name, path = parse(ckpt)
-    kwargs = {"pretrained_cfg_overlay": {"file": path}} if path else {}
+    kwargs: dict[str, Any] = {"pretrained_cfg_overlay": {"file": path}} if path else {}
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except RuntimeError as err:

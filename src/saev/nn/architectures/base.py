@@ -31,11 +31,17 @@ Codes = Float[Tensor, "batch d_sae"]
 class Autoencoder(Protocol):
     """The parts of `SparseAutoencoder` an architecture's training terms read."""
 
-    W_enc: Tensor
-    b_enc: Tensor
-    W_dec: Tensor
-    b_dec: Tensor
-    activation: torch.nn.Module
+    # Read-only properties, so that `torch.nn.Parameter` attributes (a Tensor subclass) satisfy them.
+    @property
+    def W_enc(self) -> Tensor: ...
+    @property
+    def b_enc(self) -> Tensor: ...
+    @property
+    def W_dec(self) -> Tensor: ...
+    @property
+    def b_dec(self) -> Tensor: ...
+    @property
+    def activation(self) -> torch.nn.Module: ...
 
 
 class Penalty(NamedTuple):

@@ -2,6 +2,7 @@
 training, a learned threshold at inference."""
 
 import dataclasses
+import typing
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,8 @@ class BatchTopKActivation(torch.nn.Module):
     and needs little averaging.
     """
 
+    threshold: Tensor  # a buffer, registered in __init__
+
     def __init__(self, k: int, momentum: float = 0.3):
         super().__init__()
         self.k = k
@@ -67,7 +70,7 @@ class BatchTopKActivation(torch.nn.Module):
         world = distributed.current()
         # Under torchrun the batch is every process's slice together: n_keep counts all of them.
         n_keep = self.k * (flat.numel() // pre_BS.shape[-1]) * world.size
-        vals, idx = flat.topk(min(n_keep, flat.numel()), sorted=False)
+        vals, idx = sparse.top_set(flat, min(n_keep, flat.numel()))
         if world.distributed:
             # No process holds more of the batch's top n_keep than its own top n_keep, so the n_keep-th
             # largest of every process's candidates is the batch's threshold.
@@ -112,9 +115,10 @@ class BatchTopKArchitecture(Architecture):
     def select(
         self, sae: Autoencoder, pre_BS: Float[Tensor, "batch d_sae"], per_token: bool
     ) -> sparse.Active:
+        act = typing.cast(BatchTopKActivation, sae.activation)
         if per_token:
-            return topk_per_token(pre_BS, sae.activation.k)
-        flat = sae.activation.select(pre_BS)
+            return topk_per_token(pre_BS, act.k)
+        flat = act.select(pre_BS)
         n_latents = pre_BS.shape[1]
         return sparse.Active.from_pairs(flat // n_latents, flat % n_latents, pre_BS.shape[0])
 

@@ -3,6 +3,7 @@ straight-through estimator and an L0 penalty."""
 
 import dataclasses
 import math
+import typing
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,8 @@ class _JumpReluFn(torch.autograd.Function):
         pre_BS, theta_S = ctx.saved_tensors
         eps = ctx.bandwidth
         grad_pre = grad_BS * (pre_BS > theta_S)
-        near = ((pre_BS - theta_S).abs() < eps / 2).to(pre_BS.dtype)
+        # abs in place: one [tokens, d_sae] buffer fewer
+        near = ((pre_BS - theta_S).abs_() < eps / 2).to(pre_BS.dtype)
         grad_theta = -(theta_S / eps) * near * grad_BS
         grad_theta = grad_theta.reshape(-1, theta_S.shape[-1]).sum(0)
         return grad_pre, grad_theta, None
@@ -71,7 +73,8 @@ class _StepFn(torch.autograd.Function):
     def backward(ctx, grad_BS):
         pre_BS, theta_S = ctx.saved_tensors
         eps = ctx.bandwidth
-        near = ((pre_BS - theta_S).abs() < eps / 2).to(pre_BS.dtype)
+        # abs in place: one [tokens, d_sae] buffer fewer
+        near = ((pre_BS - theta_S).abs_() < eps / 2).to(pre_BS.dtype)
         grad_theta = (-(1.0 / eps) * near * grad_BS).reshape(-1, theta_S.shape[-1]).sum(0)
         return None, grad_theta, None
 
@@ -119,7 +122,7 @@ class JumpReluArchitecture(Architecture):
                 )
 
     def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float) -> Penalty:
-        act = sae.activation
+        act = typing.cast(JumpReluActivation, sae.activation)
         l0 = step(pre_BS, act.threshold, act.bandwidth).sum(-1).mean()
         return Penalty(coeff * l0, torch.zeros((), device=x_BD.device))
 

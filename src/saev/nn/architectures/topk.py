@@ -1,6 +1,7 @@
 """TopK (Gao et al. 2024): every token keeps its k largest pre-activations."""
 
 import dataclasses
+import typing
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +62,7 @@ class TopKArchitecture(Architecture):
     def select(
         self, sae: Autoencoder, pre_BS: Float[Tensor, "batch d_sae"], per_token: bool
     ) -> sparse.Active:
-        return topk_per_token(pre_BS, sae.activation.k)
+        return topk_per_token(pre_BS, typing.cast(TopKActivation, sae.activation).k)
 
 
 ARCHITECTURE = TopKArchitecture()

@@ -55,7 +55,9 @@ FORMATS: dict[str, Format] = {
 
 WRITABLE = tuple(name for name, f in FORMATS.items() if f.write is not None)
 HUB_FILES = ("cfg.json", "config.json", "sae.pt", "sae.safetensors", *saelens.FILES, *prisma.FILES)
-"""Files a Hub folder may hold, fetched one by one (no repository listing, so the cache works offline)."""
+"""Files a Hub folder may hold. `saev.nn.checkpoints` takes those of them already in the Hugging Face
+cache, or, when none is, lists the repo once and downloads those it has (so a cached folder loads
+offline); `saev export` and `saev convert` write and clean up the same names."""
 
 
 def detect(path: pathlib.Path) -> str:

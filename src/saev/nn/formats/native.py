@@ -78,7 +78,7 @@ def read(path: pathlib.Path, allow_nonfinite: bool) -> SparseAutoencoder:
     act_state = {
         k.removeprefix("activation."): tensors.pop(k) for k in list(tensors) if k.startswith("activation.")
     }
-    norm = {k: tensors.pop(k) for k in ("act_mean", "act_scale") if k in tensors}
+    norm: dict[str, torch.Tensor] = {k: tensors.pop(k) for k in ("act_mean", "act_scale") if k in tensors}
     checks.check_weights(path, cfg, tensors, allow_nonfinite)
     if norm:
         checks.check_normalization(path, cfg, norm, allow_nonfinite)

@@ -110,6 +110,7 @@ def _config(path: pathlib.Path, cfg: dict) -> tuple[config.SaeConfig, bool]:
     d_in = checks.config_value(path, cfg, "d_in", int)
     d_sae = cfg.get("d_sae") or d_in * checks.config_value(path, cfg, "expansion_factor", int)
     fn = checks.config_value(path, cfg, "activation_fn_str", str, "relu")
+    activation: Gated | Relu | TopK
     if fn == "relu":
         activation = Gated() if arch == "gated" else Relu()
     elif fn == "topk" and arch == "standard":

@@ -22,6 +22,7 @@ SAELens folder converted to saev and back gets its own cfg.json back.
 import json
 import math
 import pathlib
+import typing
 
 import torch
 from safetensors.torch import save as st_save
@@ -31,9 +32,9 @@ import saev
 from saev.errors import CheckpointError
 from saev.fileio import atomic_open, canonical_safetensors
 from saev.nn import config
-from saev.nn.architectures.batchtopk import BatchTopK
+from saev.nn.architectures.batchtopk import BatchTopK, BatchTopKActivation
 from saev.nn.architectures.gated import Gated
-from saev.nn.architectures.jumprelu import JumpRelu
+from saev.nn.architectures.jumprelu import JumpRelu, JumpReluActivation
 from saev.nn.architectures.relu import Relu
 from saev.nn.architectures.topk import TopK
 from saev.nn.formats import checks, folding
@@ -215,9 +216,11 @@ def _to_saelens(
         return "topk", {}, {"k": act.k, "rescale_acts_by_decoder_norm": False}
     if isinstance(act, JumpRelu):
         # exp in float64 rounds to the float32 whose log is the stored log-threshold again.
-        return "jumprelu", {"threshold": sae.activation.log_threshold.detach().double().exp().float()}, {}
+        log_threshold = typing.cast(JumpReluActivation, sae.activation).log_threshold
+        return "jumprelu", {"threshold": log_threshold.detach().double().exp().float()}, {}
     if isinstance(act, BatchTopK):
-        return "jumprelu", {"threshold": sae.activation.threshold.detach().expand(sae.cfg.d_sae)}, {}
+        threshold = typing.cast(BatchTopKActivation, sae.activation).threshold
+        return "jumprelu", {"threshold": threshold.detach().expand(sae.cfg.d_sae)}, {}
     if isinstance(act, Gated):
         return "gated", {"r_mag": weights["r_mag"], "b_mag": weights["b_mag"]}, {}
     raise CheckpointError(f"{folder}: SAELens has no architecture for {act}.")
