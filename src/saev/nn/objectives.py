@@ -61,7 +61,7 @@ def uses_sparse(sae: SparseAutoencoder, decoder: Decoder) -> bool:
 def training_loss(
     sae: SparseAutoencoder,
     x_BD: Float[Tensor, "batch d_vit"],
-    coeff: float,
+    coeff: float | Tensor,
     dead_S: Bool[Tensor, " d_sae"] | None,
     obj: Objective,
     per_token: bool = False,

@@ -137,10 +137,12 @@ class TrainConfig(*architectures.option_classes(), RunSettings):  # type: ignore
         )
 
     def learning_rate(self, d_vit: int) -> float:
-        """`lr`, or the default for this width: 2e-4 at 16,384 latents, scaled by 1/sqrt(d_sae)."""
+        """`lr`, or the default for this width: 2e-4 at 16,384 latents, scaled by 1/sqrt(d_sae), and
+        `sparsity.TARGET_LR_FACTOR` times that for a penalty adapted to a target L0."""
         if self.lr is not None:
             return self.lr
-        return 2e-4 / math.sqrt(d_vit * self.exp_factor / 2**14)
+        factor = sparsity.TARGET_LR_FACTOR if self.adapts_coefficient() else 1.0
+        return factor * 2e-4 / math.sqrt(d_vit * self.exp_factor / 2**14)
 
     def warmup_steps(self, n_steps: int) -> int:
         """`lr_warmup`, or 5% of the run, so that short runs leave their warm-up early too."""

@@ -4,6 +4,7 @@ run folders already hold a run (of this version or of an earlier one)."""
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import pathlib
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ EVAL_BATCH = 1024
 """Held-out tokens encoded at once."""
 BYTES_PER_PARAMETER = 16
 """float32 weights, their gradients and Adam's two moments."""
+
+logger = logging.getLogger("saev.training")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +45,15 @@ def check(base: TrainConfig) -> Checked:
         setting = ", ".join(f"{k} = {cfg.to_dict().get(k)!r}" for k in varying)
         with _in_sweep(base.sweep, f"the run with {setting or 'these settings'}: "):
             cfg.validate()
-            cfg = cfg.resolved()
+            resolved = cfg.resolved()
+            if resolved.target_l0 != cfg.target_l0 and resolved.adapts_coefficient():
+                logger.info(
+                    "--arch %s without --sparsity-coeff or --target-l0: aiming at L0 %g, the default target "
+                    "(the coefficient adapts to it during training)",
+                    cfg.arch,
+                    resolved.target_l0,
+                )
+            cfg = resolved
             if cfg.shards not in stores:  # opening verifies every shard file: once per store
                 stores[cfg.shards] = open_shards(cfg.shards)
             store = stores[cfg.shards]

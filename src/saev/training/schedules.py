@@ -2,6 +2,8 @@
 
 import math
 
+from torch import Tensor
+
 
 def lr_at(step: int, base: float, warmup: int, total: int, schedule: str) -> float:
     """Linear warm-up from base/warmup to base, then constant or cosine decay to zero at `total`."""
@@ -13,8 +15,9 @@ def lr_at(step: int, base: float, warmup: int, total: int, schedule: str) -> flo
     return base
 
 
-def coeff_at(step: int, base: float, warmup: int) -> float:
-    """Sparsity coefficient rising linearly from 0 to `base` over `warmup` steps."""
+def coeff_at(step: int, base: float | Tensor, warmup: int) -> float | Tensor:
+    """Sparsity coefficient rising linearly from 0 to `base` over `warmup` steps (a tensor, for a
+    coefficient adapted on the device, stays one)."""
     if warmup and step < warmup:
         return base * step / warmup
     return base

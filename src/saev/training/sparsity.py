@@ -2,11 +2,21 @@
 coefficient adapts during training until the measured L0 meets the target, then is frozen.
 
 The effect of a coefficient depends on the data (its scale, how many features a token holds), so a
-fixed default suits no store; an L0 is what users mean. The controller is integral control on the
-logarithm of the coefficient: every step it moves by `GAIN` times the log-ratio of the batch's L0
-to the target (clipped), so a coefficient 10x off is found in about a hundred steps, whatever the
-loss's scale. It adapts after the coefficient's warm-up and is frozen for the last `FROZEN` of
-training, so that the weights settle under one coefficient, the one recorded with the run.
+fixed default suits no store; an L0 is what users mean. Three things make the target reachable
+within a short run:
+
+- the start (`firing_thresholds`): the encoder's biases move so that on the first batch each latent
+  fires on an equal share of the tokens, `target` per token in all. From the usual zero biases half
+  the latents fire on every token, and Adam moves a bias by about the learning rate per step, so a
+  penalty alone takes most of a run of a thousand steps to make the codes sparse (on the
+  ground-truth dictionary of the tests, ReLU at L0 300 recovers no atom after 3M tokens);
+- the learning rate: by default `TARGET_LR_FACTOR` times TopK's, and JumpReLU's thresholds
+  `FAST_LR_FACTOR` times that (`Architecture.fast_parameters`);
+- the controller (`L0Controller`): integral control on the logarithm of the coefficient, every step
+  moving it by `GAIN` times the log-ratio of the batch's L0 (predicted `LEAD` steps ahead) to the
+  target, so a coefficient 10x off is found in about a hundred steps, whatever the loss's scale. It
+  adapts after the coefficient's warm-up and is frozen for the last `FROZEN` of training, so that the
+  weights settle under one coefficient, the one recorded with the run.
 """
 
 import math
@@ -25,6 +35,15 @@ SMOOTHING = 0.9
 """Of the L0 and its trend (an exponential moving average, about ten steps)."""
 FROZEN = 0.25
 """Fraction of training, at its end, with the coefficient fixed."""
+RANGE = 1e4
+"""The coefficient stays within this factor of its start: when the L0 cannot follow (every latent
+dead, or none able to stop), the controller would otherwise wind the coefficient up without end."""
+TARGET_LR_FACTOR = 4.0
+"""The default learning rate of a run with a target L0 and a penalty, as a multiple of TopK's default
+(`TrainConfig.learning_rate`): at TopK's rate ReLU ends at L0 4.4 for a target of 5, and recovers
+fewer atoms (BENCHMARKS.md)."""
+FAST_LR_FACTOR = 10.0
+"""Of the parameters named by `Architecture.fast_parameters`, over the run's learning rate."""
 DEFAULT_TARGET_L0 = 32
 """The target of a penalised run given neither --target-l0 nor --sparsity-coeff (TopK's default k)."""
 
@@ -32,10 +51,11 @@ DEFAULT_TARGET_L0 = 32
 class L0Controller:
     """The sparsity coefficient of one run, adapted to reach `target` active latents per token.
 
-    It stays on the run's device (no host sync per step); `log_coeff` is saved in checkpoints."""
+    It stays on the run's device (no host sync per step); its `state` is saved in checkpoints."""
 
     def __init__(self, target: float, start_coeff: float, adapt: range, device: str | torch.device):
         self.target = target
+        self.bounds = (math.log(start_coeff / RANGE), math.log(start_coeff * RANGE))
         self.adapt = adapt
         """Steps during which the coefficient moves."""
         self.state = torch.tensor([math.log(start_coeff), math.nan, 0.0], dtype=torch.float64, device=device)
@@ -55,9 +75,20 @@ class L0Controller:
         self.state[1], self.state[2] = new_level, new_trend
         if step in self.adapt:
             error = new_level + LEAD * new_trend - math.log(self.target)
-            self.state[0] += (GAIN * error).clamp(-MAX_STEP, MAX_STEP)
+            self.state[0] = (self.state[0] + (GAIN * error).clamp(-MAX_STEP, MAX_STEP)).clamp(*self.bounds)
+
+    def load(self, state: Tensor) -> None:
+        """The state saved with a checkpoint (`state`)."""
+        self.state.copy_(state)
 
 
 def adapting_steps(n_steps: int, warmup: int) -> range:
     """The steps during which the coefficient adapts: after its warm-up, before the frozen end."""
     return range(warmup, max(warmup, math.ceil((1 - FROZEN) * n_steps)))
+
+
+def firing_thresholds(pre_BS: Tensor, target: float) -> Tensor:
+    """Per latent, the pre-activation exceeded on a share `target / d_sae` of the batch's tokens."""
+    n, d_sae = pre_BS.shape
+    above = min(n - 1, max(1, round(n * target / d_sae)))
+    return pre_BS.float().kthvalue(n - above, dim=0).values

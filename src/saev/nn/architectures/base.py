@@ -103,7 +103,7 @@ class Architecture:
         """Codes from pre-activations; architectures whose codes need more than `pre` override it."""
         return sae.activation(pre_BS)
 
-    def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float) -> Penalty:
+    def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float | Tensor) -> Penalty:
         """Sparsity and auxiliary terms of a training step (dense path); none by default."""
         zero = torch.zeros((), device=x_BD.device)
         return Penalty(zero, zero)
@@ -121,6 +121,16 @@ class Architecture:
     def per_token_warmup(self, opts: Any) -> float:
         """Fraction of training that selects the top k per token before the architecture's own rule."""
         return 0.0
+
+    def start_at(self, sae: Autoencoder, threshold_S: Tensor) -> None:
+        """Move the encoder so that each latent fires where its pre-activation (with the present
+        weights) exceeds `threshold_S`: how a run with a target L0 starts (`training.sparsity`).
+        Architectures whose sparsity is a k need no start."""
+
+    def fast_parameters(self) -> tuple[str, ...]:
+        """Names of the parameters a run with a target L0 trains at `sparsity.FAST_LR_FACTOR` times
+        the learning rate."""
+        return ()
 
 
 def topk_per_token(pre_BS: Codes, k: int) -> sparse.Active:

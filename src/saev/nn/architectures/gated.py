@@ -13,6 +13,7 @@ reference's ReLU convention), so `sparsity_coeff` is the paper's lambda divided 
 """
 
 import dataclasses
+import typing
 
 import torch
 import torch.nn.functional as F
@@ -65,11 +66,20 @@ class GatedArchitecture(Architecture):
     ) -> Float[Tensor, "*batch d_sae"]:
         return sae.activation(pre_BS, sae.b_enc)
 
-    def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float) -> Penalty:
+    def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float | Tensor) -> Penalty:
         gate_BS = F.relu(pre_BS)
         sparsity = coeff * (gate_BS * sae.W_dec.norm(dim=1)).sum(-1).mean()
         frozen_recon_BD = gate_BS @ sae.W_dec.detach() + sae.b_dec.detach()
         return Penalty(sparsity, F.mse_loss(frozen_recon_BD, x_BD))
+
+    def start_at(self, sae: Autoencoder, threshold_S: Tensor) -> None:
+        # Both paths move, so that the SAE starts as the ReLU SAE with the same start: codes
+        # ReLU(pi - threshold). Moving the gate alone starts from unshrunk codes, and at a target
+        # L0 of 5 on the ground-truth dictionary that loses a quarter of the atoms.
+        act = typing.cast(GatedActivation, sae.activation)
+        with torch.no_grad():
+            sae.b_enc -= threshold_S
+            act.b_mag -= threshold_S
 
 
 ARCHITECTURE = GatedArchitecture()
