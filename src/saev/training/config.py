@@ -166,7 +166,8 @@ class TrainConfig(*architectures.option_classes(), RunSettings):  # type: ignore
         that such runs are told apart from runs of earlier versions with a fixed default coefficient)."""
         own = architectures.option_names(self.arch)
         if self.target_l0 is not None and "k" in own:
-            return dataclasses.replace(self, k=round(self.target_l0))
+            k: dict[str, Any] = {"k": round(self.target_l0)}  # an option field, which mypy cannot see
+            return dataclasses.replace(self, **k)
         if self.target_l0 is None and self.sparsity_coeff is None and "sparsity_coeff" in own:
             return dataclasses.replace(self, target_l0=float(sparsity.DEFAULT_TARGET_L0))
         return self

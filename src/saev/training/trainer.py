@@ -207,8 +207,14 @@ class _Run:
             raise ConfigError(f"{damaged}: its weights are not finite; {advice}.")
         if self.controller is not None:
             saved = state.get("controller")
-            if not isinstance(saved, Tensor) or saved.shape != self.controller.state.shape or not saved[0].isfinite():
-                raise ConfigError(f"{damaged}: it lacks the adapted sparsity coefficient ('controller'); {advice}.")
+            if (
+                not isinstance(saved, Tensor)
+                or saved.shape != self.controller.state.shape
+                or not saved[0].isfinite()
+            ):
+                raise ConfigError(
+                    f"{damaged}: it lacks the adapted sparsity coefficient ('controller'); {advice}."
+                )
             self.controller.load(saved.to(self.controller.state))
         self.last_fired = last_fired.to(self.last_fired)
         self.step = self.saved_step = step

@@ -103,7 +103,9 @@ class Architecture:
         """Codes from pre-activations; architectures whose codes need more than `pre` override it."""
         return sae.activation(pre_BS)
 
-    def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float | Tensor) -> Penalty:
+    def penalty(
+        self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float | Tensor
+    ) -> Penalty:
         """Sparsity and auxiliary terms of a training step (dense path); none by default."""
         zero = torch.zeros((), device=x_BD.device)
         return Penalty(zero, zero)

@@ -66,7 +66,9 @@ class GatedArchitecture(Architecture):
     ) -> Float[Tensor, "*batch d_sae"]:
         return sae.activation(pre_BS, sae.b_enc)
 
-    def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float | Tensor) -> Penalty:
+    def penalty(
+        self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float | Tensor
+    ) -> Penalty:
         gate_BS = F.relu(pre_BS)
         sparsity = coeff * (gate_BS * sae.W_dec.norm(dim=1)).sum(-1).mean()
         frozen_recon_BD = gate_BS @ sae.W_dec.detach() + sae.b_dec.detach()
@@ -78,8 +80,8 @@ class GatedArchitecture(Architecture):
         # L0 of 5 on the ground-truth dictionary that loses a quarter of the atoms.
         act = typing.cast(GatedActivation, sae.activation)
         with torch.no_grad():
-            sae.b_enc -= threshold_S
-            act.b_mag -= threshold_S
+            sae.b_enc.sub_(threshold_S)
+            act.b_mag.sub_(threshold_S)
 
 
 ARCHITECTURE = GatedArchitecture()

@@ -121,7 +121,9 @@ class JumpReluArchitecture(Architecture):
     def build(self, opts: JumpReluOptions) -> JumpRelu:
         bandwidth = opts.jumprelu_bandwidth
         if bandwidth is None:
-            bandwidth = TARGET_BANDWIDTH if opts.target_l0 is not None else JumpRelu.bandwidth
+            # `opts` is the run's TrainConfig, whose target is a run setting, not a JumpReLU option.
+            target = getattr(opts, "target_l0", None)
+            bandwidth = TARGET_BANDWIDTH if target is not None else JumpRelu.bandwidth
         return JumpRelu(init_threshold=opts.jumprelu_threshold, bandwidth=bandwidth)
 
     def module(self, act_cfg: JumpRelu, d_sae: int) -> torch.nn.Module:
@@ -135,7 +137,9 @@ class JumpReluArchitecture(Architecture):
                     f"--{name.replace('_', '-')} must be a finite positive number, got {getattr(opts, name)}."
                 )
 
-    def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float | Tensor) -> Penalty:
+    def penalty(
+        self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float | Tensor
+    ) -> Penalty:
         act = typing.cast(JumpReluActivation, sae.activation)
         l0 = step(pre_BS, act.threshold, act.bandwidth).sum(-1).mean()
         return Penalty(coeff * l0, torch.zeros((), device=x_BD.device))
@@ -149,7 +153,7 @@ class JumpReluArchitecture(Architecture):
         theta_S = (START_JUMP * threshold_S).clamp_min(act.threshold.min())
         with torch.no_grad():
             act.log_threshold.copy_(theta_S.log())
-            sae.b_enc -= threshold_S - theta_S
+            sae.b_enc.sub_(threshold_S - theta_S)
 
     def fast_parameters(self) -> tuple[str, ...]:
         # A log-threshold moves by about the learning rate per step: at TopK's rate a threshold

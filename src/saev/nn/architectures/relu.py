@@ -40,12 +40,14 @@ class ReluArchitecture(Architecture):
     def module(self, act_cfg: Relu, d_sae: int) -> torch.nn.Module:
         return ReluActivation()
 
-    def penalty(self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float | Tensor) -> Penalty:
+    def penalty(
+        self, sae: Autoencoder, x_BD: Inputs, pre_BS: Codes, f_BS: Codes, coeff: float | Tensor
+    ) -> Penalty:
         return Penalty(coeff * f_BS.sum(-1).mean(), torch.zeros((), device=x_BD.device))
 
     def start_at(self, sae: Autoencoder, threshold_S: Tensor) -> None:
         with torch.no_grad():
-            sae.b_enc -= threshold_S
+            sae.b_enc.sub_(threshold_S)
 
 
 ARCHITECTURE = ReluArchitecture()
