@@ -58,9 +58,18 @@ def test_fixed_seed_gives_bit_identical_checkpoints(dictionary, tmp_path, arch):
     assert c.checkpoint.read_bytes() != a.checkpoint.read_bytes()
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
-def test_resume_after_a_kill_ends_with_identical_weights(dictionary, tmp_path, monkeypatch, arch):
-    cfg = base(dictionary, tmp_path, arch=arch, n_train=60_000, ckpt_every=25)  # 120 steps, 3 epochs
+@pytest.mark.parametrize(
+    "run",
+    [
+        {"arch": "topk"},
+        {"arch": "batchtopk"},
+        # the adapted coefficient (and JumpReLU's second parameter group) resume too
+        {"arch": "relu", "target_l0": 3.0},
+        {"arch": "jumprelu", "target_l0": 3.0},
+    ],
+)
+def test_resume_after_a_kill_ends_with_identical_weights(dictionary, tmp_path, monkeypatch, run):
+    cfg = base(dictionary, tmp_path, **run, n_train=60_000, ckpt_every=25)  # 120 steps, 3 epochs
     [whole] = train(cfg)
     killed = dataclasses.replace(cfg, out=tmp_path / "killed")
     real_step = trainer_mod._Run.train_step
