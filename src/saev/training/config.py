@@ -138,10 +138,10 @@ class TrainConfig(*architectures.option_classes(), RunSettings):  # type: ignore
 
     def learning_rate(self, d_vit: int) -> float:
         """`lr`, or the default for this width: 2e-4 at 16,384 latents, scaled by 1/sqrt(d_sae), and
-        `sparsity.TARGET_LR_FACTOR` times that for a penalty adapted to a target L0."""
+        `sparsity.TARGET_LR_FACTOR` times that for a run with a target L0."""
         if self.lr is not None:
             return self.lr
-        factor = sparsity.TARGET_LR_FACTOR if self.adapts_coefficient() else 1.0
+        factor = sparsity.TARGET_LR_FACTOR if self.target_l0 is not None else 1.0
         return factor * 2e-4 / math.sqrt(d_vit * self.exp_factor / 2**14)
 
     def warmup_steps(self, n_steps: int) -> int:
