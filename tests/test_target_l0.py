@@ -143,8 +143,13 @@ def test_saev_train_records_the_adapted_coefficient(tmp_path, capsys, caplog):
     with caplog.at_level("INFO", logger="saev.training"):
         main([*common, "--arch", "relu", "--n-train", "20000", "--batch-size", "1000"])
     assert "aiming at L0 32, the default target" in caplog.text
+    # 20 steps, most of them warm-up: the coefficient had no time, and the run says so.
+    first = capsys.readouterr()
+    assert "the coefficient adapted for" in first.err and first.out.strip()
     main([*common, "--arch", "relu", "--target-l0", "4", "--n-train", "600000", "--batch-size", "1000"])
-    [_, path] = capsys.readouterr().out.strip().splitlines()
+    second = capsys.readouterr()
+    [path] = second.out.strip().splitlines()
+    assert "the coefficient adapted for" not in second.err  # it landed
     run = saev.nn.load(path)
     folder = tmp_path / "runs" / path.split("/")[-2]
     config = json.loads((folder / "config.json").read_text())

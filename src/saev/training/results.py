@@ -5,6 +5,7 @@ import math
 import pathlib
 
 from saev.nn.evaluation import DEAD_DEFINITION, DENSE_DEFINITION, EvalResult
+from saev.training import sparsity
 from saev.training.config import TrainConfig, varying_settings
 
 
@@ -31,6 +32,8 @@ class RunResult:
 
 
 DEAD_SHARE = 0.5
+L0_TOLERANCE = 0.1
+"""A run with a target L0 whose held-out L0 is further from it than this (relative) is warned about."""
 """A run whose held-out dead latents exceed this share of its latents is flagged."""
 
 
@@ -53,6 +56,19 @@ def run_warnings(
         out.append(
             f"held-out FVE is undefined: the {result.n_tokens:,} held-out activations are all equal (no variance); "
             "check the store (a constant or blank image set) or its held-out images"
+        )
+    target = cfg.target_l0
+    if (
+        result is not None
+        and cfg.adapts_coefficient()
+        and target
+        and abs(result.l0 / target - 1) > L0_TOLERANCE
+    ):
+        adapted = len(sparsity.adapting_steps(n_steps, cfg.sparsity_warmup_steps(n_steps)))
+        out.append(
+            f"held-out L0 is {result.l0:.1f}, {abs(result.l0 / target - 1):.0%} "
+            f"{'above' if result.l0 > target else 'below'} the target {target:g}: the coefficient adapted for "
+            f"{adapted} steps; train longer (--n-train), or start it nearer with --sparsity-coeff"
         )
     if result is not None and result.n_dead > DEAD_SHARE * d_sae:
         out.append(
