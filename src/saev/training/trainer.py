@@ -222,12 +222,12 @@ class _Run:
     def _start_at_target(self, x_n: Float[Tensor, "batch d_vit"]) -> None:
         """The start of a run with a target L0 (`training.sparsity`), from its first batch."""
         assert self.controller is not None
+        if self.world.distributed:  # the whole batch, as one process reads it: every process's slice
+            x_n = torch.cat(distributed.all_gather(x_n))
         with torch.no_grad():
             x_in = x_n - self.sae.b_dec if self.sae.cfg.subtract_b_dec else x_n
             pre_BS = torch.addmm(self.sae.b_enc, x_in, self.sae.W_enc)
             threshold_S = sparsity.firing_thresholds(pre_BS, self.controller.target)
-            if self.world.distributed:  # every process starts from the same weights
-                threshold_S = distributed.all_reduce(threshold_S) / self.world.size
         self.cfg.architecture.start_at(self.sae, threshold_S)
 
     def train_step(self, x_n: Float[Tensor, "batch d_vit"]) -> None:
@@ -267,7 +267,7 @@ class _Run:
         if self.controller is not None:
             l0 = out.l0.detach()
             if world.distributed:  # every process adapts the same coefficient, to the whole batch's L0
-                l0 = distributed.all_reduce(l0.reshape(1).float())[0] / world.size
+                l0 = distributed.all_reduce(l0.reshape(1).clone())[0] / world.size
             self.controller.update(self.step, l0)
         self.step += 1
         fired_S = out.fired_S
