@@ -181,3 +181,15 @@ def test_every_architecture_recovers_the_dictionary_from_a_target_l0(tmp_path, c
         results[name] = (recovered_fraction(truth.atoms_AD, saev.nn.load(path).W_dec), l0)
     assert len(results) == 6
     assert all(r >= 0.9 and abs(l0 - 5) <= 0.5 for r, l0 in results.values()), results
+
+
+def test_a_jumprelu_run_of_the_previous_version_is_still_this_run():
+    """Earlier versions recorded the bandwidth's default, 0.001; now the option is automatic (None),
+    standing for 0.001 with a fixed coefficient: `--resume` must still recognise the run."""
+    run = cfg(arch="jumprelu", sparsity_coeff=0.01)
+    recorded = json.loads(json.dumps(run.to_dict(), default=str))  # as config.json holds it
+    earlier = recorded | {"jumprelu_bandwidth": 0.001}
+    assert recorded["jumprelu_bandwidth"] is None
+    assert run.matches(earlier) and run.matches(recorded)
+    assert not run.matches(earlier | {"jumprelu_bandwidth": 0.05})
+    assert not cfg(arch="jumprelu", target_l0=5).matches(earlier)  # 0.003 there

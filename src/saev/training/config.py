@@ -206,10 +206,17 @@ class TrainConfig(*architectures.option_classes(), RunSettings):  # type: ignore
     def matches(self, saved: dict[str, Any]) -> bool:
         """Whether a run record's config (config.json, of this version or an earlier one) is this run:
         every setting that changes what it learns is equal, one the record lacks counting as its
-        default; the record's options of other architectures (earlier versions kept them all) do not count."""
+        default; the record's options of other architectures (earlier versions kept them all) do not count.
+        An option left automatic (None) also matches the value it stands for in this run, which
+        earlier versions recorded as the default."""
         defaults = json.loads(json.dumps(_defaults()))
         mine = json.loads(json.dumps(self.to_dict()))
-        return all(saved.get(k, defaults.get(k)) == v for k, v in mine.items() if k not in NOT_IDENTITY)
+        auto = self.architecture.automatic(self)
+        return all(
+            saved.get(k, defaults.get(k)) in (v, auto.get(k, v))
+            for k, v in mine.items()
+            if k not in NOT_IDENTITY
+        )
 
     def resuming(self, run_id: str) -> "TrainConfig":
         """This run, continuing in the folder `run_id` an earlier version made for it (its id hashed

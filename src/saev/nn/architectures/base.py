@@ -124,6 +124,10 @@ class Architecture:
         """Fraction of training that selects the top k per token before the architecture's own rule."""
         return 0.0
 
+    def automatic(self, opts: Any) -> dict[str, Any]:
+        """The values this run's options left at None (automatic) stand for."""
+        return {}
+
     def start_at(self, sae: Autoencoder, threshold_S: Tensor) -> None:
         """Move the encoder so that each latent fires where its pre-activation (with the present
         weights) exceeds `threshold_S`: how a run with a target L0 starts (`training.sparsity`).

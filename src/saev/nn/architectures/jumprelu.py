@@ -4,6 +4,7 @@ straight-through estimator and an L0 penalty."""
 import dataclasses
 import math
 import typing
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +126,9 @@ class JumpReluArchitecture(Architecture):
             target = getattr(opts, "target_l0", None)
             bandwidth = TARGET_BANDWIDTH if target is not None else JumpRelu.bandwidth
         return JumpRelu(init_threshold=opts.jumprelu_threshold, bandwidth=bandwidth)
+
+    def automatic(self, opts: JumpReluOptions) -> dict[str, Any]:
+        return {"jumprelu_bandwidth": self.build(opts).bandwidth} if opts.jumprelu_bandwidth is None else {}
 
     def module(self, act_cfg: JumpRelu, d_sae: int) -> torch.nn.Module:
         return JumpReluActivation(d_sae, act_cfg.init_threshold, act_cfg.bandwidth)
