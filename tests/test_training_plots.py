@@ -245,3 +245,32 @@ def test_no_frontier_for_a_single_run_or_without_held_out_metrics(tmp_path):
     unevaluated = [RunResult(TrainConfig(shards=tmp_path, out=out, k=k), None) for k in (8, 16)]
     assert plots.write_sweep_plot(unevaluated, out) is None
     assert not (out / plots.SWEEP).exists()
+
+
+ADAPTED_GREEN = (44, 160, 44)
+"""matplotlib's tab:green, the adapted coefficient's line."""
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+def test_a_run_with_a_target_draws_it_and_its_adapted_coefficient(tmp_path, arch):
+    """The L0 panel of a run with --target-l0 shows the target (dotted, in its title too) and, where
+    the coefficient adapted (relu; not topk, whose k is the target), the coefficient on a second axis."""
+    run_dir = tmp_path / "run"
+    coeff = {"relu": lambda s: 0.05 * 0.9**s, "topk": lambda s: 0.0}[arch]
+    write_metrics(run_dir, [metric_row(s, l0=12.0 - s, sparsity_coeff=coeff(s)) for s in range(1, 9)])
+    (run_dir / "config.json").write_text(
+        json.dumps({"run_id": "r", "config": {"arch": arch, "target_l0": 5}})
+    )
+    rgb = pixels(plots.write_run_plots(run_dir))
+    l0_panel = quadrants(rgb)[1]
+    assert (colour_count(l0_panel, ADAPTED_GREEN) > 200) == (arch == "relu")
+    assert colour_count(quadrants(rgb)[0], ADAPTED_GREEN) == 0
+    # The dashed target line: one more dark row across the panel than without a target (the frame's
+    # top and bottom are the others).
+    (run_dir / "config.json").write_text(json.dumps({"run_id": "r", "config": {"arch": arch}}))
+    untargeted = quadrants(pixels(plots.write_run_plots(run_dir)))[1]
+
+    def dark_rows(panel):
+        return int(((panel[60:, 60:-120] < 60).all(-1).sum(1) > 200).sum())
+
+    assert dark_rows(l0_panel) > dark_rows(untargeted)

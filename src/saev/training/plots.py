@@ -5,6 +5,7 @@ import json
 import math
 import os
 import pathlib
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,9 @@ CURVE_PANELS = (
 )
 """One quantity per panel: the training loss is the MSE plus the third panel's terms (the mean of
 the prefixes' MSEs for Matryoshka SAEs), so it has no panel of its own."""
+LEGEND_WIDTH = 48
+"""Characters per legend line: the dead-latent labels are long, and a legend wider than its panel
+would cover the next one."""
 MAX_LABELS = 20
 """Sweeps with more runs label only their frontier points, so the labels stay readable."""
 
@@ -113,6 +117,7 @@ def write_run_plots(run_dir: str | os.PathLike) -> pathlib.Path:
     run_dir = pathlib.Path(run_dir)
     rows = read_metrics(run_dir / "metrics.jsonl")
     dead = dead_counts(run_dir)
+    settings = _read_json(run_dir / "config.json").get("config") or {}
     x = [_number(row.get("tokens")) for row in rows]
     fig = Figure(figsize=(11, 7.5), dpi=100, layout="constrained")
     not_finite: dict[str, int] = {}
@@ -131,6 +136,8 @@ def write_run_plots(run_dir: str | os.PathLike) -> pathlib.Path:
             xs, ys = [a for a, _ in pairs], [100 * b if is_dead else b for _, b in pairs]
             drawn += len(xs)
             top = max([top, *ys])
+            if key == "aux" and settings.get("arch") == "gated":
+                label = "frozen-decoder loss"  # gated's auxiliary term; AuxK is the TopK family's
             # Few points: markers, so that one logged step is still visible (a line needs two).
             ax.plot(
                 xs,
@@ -140,31 +147,35 @@ def write_run_plots(run_dir: str | os.PathLike) -> pathlib.Path:
                 linewidth=1.5,
                 marker=("o" if style == "-" else "x") if len(xs) <= 30 else None,
                 markersize=4,
-                label=dead.training_label() if is_dead else label,
+                label=textwrap.fill(dead.training_label(), LEGEND_WIDTH) if is_dead else label,
             )
             final = f"{ys[-1]:.4g}{'%' if is_dead else ''}" if ys else "-"
             finals.append(f"{label} {final}" if len(panel.lines) > 1 or is_dead else f"last {final}")
             if key == "mse" and _log_scale(ys):
                 ax.set_yscale("log")
         if is_dead and dead.held_out is not None and rows and math.isfinite(x[-1]):
-            ax.plot(
-                [x[-1]], [100 * dead.held_out], "D", color="black", markersize=7, label=dead.held_out_label()
-            )
+            label = textwrap.fill(dead.held_out_label() or "", LEGEND_WIDTH)
+            ax.plot([x[-1]], [100 * dead.held_out], "D", color="black", markersize=7, label=label)
             finals.append(f"held out {100 * dead.held_out:.4g}%")
             top = max(top, 100 * dead.held_out)
+        if panel.lines[0][0] == "l0" and math.isfinite(_number(settings.get("target_l0"))):
+            finals.append(f"target {settings['target_l0']:g}")
+            _draw_target(ax, settings["target_l0"], [(a, row) for a, row in zip(x, rows, strict=True)])
         missing = sum(not_finite.get(key, 0) for key, _ in panel.lines)
-        ax.set_title(
-            f"{panel.title}: {', '.join(finals)}" + (f"\n{missing} not finite, not drawn" if missing else "")
+        ax.set_title(  # the figures on a line of their own: a long one would run past the panel
+            f"{panel.title}\n{', '.join(finals)}" + (f"\n{missing} not finite, not drawn" if missing else "")
         )
         ax.set_xlabel("training tokens")
         ax.set_ylabel(panel.ylabel)
         ax.grid(True, which="major", alpha=0.3)
         if use_log_x:
             _log_tokens_axis(ax.xaxis, ax.set_xscale)
+        else:  # 200k, not 200000: six-digit labels run into each other
+            _tokens_axis(ax.xaxis)
         if is_dead:  # a few dead latents stay visible: the axis reaches 100% only when they are many
             top = min(100.0, max(5.0, 1.15 * top))
             ax.set_ylim(-top / 50, top)
-        if drawn and (len(panel.lines) > 1 or is_dead):
+        if drawn and (len(panel.lines) > 1 or is_dead or ax.get_legend_handles_labels()[1][1:]):
             ax.legend(fontsize=8, loc="best")
         if not drawn:
             any_logged = any(key in row for row in rows for key, _ in panel.lines)
@@ -181,6 +192,24 @@ def write_run_plots(run_dir: str | os.PathLike) -> pathlib.Path:
         )
     fig.suptitle(title, color="firebrick" if not_finite else "black")
     return _save(fig, run_dir / CURVES)
+
+
+def _draw_target(ax: Any, target: float, logged: list[tuple[float, dict[str, Any]]]) -> None:
+    """The target L0 as a dashed line and, for a coefficient adapted to it, the coefficient on a
+    second (log) axis: the picture shows whether, and when, the L0 met its target."""
+    ax.axhline(target, color="black", linestyle="--", linewidth=1.2, label=f"target L0 {target:g}")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(min(lo, 0.9 * target), max(hi, 1.1 * target))
+    coeff = [(a, _number(row.get("sparsity_coeff"))) for a, row in logged]
+    coeff = [(a, c) for a, c in coeff if math.isfinite(a) and math.isfinite(c) and c > 0]
+    if len({c for _, c in coeff}) < 2:  # k = the target: no coefficient moved
+        return
+    twin = ax.twinx()
+    twin.plot(*zip(*coeff, strict=True), color="tab:green", linewidth=1, alpha=0.8)
+    twin.set_yscale("log")
+    twin.set_ylabel("sparsity coefficient (adapted)", color="tab:green")
+    twin.tick_params(axis="y", colors="tab:green")
+    ax.plot([], [], color="tab:green", linewidth=1, label="coefficient (right axis)")
 
 
 def write_sweep_plot(results: Sequence[RunResult], out: str | os.PathLike) -> pathlib.Path | None:
@@ -355,6 +384,14 @@ def _log_tokens_axis(axis: Any, set_scale: Any) -> None:
     axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _tokens(v)))
     axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _tokens_axis(axis: Any) -> None:
+    """A linear axis of token counts labelled 200k, 400k... (at most 6 ticks)."""
+    from matplotlib import ticker  # 0.4 s to import, as above
+
+    axis.set_major_locator(ticker.MaxNLocator(nbins=6))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _tokens(v)))
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any]:

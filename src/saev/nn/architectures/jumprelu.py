@@ -47,7 +47,7 @@ class JumpReluOptions(CoeffOption):
     jumprelu_threshold: float = JumpRelu.init_threshold
     """Initial JumpReLU threshold."""
     jumprelu_bandwidth: float | None = None
-    """Kernel width of the JumpReLU straight-through estimator (default: 0.01 with a target L0, 1e-3,
+    """Kernel width of the JumpReLU straight-through estimator (default: 0.003 with a target L0, 1e-3,
     the paper's, with a fixed --sparsity-coeff)."""
 
 
