@@ -65,7 +65,7 @@ class KOption:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CoeffOption:
     sparsity_coeff: float | None = None
-    """Weight of the sparsity penalty: L1 of the codes (relu, gated) or their L0 (jumprelu); default: the architecture's own (relu 0.05, jumprelu 0.01, gated 0.15, for normalised activations)."""
+    """Weight of the sparsity penalty, L1 of the codes (relu, gated) or their L0 (jumprelu), fixed for the run; with --target-l0, where the adapted coefficient starts. Default: adapted to --target-l0 (32 when not given), starting from the architecture's own (relu 0.05, jumprelu 0.01, gated 0.15)."""
 
 
 class Architecture:
