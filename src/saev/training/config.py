@@ -52,7 +52,7 @@ class RunSettings:
     matryoshka_prefixes: tuple[int, ...] = ()
     """Nested prefix sizes in latents for a Matryoshka objective, e.g. 128 512 2048."""
     target_l0: float | None = None
-    """Active latents per token to aim at: topk, batchtopk (and Matryoshka over them) keep k = this; relu, jumprelu and gated adapt their sparsity coefficient during training until the L0 meets it (default for those, without --sparsity-coeff: 32)."""
+    """Active latents per token to aim at: topk, batchtopk (and Matryoshka over them) keep k = this; relu, jumprelu and gated start there and adapt their sparsity coefficient during training (frozen for the last 25%) so that the held-out L0 meets it (default for those, without --sparsity-coeff: 32). A run with a target trains at 4x the default --lr."""
     exp_factor: int = 16
     """d_sae = exp_factor * d_vit."""
     n_train: int = 10_000_000
