@@ -4,7 +4,8 @@
     python -m benchmarks.snapshot --compare BEFORE.json AFTER.json
 
 It runs a small quickstart (images, store, a TopK SAE, gallery, splice, steering, bench, names),
-trains every other architecture (and a Matryoshka TopK) on its store, and runs `saev inspect`,
+trains every other architecture (and a Matryoshka TopK) on its store, the penalised ones also with
+a fixed coefficient, and runs `saev inspect`,
 `saev steer` and `saev evaluate` on scikit-image photos, all with fixed seeds. `--src` runs another
 version's source tree (e.g. a `git worktree` of the previous commit) with this machine's packages.
 Both runs must use the same --work folder: a store's name hashes its images' absolute paths.
@@ -75,6 +76,10 @@ def run_commands(work: pathlib.Path, src: pathlib.Path | None) -> None:
     common = ["--shards", store, "--n-train", "40960", "--batch-size", "1024", "--exp-factor", "4"]
     for arch in ("relu", "jumprelu", "gated", "batchtopk"):
         saev("train", *common, "--arch", arch, "--out", "runs")
+    # A fixed coefficient (each architecture's default before --target-l0): runs that must keep
+    # their weights; without one, relu, jumprelu and gated now aim at the default target L0.
+    for arch, coeff in (("relu", "0.05"), ("jumprelu", "0.01"), ("gated", "0.15")):
+        saev("train", *common, "--arch", arch, "--sparsity-coeff", coeff, "--out", "runs")
     saev("train", *common, "--arch", "topk", "--k", "8", "--matryoshka-prefixes", "16", "64", "--out", "runs")
     photos = work / "photos"
     photos.mkdir()
