@@ -197,7 +197,10 @@ def write_run_plots(run_dir: str | os.PathLike) -> pathlib.Path:
 def _draw_target(ax: Any, target: float, logged: list[tuple[float, dict[str, Any]]]) -> None:
     """The target L0 as a dashed line and, for a coefficient adapted to it, the coefficient on a
     second (log) axis: the picture shows whether, and when, the L0 met its target."""
-    ax.axhline(target, color="black", linestyle="--", linewidth=1.2, label=f"target L0 {target:g}")
+    # Under the L0 line (zorder): where they coincide (k = the target) the L0 stays visible.
+    ax.axhline(
+        target, color="black", linestyle="--", linewidth=1.2, zorder=1.5, label=f"target L0 {target:g}"
+    )
     lo, hi = ax.get_ylim()
     ax.set_ylim(min(lo, 0.9 * target), max(hi, 1.1 * target))
     coeff = [(a, _number(row.get("sparsity_coeff"))) for a, row in logged]
