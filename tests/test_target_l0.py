@@ -146,6 +146,9 @@ def test_saev_train_records_the_adapted_coefficient(tmp_path, capsys, caplog):
     # 20 steps, most of them warm-up: the coefficient had no time, and the run says so.
     first = capsys.readouterr()
     assert "the coefficient adapted for" in first.err and first.out.strip()
+    with pytest.raises(SystemExit):  # d_sae = 16 x 16 = 256 latents
+        main([*common, "--arch", "gated", "--target-l0", "300"])
+    assert "--target-l0 300: the SAE has d_sae = 256 latents" in capsys.readouterr().err
     main([*common, "--arch", "relu", "--target-l0", "4", "--n-train", "600000", "--batch-size", "1000"])
     second = capsys.readouterr()
     [path] = second.out.strip().splitlines()

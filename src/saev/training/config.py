@@ -314,6 +314,11 @@ class TrainConfig(*architectures.option_classes(), RunSettings):  # type: ignore
         if self.tokens == "cls" and not store.meta.cls_token:
             raise ConfigError(f"--tokens cls: {store.path} has no [CLS] token.")
         self.architecture.check(self, d_sae)
+        if self.target_l0 is not None and self.target_l0 >= d_sae:
+            raise ConfigError(
+                f"--target-l0 {self.target_l0:g}: the SAE has d_sae = {d_sae} latents ({store.d_vit} x "
+                f"--exp-factor {self.exp_factor}); aim at fewer active latents per token."
+            )
         if self.matryoshka_prefixes and self.matryoshka_prefixes[-1] >= d_sae:
             raise ConfigError(
                 f"--matryoshka-prefixes must be below d_sae = {d_sae}, got {list(self.matryoshka_prefixes)}."
