@@ -120,7 +120,7 @@ def test_a_run_with_a_target_starts_at_it(arch):
     sae = saev.nn.SparseAutoencoder(run.sae_config(32))
     x_BD = torch.randn(4096, 32) * 3
     with torch.no_grad():
-        pre_BS = torch.addmm(sae.b_enc, x_BD - sae.b_dec, sae.W_enc)
+        pre_BS = sae.pre_acts(x_BD)
         t_S = sparsity.firing_thresholds(pre_BS, 4.0)
         run.architecture.start_at(sae, t_S)
         sae.eval()

@@ -160,7 +160,7 @@ def write_run_plots(run_dir: str | os.PathLike) -> pathlib.Path:
             top = max(top, 100 * dead.held_out)
         if panel.lines[0][0] == "l0" and math.isfinite(_number(settings.get("target_l0"))):
             finals.append(f"target {settings['target_l0']:g}")
-            _draw_target(ax, settings["target_l0"], [(a, row) for a, row in zip(x, rows, strict=True)])
+            _draw_target(ax, settings["target_l0"], x, rows)
         missing = sum(not_finite.get(key, 0) for key, _ in panel.lines)
         ax.set_title(  # the figures on a line of their own: a long one would run past the panel
             f"{panel.title}\n{', '.join(finals)}" + (f"\n{missing} not finite, not drawn" if missing else "")
@@ -175,7 +175,7 @@ def write_run_plots(run_dir: str | os.PathLike) -> pathlib.Path:
         if is_dead:  # a few dead latents stay visible: the axis reaches 100% only when they are many
             top = min(100.0, max(5.0, 1.15 * top))
             ax.set_ylim(-top / 50, top)
-        if drawn and (len(panel.lines) > 1 or is_dead or ax.get_legend_handles_labels()[1][1:]):
+        if drawn and (is_dead or len(ax.get_legend_handles_labels()[1]) > 1):
             ax.legend(fontsize=8, loc="best")
         if not drawn:
             any_logged = any(key in row for row in rows for key, _ in panel.lines)
@@ -194,7 +194,7 @@ def write_run_plots(run_dir: str | os.PathLike) -> pathlib.Path:
     return _save(fig, run_dir / CURVES)
 
 
-def _draw_target(ax: Any, target: float, logged: list[tuple[float, dict[str, Any]]]) -> None:
+def _draw_target(ax: Any, target: float, x: list[float], rows: list[dict[str, Any]]) -> None:
     """The target L0 as a dashed line and, for a coefficient adapted to it, the coefficient on a
     second (log) axis: the picture shows whether, and when, the L0 met its target."""
     # Under the L0 line (zorder): where they coincide (k = the target) the L0 stays visible.
@@ -203,7 +203,7 @@ def _draw_target(ax: Any, target: float, logged: list[tuple[float, dict[str, Any
     )
     lo, hi = ax.get_ylim()
     ax.set_ylim(min(lo, 0.9 * target), max(hi, 1.1 * target))
-    coeff = [(a, _number(row.get("sparsity_coeff"))) for a, row in logged]
+    coeff = [(a, _number(row.get("sparsity_coeff"))) for a, row in zip(x, rows, strict=True)]
     coeff = [(a, c) for a, c in coeff if math.isfinite(a) and math.isfinite(c) and c > 0]
     if len({c for _, c in coeff}) < 2:  # k = the target: no coefficient moved
         return

@@ -225,9 +225,7 @@ class _Run:
         if self.world.distributed:  # the whole batch, as one process reads it: every process's slice
             x_n = torch.cat(distributed.all_gather(x_n))
         with torch.no_grad():
-            x_in = x_n - self.sae.b_dec if self.sae.cfg.subtract_b_dec else x_n
-            pre_BS = torch.addmm(self.sae.b_enc, x_in, self.sae.W_enc)
-            threshold_S = sparsity.firing_thresholds(pre_BS, self.controller.target)
+            threshold_S = sparsity.firing_thresholds(self.sae.pre_acts(x_n), self.controller.target)
         self.cfg.architecture.start_at(self.sae, threshold_S)
 
     def train_step(self, x_n: Float[Tensor, "batch d_vit"]) -> None:
